@@ -1,0 +1,168 @@
+/* ops.c - the public operations: store, iterate, watch, remove, stats.
+ *
+ * Each call checks its arguments, encodes its request into the client's
+ * output buffer and registers the operation; client.c does the rest.
+ */
+#include <string.h>
+
+#include "client_int.h"
+
+struct peerstore_store_op {
+  ps_op op;
+};
+struct peerstore_iterate_op {
+  ps_op op;
+};
+struct peerstore_watch_op {
+  ps_op op;
+};
+struct peerstore_remove_op {
+  ps_op op;
+};
+struct peerstore_stats_op {
+  ps_op op;
+};
+
+/* 1 if s is a string of 1..max bytes (reading at most max + 1). */
+static int str_ok(const char *s, size_t max) {
+  size_t n;
+
+  if (s == NULL)
+    return 0;
+  n = strnlen(s, max + 1);
+  return n >= 1 && n <= max;
+}
+
+static int filter_ok(peerstore_client *c, const char *subsystem,
+                     const char *key) {
+  return c != NULL && !peerstore__client_closed(c) &&
+         str_ok(subsystem, PEERSTORE_SUBSYSTEM_MAX) &&
+         (key == NULL || str_ok(key, PEERSTORE_KEY_MAX));
+}
+
+/* Encodes a filter request for a new op of kind; NULL on failure. */
+static ps_op *filter_op(peerstore_client *c, enum ps_op_kind kind,
+                        size_t size, uint16_t type, const char *subsystem,
+                        const peerstore_peer_id *peer, const char *key,
+                        void *arg) {
+  ps_op *op;
+
+  if (!filter_ok(c, subsystem, key))
+    return NULL;
+  if ((op = peerstore__op_new(c, kind, size, arg)) == NULL)
+    return NULL;
+  if (peerstore__put_filter(&c->out, type, op->request, subsystem, peer, key,
+                            PEERSTORE_CREDIT_WINDOW) != 0) {
+    peerstore__op_abort(c, op);
+    return NULL;
+  }
+  return op;
+}
+
+peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
+                                    const peerstore_peer_id *peer,
+                                    const char *key, const void *value,
+                                    size_t size, uint64_t expiry,
+                                    enum peerstore_store_option option,
+                                    peerstore_store_cb cb, void *arg) {
+  ps_op *op;
+
+  if (!filter_ok(c, subsystem, key) || key == NULL || peer == NULL ||
+      (value == NULL && size > 0) || size > PEERSTORE_VALUE_MAX_HARD ||
+      (option != PEERSTORE_MULTIPLE && option != PEERSTORE_REPLACE))
+    return NULL;
+  op = peerstore__op_new(c, OP_STORE, sizeof(peerstore_store_op), arg);
+  if (op == NULL)
+    return NULL;
+  op->cb.store = cb;
+  if (peerstore__put_store(&c->out, op->request, subsystem, peer, key, value,
+                           size, expiry, (uint8_t)option) != 0) {
+    peerstore__op_abort(c, op);
+    return NULL;
+  }
+  peerstore__op_start(c, op);
+  return (peerstore_store_op *)op;
+}
+
+void peerstore_store_cancel(peerstore_store_op *op) {
+  if (op != NULL)
+    peerstore__op_cancel(&op->op);
+}
+
+peerstore_iterate_op *peerstore_iterate(peerstore_client *c,
+                                        const char *subsystem,
+                                        const peerstore_peer_id *peer,
+                                        const char *key,
+                                        peerstore_record_cb cb, void *arg) {
+  ps_op *op;
+
+  if (cb == NULL)
+    return NULL;
+  op = filter_op(c, OP_ITERATE, sizeof(peerstore_iterate_op),
+                 PEERSTORE_MSG_ITERATE, subsystem, peer, key, arg);
+  if (op == NULL)
+    return NULL;
+  op->cb.record = cb;
+  peerstore__op_start(c, op);
+  return (peerstore_iterate_op *)op;
+}
+
+void peerstore_iterate_cancel(peerstore_iterate_op *op) {
+  if (op != NULL)
+    peerstore__op_cancel(&op->op);
+}
+
+peerstore_watch_op *peerstore_watch(peerstore_client *c, const char *subsystem,
+                                    const peerstore_peer_id *peer,
+                                    const char *key, peerstore_record_cb cb,
+                                    void *arg) {
+  ps_op *op;
+
+  if (cb == NULL)
+    return NULL;
+  op = filter_op(c, OP_WATCH, sizeof(peerstore_watch_op), PEERSTORE_MSG_WATCH,
+                 subsystem, peer, key, arg);
+  if (op == NULL)
+    return NULL;
+  op->cb.record = cb;
+  peerstore__op_start(c, op);
+  return (peerstore_watch_op *)op;
+}
+
+void peerstore_watch_cancel(peerstore_watch_op *op) {
+  if (op != NULL)
+    peerstore__op_cancel(&op->op);
+}
+
+peerstore_remove_op *peerstore_remove(peerstore_client *c,
+                                      const char *subsystem,
+                                      const peerstore_peer_id *peer,
+                                      const char *key, peerstore_remove_cb cb,
+                                      void *arg) {
+  ps_op *op = filter_op(c, OP_REMOVE, sizeof(peerstore_remove_op),
+                        PEERSTORE_MSG_REMOVE, subsystem, peer, key, arg);
+
+  if (op == NULL)
+    return NULL;
+  op->cb.remove = cb;
+  peerstore__op_start(c, op);
+  return (peerstore_remove_op *)op;
+}
+
+peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
+                                    void *arg) {
+  ps_op *op;
+
+  if (c == NULL || cb == NULL || peerstore__client_closed(c))
+    return NULL;
+  if ((op = peerstore__op_new(c, OP_STATS, sizeof(peerstore_stats_op), arg)) ==
+      NULL)
+    return NULL;
+  op->cb.stats = cb;
+  if (peerstore__put_empty(&c->out, PEERSTORE_MSG_STATS, op->request) != 0) {
+    peerstore__op_abort(c, op);
+    return NULL;
+  }
+  peerstore__op_start(c, op);
+  return (peerstore_stats_op *)op;
+}

@@ -1,0 +1,245 @@
+/* peerstore.h - client library for the peerstore service.
+ *
+ * A program links libpeerstore, connects to the local peerstored over its
+ * Unix socket and stores, iterates, watches and removes per-peer records.
+ * Every call is asynchronous and runs on the caller's libuv loop; results
+ * arrive through callbacks from that loop.  One client belongs to one loop
+ * and is not thread-safe, like libuv itself.
+ *
+ * Common rules:
+ *  - A status is 0 or a negative PEERSTORE_E* code (negated errno values
+ *    where one fits, so libuv statuses pass through unchanged).
+ *  - A call that returns NULL failed at once (invalid argument, out of
+ *    memory, client closing); its callback never runs.  A call that returns
+ *    an operation handle will run its callback later, never from inside
+ *    the call itself.
+ *  - After *_cancel(op) or peerstore_disconnect() returns, no callback of
+ *    the cancelled operations runs.
+ *  - Strings, peer ids and values are copied at call time.  Records handed
+ *    to a callback are borrowed: valid only during that call.
+ */
+#ifndef PEERSTORE_H
+#define PEERSTORE_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(BUILDING_PEERSTORE) && defined(__GNUC__)
+#define PEERSTORE_EXTERN __attribute__((visibility("default")))
+#else
+#define PEERSTORE_EXTERN
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Records                                                             */
+
+#define PEERSTORE_SUBSYSTEM_MAX 255  /* bytes, not counting the NUL */
+#define PEERSTORE_KEY_MAX 1024       /* bytes, not counting the NUL */
+#define PEERSTORE_PEER_ID_SIZE 32
+/* The service's default value limit; a service may be configured with
+ * another.  A value over the service's limit fails with PEERSTORE_ETOOBIG. */
+#define PEERSTORE_VALUE_MAX_DEFAULT (1024 * 1024)
+/* The largest value the protocol can carry at all; larger values make
+ * peerstore_store() return NULL. */
+#define PEERSTORE_VALUE_MAX_HARD (64 * 1024 * 1024)
+#define PEERSTORE_EXPIRY_NEVER UINT64_MAX
+
+typedef struct peerstore_peer_id {
+  uint8_t bytes[PEERSTORE_PEER_ID_SIZE];
+} peerstore_peer_id;
+
+typedef struct peerstore_record {
+  const char *subsystem;
+  peerstore_peer_id peer;
+  const char *key;
+  const void *value;
+  size_t value_size;
+  uint64_t expiry;   /* microseconds since the epoch, or EXPIRY_NEVER */
+  uint64_t revision; /* set by the service; ignored on store */
+} peerstore_record;
+
+enum peerstore_store_option {
+  PEERSTORE_MULTIPLE = 0, /* add beside other values; identical refreshes */
+  PEERSTORE_REPLACE = 1   /* replace every value under the triple */
+};
+
+/* ------------------------------------------------------------------ */
+/* Errors                                                              */
+
+/* Negated errno values where one fits, then peerstore's own, far away. */
+#define PEERSTORE_ERRNO_MAP(XX)                                            \
+  XX(EINVAL, -EINVAL, "invalid argument")                                  \
+  XX(ENOMEM, -ENOMEM, "out of memory")                                     \
+  XX(ECANCELED, -ECANCELED, "operation canceled")                          \
+  XX(ECONNREFUSED, -ECONNREFUSED, "connection refused")                    \
+  XX(ECONNRESET, -ECONNRESET, "connection reset by peer")                  \
+  XX(ENOENT, -ENOENT, "no such file or directory")                         \
+  XX(EPIPE, -EPIPE, "broken pipe")                                         \
+  XX(ENOTCONN, -ENOTCONN, "not connected")                                 \
+  XX(ETIMEDOUT, -ETIMEDOUT, "operation timed out")                         \
+  XX(EACCES, -EACCES, "permission denied")                                 \
+  XX(EPROTO, -EPROTO, "protocol error")                                    \
+  XX(EIO, -EIO, "i/o error")                                               \
+  XX(ENOSPC, -ENOSPC, "no space left on device")                           \
+  XX(EROFS, -EROFS, "store is read-only")                                  \
+  XX(ETOOBIG, -EMSGSIZE, "value larger than the service allows")           \
+  XX(ESHUTDOWN, -ESHUTDOWN, "service is shutting down")                    \
+  XX(EOVERFLOW, -30001, "watcher fell behind; its watch was ended")        \
+  XX(EVERSION, -30002, "protocol version not supported by the peer")       \
+  XX(ELIMIT, -30003, "service limit reached")                              \
+  XX(EPLUGIN, -30004, "storage plugin failed")
+
+typedef enum {
+#define PEERSTORE_ERR_DEF(name, val, msg) PEERSTORE_##name = (val),
+  PEERSTORE_ERRNO_MAP(PEERSTORE_ERR_DEF)
+#undef PEERSTORE_ERR_DEF
+  PEERSTORE_ERRNO_END_ = -30999
+} peerstore_errno_t;
+
+/* A human-readable text for a status; never NULL.  Unknown codes give
+ * "unknown error"; libuv codes that are not in the list above are named by
+ * libuv. */
+PEERSTORE_EXTERN const char *peerstore_strerror(int status);
+/* The symbolic name of a status ("PEERSTORE_EINVAL"); never NULL. */
+PEERSTORE_EXTERN const char *peerstore_err_name(int status);
+
+/* ------------------------------------------------------------------ */
+/* Callbacks and handles                                               */
+
+/* Runs once per store: 0 once the service has applied it through its
+ * plugin (for SQLite, after the commit), else the error that prevented it. */
+typedef void (*peerstore_store_cb)(void *arg, int status);
+/* Iterate: once per matching record, then once with rec == NULL and the
+ * final status (0: complete).  Watch: once per matching store; rec == NULL
+ * means the watch has ended with that (non-zero) status. */
+typedef void (*peerstore_record_cb)(void *arg, const peerstore_record *rec,
+                                    int status);
+/* Runs once per remove with its status and how many records it removed. */
+typedef void (*peerstore_remove_cb)(void *arg, int status, uint64_t removed);
+
+typedef struct peerstore_client peerstore_client;
+typedef struct peerstore_store_op peerstore_store_op;
+typedef struct peerstore_iterate_op peerstore_iterate_op;
+typedef struct peerstore_watch_op peerstore_watch_op;
+typedef struct peerstore_remove_op peerstore_remove_op;
+
+/* ------------------------------------------------------------------ */
+/* Connection                                                          */
+
+/* Starts connecting to the service at socket_path, or, when it is NULL, at
+ * $PEERSTORE_SOCKET, else $XDG_RUNTIME_DIR/peerstore.sock, else
+ * /run/peerstore/peerstore.sock.  Never blocks: calls made before the
+ * connection is up are queued and sent in order once it is.  If the
+ * connection cannot be made or is lost, every pending operation ends with
+ * the error (stores and removes through their callback, iterations and
+ * watches with rec == NULL) and later calls fail the same way.
+ * Returns NULL only when out of memory or the path is too long. */
+PEERSTORE_EXTERN peerstore_client *peerstore_connect(uv_loop_t *loop,
+                                                     const char *socket_path);
+
+/* Closes the client and frees it once libuv has released its handles.
+ * With sync_first == 0, every pending operation is cancelled: no callback
+ * runs after this returns.  With sync_first != 0, iterations, watches and
+ * removes are cancelled, but the pending stores are first sent and
+ * acknowledged (their callbacks run, with 0 or an error) before the
+ * connection closes.  The handle must not be used after this call. */
+PEERSTORE_EXTERN void peerstore_disconnect(peerstore_client *c,
+                                           int sync_first);
+
+/* The path this client connects to (after the default rule). */
+PEERSTORE_EXTERN const char *peerstore_client_socket_path(
+    const peerstore_client *c);
+
+/* Fills buf with the default socket path (the rule above).  Returns 0, or
+ * PEERSTORE_ETOOBIG if it does not fit in size bytes. */
+PEERSTORE_EXTERN int peerstore_default_socket_path(char *buf, size_t size);
+
+/* ------------------------------------------------------------------ */
+/* Operations                                                          */
+
+/* Stores value (size bytes, may be 0) under (subsystem, peer, key) with an
+ * absolute expiry in microseconds since the epoch (EXPIRY_NEVER: never).
+ * REPLACE drops every other value under the triple; MULTIPLE adds it beside
+ * them, or, if a byte-identical value is already there, only refreshes its
+ * expiry, so resending a store is safe.  cb (may be NULL) runs once, after
+ * the service applied the store.  Returns NULL on invalid arguments (NULL
+ * or empty subsystem or key, a string over its limit or containing no
+ * terminating NUL within it, value NULL with size > 0, size over
+ * PEERSTORE_VALUE_MAX_HARD, option out of range). */
+PEERSTORE_EXTERN peerstore_store_op *peerstore_store(
+    peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, const void *value, size_t size, uint64_t expiry,
+    enum peerstore_store_option option, peerstore_store_cb cb, void *arg);
+
+/* Its callback will not run.  The store itself may still be applied. */
+PEERSTORE_EXTERN void peerstore_store_cancel(peerstore_store_op *op);
+
+/* Reports every unexpired record of subsystem that matches peer and key
+ * (NULL: any), oldest store first, then ends with rec == NULL.  Records
+ * stored after the iteration began are not reported.  The service sends
+ * records only as fast as the callbacks consume them. */
+PEERSTORE_EXTERN peerstore_iterate_op *peerstore_iterate(
+    peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, peerstore_record_cb cb, void *arg);
+
+/* No further callback runs for op, not even the final one. */
+PEERSTORE_EXTERN void peerstore_iterate_cancel(peerstore_iterate_op *op);
+
+/* Reports every store (by any client) that matches the filter, in the order
+ * the service applied them, from the moment the service received the watch
+ * on.  A MULTIPLE that refreshed an identical value counts.  The watch never
+ * ends by itself with 0; rec == NULL means it ended with an error, e.g.
+ * PEERSTORE_EOVERFLOW when the client could not keep up (re-read what you
+ * watch, then watch again). */
+PEERSTORE_EXTERN peerstore_watch_op *peerstore_watch(
+    peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, peerstore_record_cb cb, void *arg);
+
+/* Ends the watch: no further callback runs for op. */
+PEERSTORE_EXTERN void peerstore_watch_cancel(peerstore_watch_op *op);
+
+/* Removes every record of subsystem matching peer and key (NULL: any).
+ * cb (may be NULL) runs once with the status and the number removed. */
+PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
+    peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, peerstore_remove_cb cb, void *arg);
+
+/* Service counters, for monitoring and the CLI's "stats". */
+typedef struct peerstore_stat {
+  const char *name;
+  uint64_t value;
+} peerstore_stat;
+typedef void (*peerstore_stats_cb)(void *arg, int status,
+                                   const peerstore_stat *stats, size_t n);
+typedef struct peerstore_stats_op peerstore_stats_op;
+
+/* Asks the service for its counters (records, clients, watches, revision,
+ * ...).  cb runs once; the array is borrowed for the call. */
+PEERSTORE_EXTERN peerstore_stats_op *peerstore_stats(peerstore_client *c,
+                                                     peerstore_stats_cb cb,
+                                                     void *arg);
+
+/* ------------------------------------------------------------------ */
+/* Peer ids in text                                                    */
+
+#define PEERSTORE_PEER_B32_LEN 52 /* Crockford base32, as GNUnet prints */
+#define PEERSTORE_PEER_HEX_LEN 64
+
+/* Writes the 52-character base32 form and a NUL into out (53 bytes). */
+PEERSTORE_EXTERN void peerstore_peer_to_string(const peerstore_peer_id *peer,
+                                               char *out);
+/* Parses either the 52-character base32 form (case-insensitive; O and I/L
+ * read as 0 and 1) or 64 hex digits.  Returns 0 or PEERSTORE_EINVAL. */
+PEERSTORE_EXTERN int peerstore_peer_from_string(const char *s,
+                                                peerstore_peer_id *peer);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PEERSTORE_H */

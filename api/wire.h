@@ -1,0 +1,162 @@
+/* wire.h - the peerstore protocol, shared by libpeerstore and peerstored.
+ *
+ * This is the only place that knows the byte layout of a message; both
+ * sides encode and decode through the functions below, which check every
+ * length against the bytes actually present.  docs/protocol.md describes
+ * the same protocol for people.
+ *
+ * A connection is a byte stream of frames.  Every frame starts with a fixed
+ * 12-byte header, all integers big-endian:
+ *
+ *   u32 body_len   bytes after the header (not counting the header)
+ *   u16 type       one of enum peerstore__msg_type
+ *   u16 flags      0; reserved
+ *   u32 request    the client's request id; replies carry the id of the
+ *                  request they answer; 0 for connection-level frames
+ *
+ * Strings are u16 length + bytes, no NUL on the wire and none allowed
+ * inside.  A filter is: u8 which (bit 0: peer follows, bit 1: key follows),
+ * string subsystem, [32-byte peer], [string key].  A record is: string
+ * subsystem, 32-byte peer, string key, u64 expiry, u64 revision, u32
+ * value_len, value bytes.
+ */
+#ifndef PEERSTORE_WIRE_H
+#define PEERSTORE_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "peerstore.h"
+
+#define PEERSTORE_PROTOCOL_VERSION 1
+#define PEERSTORE_PROTOCOL_MAGIC 0x50535452u /* "PSTR" */
+#define PEERSTORE_HEADER_SIZE 12
+/* Everything of a STORE or RECORD but the value, rounded up. */
+#define PEERSTORE_MSG_OVERHEAD 2048
+/* No frame is ever larger; a header announcing more is a protocol error. */
+#define PEERSTORE_MSG_MAX (PEERSTORE_VALUE_MAX_HARD + PEERSTORE_MSG_OVERHEAD)
+
+enum peerstore__msg_type {
+  /* client -> service */
+  PEERSTORE_MSG_HELLO = 1,   /* u32 magic, u16 version */
+  PEERSTORE_MSG_STORE = 2,   /* string ss, peer, string key, u64 expiry,
+                                u8 option, u32 value_len, value */
+  PEERSTORE_MSG_ITERATE = 3, /* filter, u32 credit (records it may send) */
+  PEERSTORE_MSG_CREDIT = 4,  /* u32 more records for iteration `request` */
+  PEERSTORE_MSG_CANCEL = 5,  /* (empty) ends iteration or watch `request` */
+  PEERSTORE_MSG_WATCH = 6,   /* filter */
+  PEERSTORE_MSG_REMOVE = 7,  /* filter */
+  PEERSTORE_MSG_STATS = 8,   /* (empty) */
+
+  /* service -> client */
+  PEERSTORE_MSG_WELCOME = 64,      /* u16 version, u32 max value size */
+  PEERSTORE_MSG_STORE_RESULT = 65, /* i32 status, u64 revision */
+  PEERSTORE_MSG_RECORD = 66,       /* record; for an iteration or watch */
+  PEERSTORE_MSG_ITERATE_END = 67,  /* i32 status */
+  PEERSTORE_MSG_WATCH_END = 68,    /* i32 status (never 0) */
+  PEERSTORE_MSG_REMOVE_RESULT = 69, /* i32 status, u64 removed */
+  PEERSTORE_MSG_STATS_RESULT = 70, /* u16 n, n x (u8 len, name, u64) */
+  PEERSTORE_MSG_ERROR = 71         /* i32 status, string reason; the
+                                      service closes the connection next */
+};
+
+#define PEERSTORE_FILTER_PEER 1u
+#define PEERSTORE_FILTER_KEY 2u
+
+/* ------------------------------------------------------------------ */
+/* Byte buffers                                                        */
+
+/* A growable byte buffer.  Input buffers consume from `off`; the unread
+ * bytes are data[off .. len). */
+typedef struct peerstore__buf {
+  uint8_t *data;
+  size_t len;
+  size_t cap;
+  size_t off;
+} peerstore__buf;
+
+void peerstore__buf_free(peerstore__buf *b);
+/* Makes room for n more bytes after len; returns 0 or PEERSTORE_ENOMEM. */
+int peerstore__buf_reserve(peerstore__buf *b, size_t n);
+/* Moves the unread bytes to the front once the consumed prefix is large. */
+void peerstore__buf_compact(peerstore__buf *b);
+
+/* ------------------------------------------------------------------ */
+/* Decoded messages                                                    */
+
+typedef struct peerstore__header {
+  uint32_t body_len;
+  uint16_t type;
+  uint16_t flags;
+  uint32_t request;
+} peerstore__header;
+
+/* Strings are copied out NUL-terminated, so records can point at them. */
+typedef struct peerstore__filter {
+  char subsystem[PEERSTORE_SUBSYSTEM_MAX + 1];
+  char key[PEERSTORE_KEY_MAX + 1];
+  peerstore_peer_id peer;
+  unsigned has_peer : 1;
+  unsigned has_key : 1;
+} peerstore__filter;
+
+/* A STORE or RECORD: value points into the frame being decoded. */
+typedef struct peerstore__wrec {
+  char subsystem[PEERSTORE_SUBSYSTEM_MAX + 1];
+  char key[PEERSTORE_KEY_MAX + 1];
+  peerstore_record rec; /* its strings point at the arrays above */
+  uint8_t option;       /* STORE only */
+} peerstore__wrec;
+
+/* Parses a header from 12 bytes. */
+void peerstore__wire_header(const uint8_t *p, peerstore__header *h);
+
+/* Body decoders: each takes the body (after the header) and returns 0, or
+ * PEERSTORE_EPROTO if the body is short, long, or breaks a rule (a string
+ * empty, too long or holding a NUL; an unknown option or filter bit). */
+int peerstore__wire_hello(const uint8_t *p, size_t n, uint32_t *magic,
+                          uint16_t *version);
+int peerstore__wire_welcome(const uint8_t *p, size_t n, uint16_t *version,
+                            uint32_t *max_value);
+int peerstore__wire_store(const uint8_t *p, size_t n, peerstore__wrec *out);
+int peerstore__wire_filter(const uint8_t *p, size_t n, peerstore__filter *f,
+                           uint32_t *credit /* ITERATE only, else NULL */);
+int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out);
+int peerstore__wire_u32(const uint8_t *p, size_t n, uint32_t *v);
+int peerstore__wire_status(const uint8_t *p, size_t n, int32_t *status,
+                           uint64_t *extra /* NULL if none follows */);
+int peerstore__wire_error(const uint8_t *p, size_t n, int32_t *status,
+                          char *reason, size_t reason_size);
+/* Fills out[0..*count) (at most max); names are copied into names[]. */
+int peerstore__wire_stats(const uint8_t *p, size_t n,
+                          peerstore_stat *out, char names[][64],
+                          size_t max, size_t *count);
+
+/* ------------------------------------------------------------------ */
+/* Encoders: each appends one whole frame to b, returns 0 or ENOMEM.    */
+
+int peerstore__put_hello(peerstore__buf *b);
+int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value);
+int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
+                         const peerstore_peer_id *peer, const char *key,
+                         const void *value, size_t size, uint64_t expiry,
+                         uint8_t option);
+/* type is ITERATE (credit is sent), WATCH or REMOVE. */
+int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
+                          const char *ss, const peerstore_peer_id *peer,
+                          const char *key, uint32_t credit);
+int peerstore__put_record(peerstore__buf *b, uint32_t req,
+                          const peerstore_record *rec);
+/* An empty frame (CANCEL, STATS). */
+int peerstore__put_empty(peerstore__buf *b, uint16_t type, uint32_t req);
+int peerstore__put_u32(peerstore__buf *b, uint16_t type, uint32_t req,
+                       uint32_t v);
+/* STORE_RESULT and REMOVE_RESULT carry extra; the *_END frames do not. */
+int peerstore__put_status(peerstore__buf *b, uint16_t type, uint32_t req,
+                          int32_t status, const uint64_t *extra);
+int peerstore__put_error(peerstore__buf *b, uint32_t req, int32_t status,
+                         const char *reason);
+int peerstore__put_stats(peerstore__buf *b, uint32_t req,
+                         const peerstore_stat *stats, size_t n);
+
+#endif /* PEERSTORE_WIRE_H */

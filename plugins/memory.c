@@ -1,0 +1,694 @@
+/* memory.c - the in-memory storage plugin, compiled into peerstored.
+ *
+ * Every record sits on four intrusive doubly-linked lists at once: its
+ * subsystem's, its (subsystem, peer)'s, its (subsystem, key)'s and its
+ * triple's.  Each list is kept in ascending revision simply by appending,
+ * because revisions only grow; a MULTIPLE refresh takes a new revision, so
+ * it moves to the tails.  Any of the four filters is then one hash lookup
+ * and a walk over exactly the records it returns.
+ *
+ * Iteration is resumable: a cursor pins the next record it will yield
+ * (a reference count).  A pinned record that gets removed is not freed but
+ * marked dead; it keeps its forward links and pins the records they point
+ * at, so a cursor resuming from it follows the chain to the next live
+ * record.  New records are only ever appended at the tails, so nothing can
+ * appear between a dead record and its successor.
+ *
+ * Expiring records are also kept in a min-heap on expiry, so a purge costs
+ * time in the number of expired records, not the size of the store.
+ */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hmap.h"
+#include "memory.h"
+#include "peerstore_plugin.h"
+
+enum { L_SS, L_PEER, L_KEY, L_TRIPLE, L_COUNT };
+
+struct mrec;
+
+struct mlist {
+  struct mrec *first;
+  struct mrec *last;
+};
+
+struct ss_node {
+  peerstore__hnode h;
+  struct mlist l;
+  char name[];
+};
+
+struct peer_node {
+  peerstore__hnode h;
+  struct mlist l;
+  struct ss_node *ss;
+  peerstore_peer_id peer;
+};
+
+struct key_node {
+  peerstore__hnode h;
+  struct mlist l;
+  struct ss_node *ss;
+  char key[];
+};
+
+struct triple {
+  peerstore__hnode h;
+  struct mlist l;
+  struct peer_node *pn;
+  struct key_node *kn;
+};
+
+struct mrec {
+  struct mrec *next[L_COUNT];
+  struct mrec *prev[L_COUNT];
+  struct triple *t; /* dangling once dead: never followed then */
+  uint64_t revision;
+  uint64_t expiry;
+  size_t heap_idx; /* NOT_IN_HEAP for records that never expire */
+  size_t value_size;
+  uint32_t refs; /* cursor pins + dead predecessors pointing here */
+  uint32_t dead;
+  uint8_t value[];
+};
+
+#define NOT_IN_HEAP SIZE_MAX
+
+typedef struct mem {
+  peerstore__hmap ss;
+  peerstore__hmap peers;
+  peerstore__hmap keys;
+  peerstore__hmap triples;
+  struct mrec **heap;
+  size_t heap_len;
+  size_t heap_cap;
+  uint64_t revision;
+  uint64_t records;
+} mem;
+
+struct peerstore_plugin_cursor {
+  mem *m;
+  struct mrec *next; /* pinned; NULL at the end */
+  int list;
+  uint64_t max_revision;
+  uint64_t now;
+};
+
+/* ------------------------------------------------------------------ */
+/* Expiry heap                                                         */
+
+static int heap_less(const struct mrec *a, const struct mrec *b) {
+  return a->expiry < b->expiry;
+}
+
+static void heap_set(mem *m, size_t i, struct mrec *r) {
+  m->heap[i] = r;
+  r->heap_idx = i;
+}
+
+static void heap_up(mem *m, size_t i) {
+  struct mrec *r = m->heap[i];
+
+  while (i > 0 && heap_less(r, m->heap[(i - 1) / 2])) {
+    heap_set(m, i, m->heap[(i - 1) / 2]);
+    i = (i - 1) / 2;
+  }
+  heap_set(m, i, r);
+}
+
+static void heap_down(mem *m, size_t i) {
+  struct mrec *r = m->heap[i];
+
+  for (;;) {
+    size_t c = 2 * i + 1;
+    if (c >= m->heap_len)
+      break;
+    if (c + 1 < m->heap_len && heap_less(m->heap[c + 1], m->heap[c]))
+      c++;
+    if (!heap_less(m->heap[c], r))
+      break;
+    heap_set(m, i, m->heap[c]);
+    i = c;
+  }
+  heap_set(m, i, r);
+}
+
+/* Makes room for one more entry, so that the push itself cannot fail. */
+static int heap_reserve(mem *m) {
+  if (m->heap_len == m->heap_cap) {
+    size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
+    struct mrec **h = realloc(m->heap, cap * sizeof(*h));
+    if (h == NULL)
+      return PEERSTORE_ENOMEM;
+    m->heap = h;
+    m->heap_cap = cap;
+  }
+  return 0;
+}
+
+static void heap_push(mem *m, struct mrec *r) {
+  heap_set(m, m->heap_len++, r);
+  heap_up(m, m->heap_len - 1);
+}
+
+static void heap_del(mem *m, struct mrec *r) {
+  size_t i = r->heap_idx;
+  struct mrec *last;
+
+  if (i == NOT_IN_HEAP)
+    return;
+  r->heap_idx = NOT_IN_HEAP;
+  last = m->heap[--m->heap_len];
+  if (last == r)
+    return;
+  heap_set(m, i, last);
+  heap_up(m, i);
+  heap_down(m, last->heap_idx);
+}
+
+/* ------------------------------------------------------------------ */
+/* Groups: the four list heads                                         */
+
+static uint64_t hash_ptr2(const void *a, const void *b, uint64_t salt) {
+  uintptr_t v[2] = {(uintptr_t)a, (uintptr_t)b};
+  return peerstore__hash(v, sizeof(v), salt);
+}
+
+static struct ss_node *ss_find(mem *m, const char *name, int create) {
+  size_t n = strlen(name);
+  uint64_t h = peerstore__hash(name, n, 1);
+  peerstore__hnode *e;
+  struct ss_node *s;
+
+  for (e = peerstore__hmap_bucket(&m->ss, h); e != NULL; e = e->next) {
+    s = (struct ss_node *)e;
+    if (e->hash == h && strcmp(s->name, name) == 0)
+      return s;
+  }
+  if (!create || (s = calloc(1, sizeof(*s) + n + 1)) == NULL)
+    return NULL;
+  memcpy(s->name, name, n + 1);
+  peerstore__hmap_insert(&m->ss, &s->h, h);
+  return s;
+}
+
+static struct peer_node *peer_find(mem *m, struct ss_node *ss,
+                                   const peerstore_peer_id *peer,
+                                   int create) {
+  uint64_t h = peerstore__hash(peer->bytes, sizeof(peer->bytes),
+                               (uint64_t)(uintptr_t)ss);
+  peerstore__hnode *e;
+  struct peer_node *p;
+
+  for (e = peerstore__hmap_bucket(&m->peers, h); e != NULL; e = e->next) {
+    p = (struct peer_node *)e;
+    if (e->hash == h && p->ss == ss &&
+        memcmp(&p->peer, peer, sizeof(*peer)) == 0)
+      return p;
+  }
+  if (!create || (p = calloc(1, sizeof(*p))) == NULL)
+    return NULL;
+  p->ss = ss;
+  p->peer = *peer;
+  peerstore__hmap_insert(&m->peers, &p->h, h);
+  return p;
+}
+
+static struct key_node *key_find(mem *m, struct ss_node *ss, const char *key,
+                                 int create) {
+  size_t n = strlen(key);
+  uint64_t h = peerstore__hash(key, n, (uint64_t)(uintptr_t)ss);
+  peerstore__hnode *e;
+  struct key_node *k;
+
+  for (e = peerstore__hmap_bucket(&m->keys, h); e != NULL; e = e->next) {
+    k = (struct key_node *)e;
+    if (e->hash == h && k->ss == ss && strcmp(k->key, key) == 0)
+      return k;
+  }
+  if (!create || (k = calloc(1, sizeof(*k) + n + 1)) == NULL)
+    return NULL;
+  k->ss = ss;
+  memcpy(k->key, key, n + 1);
+  peerstore__hmap_insert(&m->keys, &k->h, h);
+  return k;
+}
+
+static struct triple *triple_find(mem *m, struct peer_node *pn,
+                                  struct key_node *kn, int create) {
+  uint64_t h = hash_ptr2(pn, kn, 3);
+  peerstore__hnode *e;
+  struct triple *t;
+
+  for (e = peerstore__hmap_bucket(&m->triples, h); e != NULL; e = e->next) {
+    t = (struct triple *)e;
+    if (e->hash == h && t->pn == pn && t->kn == kn)
+      return t;
+  }
+  if (!create || (t = calloc(1, sizeof(*t))) == NULL)
+    return NULL;
+  t->pn = pn;
+  t->kn = kn;
+  peerstore__hmap_insert(&m->triples, &t->h, h);
+  return t;
+}
+
+/* Frees whichever of the groups have no records left, innermost first.
+ * Any argument may be NULL. */
+static void groups_gc(mem *m, struct ss_node *ss, struct peer_node *pn,
+                      struct key_node *kn, struct triple *t) {
+  if (t != NULL && t->l.first == NULL) {
+    peerstore__hmap_remove(&m->triples, &t->h);
+    free(t);
+  }
+  if (pn != NULL && pn->l.first == NULL) {
+    peerstore__hmap_remove(&m->peers, &pn->h);
+    free(pn);
+  }
+  if (kn != NULL && kn->l.first == NULL) {
+    peerstore__hmap_remove(&m->keys, &kn->h);
+    free(kn);
+  }
+  if (ss != NULL && ss->l.first == NULL) {
+    peerstore__hmap_remove(&m->ss, &ss->h);
+    free(ss);
+  }
+}
+
+static struct mlist *rec_list(struct triple *t, int l) {
+  switch (l) {
+  case L_SS:
+    return &t->pn->ss->l;
+  case L_PEER:
+    return &t->pn->l;
+  case L_KEY:
+    return &t->kn->l;
+  default:
+    return &t->l;
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Records                                                             */
+
+static void rec_append(struct mrec *r) {
+  int l;
+
+  for (l = 0; l < L_COUNT; l++) {
+    struct mlist *ls = rec_list(r->t, l);
+    r->next[l] = NULL;
+    r->prev[l] = ls->last;
+    if (ls->last != NULL)
+      ls->last->next[l] = r;
+    else
+      ls->first = r;
+    ls->last = r;
+  }
+}
+
+static void rec_detach(struct mrec *r) {
+  int l;
+
+  for (l = 0; l < L_COUNT; l++) {
+    struct mlist *ls = rec_list(r->t, l);
+    if (r->prev[l] != NULL)
+      r->prev[l]->next[l] = r->next[l];
+    else
+      ls->first = r->next[l];
+    if (r->next[l] != NULL)
+      r->next[l]->prev[l] = r->prev[l];
+    else
+      ls->last = r->prev[l];
+  }
+}
+
+/* Frees a dead record nobody points at any more, and with it every dead
+ * successor whose last reference it held.  Iterative, since chains of dead
+ * records can be long; the prev links of dead records are unused, so
+ * prev[0] threads the stack. */
+static void rec_free_dead(struct mrec *r) {
+  struct mrec *stack = r, *n;
+  int l;
+
+  r->prev[0] = NULL;
+  while (stack != NULL) {
+    r = stack;
+    stack = r->prev[0];
+    for (l = 0; l < L_COUNT; l++) {
+      n = r->next[l];
+      if (n != NULL && --n->refs == 0 && n->dead) {
+        n->prev[0] = stack;
+        stack = n;
+      }
+    }
+    free(r);
+  }
+}
+
+static void rec_unref(struct mrec *r) {
+  if (--r->refs == 0 && r->dead)
+    rec_free_dead(r);
+}
+
+/* Takes r out of the store.  A pinned record lingers as a dead link. */
+static void rec_remove(mem *m, struct mrec *r) {
+  int l;
+
+  rec_detach(r);
+  heap_del(m, r);
+  m->records--;
+  if (r->refs == 0) {
+    free(r);
+    return;
+  }
+  r->dead = 1;
+  for (l = 0; l < L_COUNT; l++)
+    if (r->next[l] != NULL)
+      r->next[l]->refs++;
+}
+
+/* Removes r and frees the groups it leaves empty. */
+static void rec_remove_gc(mem *m, struct mrec *r) {
+  struct triple *t = r->t;
+
+  rec_remove(m, r);
+  groups_gc(m, t->pn->ss, t->pn, t->kn, t);
+}
+
+static void rec_view(const struct mrec *r, peerstore_record *out) {
+  out->subsystem = r->t->pn->ss->name;
+  out->peer = r->t->pn->peer;
+  out->key = r->t->kn->key;
+  out->value = r->value;
+  out->value_size = r->value_size;
+  out->expiry = r->expiry;
+  out->revision = r->revision;
+}
+
+/* ------------------------------------------------------------------ */
+/* Plugin operations                                                   */
+
+static int mem_open(const peerstore_plugin_env *env, void **instance) {
+  mem *m = calloc(1, sizeof(*m));
+
+  (void)env;
+  if (m == NULL)
+    return PEERSTORE_ENOMEM;
+  if (peerstore__hmap_init(&m->ss) || peerstore__hmap_init(&m->peers) ||
+      peerstore__hmap_init(&m->keys) || peerstore__hmap_init(&m->triples)) {
+    peerstore__hmap_free(&m->ss);
+    peerstore__hmap_free(&m->peers);
+    peerstore__hmap_free(&m->keys);
+    peerstore__hmap_free(&m->triples);
+    free(m);
+    return PEERSTORE_ENOMEM;
+  }
+  *instance = m;
+  return 0;
+}
+
+static void free_all(peerstore__hmap *h) {
+  size_t i;
+
+  for (i = 0; i <= h->mask; i++) {
+    peerstore__hnode *e = h->buckets[i], *next;
+    for (; e != NULL; e = next) {
+      next = e->next;
+      free(e);
+    }
+  }
+  peerstore__hmap_free(h);
+}
+
+static void mem_close(void *instance) {
+  mem *m = instance;
+  size_t i;
+
+  /* Every record is on exactly one triple's list. */
+  for (i = 0; i <= m->triples.mask; i++) {
+    peerstore__hnode *e = m->triples.buckets[i];
+    for (; e != NULL; e = e->next) {
+      struct mrec *r = ((struct triple *)e)->l.first, *next;
+      for (; r != NULL; r = next) {
+        next = r->next[L_TRIPLE];
+        free(r);
+      }
+    }
+  }
+  free_all(&m->triples);
+  free_all(&m->peers);
+  free_all(&m->keys);
+  free_all(&m->ss);
+  free(m->heap);
+  free(m);
+}
+
+static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
+                            size_t size, uint64_t expiry) {
+  struct mrec *r = malloc(sizeof(*r) + size);
+
+  if (r == NULL)
+    return NULL;
+  r->t = t;
+  r->expiry = expiry;
+  r->heap_idx = NOT_IN_HEAP;
+  r->value_size = size;
+  r->refs = 0;
+  r->dead = 0;
+  if (size > 0)
+    memcpy(r->value, value, size);
+  if (expiry != PEERSTORE_EXPIRY_NEVER)
+    heap_push(m, r);
+  r->revision = ++m->revision;
+  rec_append(r);
+  m->records++;
+  return r;
+}
+
+/* MULTIPLE with a value already under the triple: a new revision and
+ * expiry, moved to the tails.  A pinned record is replaced by a copy so
+ * that cursors resting on it keep their place. */
+static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry) {
+  struct mrec *n;
+
+  if (r->refs > 0) {
+    n = rec_new(m, r->t, r->value, r->value_size, expiry);
+    if (n != NULL)
+      rec_remove(m, r);
+    return n;
+  }
+  rec_detach(r);
+  heap_del(m, r);
+  r->expiry = expiry;
+  if (expiry != PEERSTORE_EXPIRY_NEVER)
+    heap_push(m, r);
+  r->revision = ++m->revision;
+  rec_append(r);
+  return r;
+}
+
+static int mem_store(void *instance, const peerstore_record *rec,
+                     enum peerstore_store_option option,
+                     peerstore_plugin_store_cb cb, void *arg) {
+  mem *m = instance;
+  struct ss_node *ss = NULL;
+  struct peer_node *pn = NULL;
+  struct key_node *kn = NULL;
+  struct triple *t = NULL;
+  struct mrec *r = NULL, *old, *next;
+  peerstore_record view;
+
+  /* The heap slot is taken up front: past this point nothing can fail
+   * half-way through changing the lists. */
+  if (rec->expiry != PEERSTORE_EXPIRY_NEVER && heap_reserve(m) != 0)
+    goto fail;
+  ss = ss_find(m, rec->subsystem, 1);
+  if (ss != NULL)
+    pn = peer_find(m, ss, &rec->peer, 1);
+  if (pn != NULL)
+    kn = key_find(m, ss, rec->key, 1);
+  if (kn != NULL)
+    t = triple_find(m, pn, kn, 1);
+  if (t == NULL)
+    goto fail;
+
+  if (option == PEERSTORE_MULTIPLE) {
+    for (old = t->l.first; old != NULL; old = old->next[L_TRIPLE]) {
+      if (old->value_size == rec->value_size &&
+          memcmp(old->value, rec->value, rec->value_size) == 0) {
+        r = rec_refresh(m, old, rec->expiry);
+        if (r == NULL)
+          goto fail;
+        goto done;
+      }
+    }
+  }
+  /* Create first, then drop the others, so a failed REPLACE loses nothing. */
+  r = rec_new(m, t, rec->value, rec->value_size, rec->expiry);
+  if (r == NULL)
+    goto fail;
+  if (option == PEERSTORE_REPLACE) {
+    for (old = t->l.first; old != r; old = next) {
+      next = old->next[L_TRIPLE];
+      rec_remove(m, old);
+    }
+  }
+done:
+  rec_view(r, &view);
+  cb(arg, 0, &view);
+  return 0;
+
+fail:
+  groups_gc(m, ss, pn, kn, t);
+  cb(arg, PEERSTORE_ENOMEM, NULL);
+  return 0;
+}
+
+/* The list a filter selects, or NULL if nothing can match. */
+static struct mlist *filter_list(mem *m, const peerstore_plugin_filter *f,
+                                 int *which) {
+  struct ss_node *ss = ss_find(m, f->subsystem, 0);
+  struct peer_node *pn = NULL;
+  struct key_node *kn = NULL;
+  struct triple *t;
+
+  if (ss == NULL)
+    return NULL;
+  if (f->peer != NULL && (pn = peer_find(m, ss, f->peer, 0)) == NULL)
+    return NULL;
+  if (f->key != NULL && (kn = key_find(m, ss, f->key, 0)) == NULL)
+    return NULL;
+  if (pn != NULL && kn != NULL) {
+    t = triple_find(m, pn, kn, 0);
+    *which = L_TRIPLE;
+    return t ? &t->l : NULL;
+  }
+  if (pn != NULL) {
+    *which = L_PEER;
+    return &pn->l;
+  }
+  if (kn != NULL) {
+    *which = L_KEY;
+    return &kn->l;
+  }
+  *which = L_SS;
+  return &ss->l;
+}
+
+static int mem_iterate_open(void *instance, const peerstore_plugin_filter *f,
+                            uint64_t now, peerstore_plugin_cursor **out) {
+  mem *m = instance;
+  peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
+  struct mlist *ls;
+
+  if (c == NULL)
+    return PEERSTORE_ENOMEM;
+  c->m = m;
+  c->now = now;
+  c->max_revision = m->revision;
+  ls = filter_list(m, f, &c->list);
+  if (ls != NULL && ls->first != NULL) {
+    c->next = ls->first;
+    c->next->refs++;
+  }
+  *out = c;
+  return 0;
+}
+
+static int mem_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
+                            peerstore_plugin_record_cb rec_cb,
+                            peerstore_plugin_next_cb done_cb, void *arg) {
+  struct mrec *r = c->next, *n;
+  peerstore_record view;
+  uint32_t sent = 0;
+
+  c->next = NULL;
+  while (r != NULL) {
+    if (!r->dead && r->revision > c->max_revision) {
+      /* Stored after the iteration began, as is all that follows. */
+      rec_unref(r);
+      r = NULL;
+      break;
+    }
+    if (!r->dead && sent == max)
+      break;
+    if (!r->dead && r->expiry > c->now) {
+      rec_view(r, &view);
+      rec_cb(arg, &view);
+      sent++;
+    }
+    /* Move the pin forward before dropping the old one, which may free a
+     * chain of dead records ending just before n. */
+    n = r->next[c->list];
+    if (n != NULL)
+      n->refs++;
+    rec_unref(r);
+    r = n;
+  }
+  c->next = r; /* keeps the pin it holds, if any */
+  done_cb(arg, 0, r != NULL);
+  return 0;
+}
+
+static void mem_iterate_close(peerstore_plugin_cursor *c) {
+  if (c->next != NULL)
+    rec_unref(c->next);
+  free(c);
+}
+
+static int mem_remove(void *instance, const peerstore_plugin_filter *f,
+                      peerstore_plugin_count_cb cb, void *arg) {
+  mem *m = instance;
+  int which;
+  struct mlist *ls = filter_list(m, f, &which);
+  uint64_t n = 0;
+
+  while (ls != NULL && ls->first != NULL) {
+    /* The list itself may be freed with its last record. */
+    int last = ls->first == ls->last;
+    rec_remove_gc(m, ls->first);
+    n++;
+    if (last)
+      break;
+  }
+  if (n > 0)
+    m->revision++;
+  cb(arg, 0, n);
+  return 0;
+}
+
+static int mem_purge(void *instance, uint64_t now, uint32_t max,
+                     peerstore_plugin_count_cb cb, void *arg) {
+  mem *m = instance;
+  uint64_t n = 0;
+
+  while (m->heap_len > 0 && m->heap[0]->expiry <= now && n < max) {
+    rec_remove_gc(m, m->heap[0]);
+    n++;
+  }
+  cb(arg, 0, n);
+  return 0;
+}
+
+static void mem_counts(void *instance, uint64_t *records,
+                       uint64_t *revision) {
+  mem *m = instance;
+
+  *records = m->records;
+  *revision = m->revision;
+}
+
+static const peerstore_plugin_ops mem_ops = {
+    mem_open,         mem_close,         mem_store,  mem_iterate_open,
+    mem_iterate_next, mem_iterate_close, mem_remove, mem_purge,
+    mem_counts,
+};
+
+static const peerstore_plugin_desc mem_desc = {PEERSTORE_PLUGIN_ABI, "memory",
+                                               &mem_ops};
+
+const peerstore_plugin_desc *peerstore_plugin_memory(void) {
+  return &mem_desc;
+}

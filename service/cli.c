@@ -1,0 +1,575 @@
+/* cli.c - `peerstore`, the command-line client of peerstored.
+ *
+ * One command per run, driven by libpeerstore on its own loop, so the tool
+ * exercises exactly the API that programs use.  Output is one line per
+ * record, or one JSON object per line with --json; exit codes are listed
+ * in usage() and the man page and are meant for shell scripts.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "peerstore.h"
+
+enum {
+  EXIT_OK = 0,
+  EXIT_NOTFOUND = 1,
+  EXIT_USAGE = 2,
+  EXIT_CONNECT = 3,
+  EXIT_REFUSED = 4,
+  EXIT_TIMEOUT = 5
+};
+
+static void usage(FILE *f) {
+  fprintf(f,
+"Usage: peerstore [OPTION]... COMMAND [VALUE]\n"
+"Store and read per-peer records in peerstored.\n"
+"\n"
+"Commands:\n"
+"  store    store VALUE (or --hex/--file/stdin with -) under -s -p -k\n"
+"  get      print the values under -s -p -k, oldest first\n"
+"  iterate  list the records of -s, filtered by -p and/or -k\n"
+"  watch    print matching records as they are stored (until ^C or --count)\n"
+"  remove   remove the records of -s matching -p and/or -k\n"
+"  stats    print the service's counters\n"
+"  peer     print a peer id (-p) in base32 and hex\n"
+"\n"
+"Options:\n"
+"  -s, --subsystem NAME   subsystem (required but for stats and peer)\n"
+"  -p, --peer ID          peer id: 52 base32 characters or 64 hex digits\n"
+"  -k, --key KEY          key\n"
+"  -x, --hex              VALUE is hex; get prints values as hex\n"
+"  -f, --file FILE        read the value from FILE\n"
+"  -r, --replace          store replaces all values under the key\n"
+"  -e, --expiry WHEN      never (default), a relative time (90s, 15m, 1h,\n"
+"                         7d), @UNIXSECONDS, or microseconds since epoch\n"
+"  -n, --count N          watch: exit after N records\n"
+"  -j, --json             one JSON object per line\n"
+"  -S, --socket PATH      service socket (default: $PEERSTORE_SOCKET, else\n"
+"                         $XDG_RUNTIME_DIR/peerstore.sock, else\n"
+"                         /run/peerstore/peerstore.sock)\n"
+"  -t, --timeout SEC      give up after SEC seconds (default 10; 0: never)\n"
+"  -h, --help             show this help\n"
+"\n"
+"Exit status: 0 ok; 1 get found nothing; 2 usage error; 3 cannot reach\n"
+"the service or lost it; 4 the service refused the request (the reason is\n"
+"printed); 5 timed out.\n");
+}
+
+typedef struct cli {
+  uv_loop_t loop;
+  uv_timer_t timer;
+  uv_signal_t sigint;
+  peerstore_client *client;
+  const char *command;
+  const char *subsystem;
+  const char *key;
+  peerstore_peer_id peer;
+  int have_peer;
+  int hex;
+  int json;
+  int replace;
+  uint64_t expiry;
+  uint64_t count_limit;
+  uint64_t seen;
+  uint8_t *value;
+  size_t value_size;
+  int exit_code;
+} cli;
+
+/* ------------------------------------------------------------------ */
+/* Parsing                                                             */
+
+static int hexval(int ch) {
+  if (ch >= '0' && ch <= '9')
+    return ch - '0';
+  ch = tolower(ch);
+  return (ch >= 'a' && ch <= 'f') ? ch - 'a' + 10 : -1;
+}
+
+static int parse_hex(const char *s, uint8_t **out, size_t *n) {
+  size_t len = strlen(s), i;
+  uint8_t *b;
+
+  if (len % 2 != 0)
+    return -1;
+  if ((b = malloc(len / 2 + 1)) == NULL)
+    return -1;
+  for (i = 0; i < len; i += 2) {
+    int hi = hexval((unsigned char)s[i]), lo = hexval((unsigned char)s[i + 1]);
+    if (hi < 0 || lo < 0) {
+      free(b);
+      return -1;
+    }
+    b[i / 2] = (uint8_t)(hi << 4 | lo);
+  }
+  *out = b;
+  *n = len / 2;
+  return 0;
+}
+
+static int read_stream(FILE *f, uint8_t **out, size_t *n) {
+  size_t cap = 4096, len = 0, r;
+  uint8_t *b = malloc(cap), *nb;
+
+  if (b == NULL)
+    return -1;
+  while ((r = fread(b + len, 1, cap - len, f)) > 0) {
+    len += r;
+    if (len == cap) {
+      if (cap >= PEERSTORE_VALUE_MAX_HARD || !(nb = realloc(b, cap * 2))) {
+        free(b);
+        return -1;
+      }
+      b = nb;
+      cap *= 2;
+    }
+  }
+  if (ferror(f)) {
+    free(b);
+    return -1;
+  }
+  *out = b;
+  *n = len;
+  return 0;
+}
+
+static uint64_t now_us(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* never | N[s|m|h|d] relative | @SECONDS | MICROSECONDS absolute */
+static int parse_expiry(const char *s, uint64_t *out) {
+  char *end;
+  unsigned long long v;
+  uint64_t mult = 0;
+
+  if (strcmp(s, "never") == 0) {
+    *out = PEERSTORE_EXPIRY_NEVER;
+    return 0;
+  }
+  errno = 0;
+  if (*s == '@') {
+    v = strtoull(s + 1, &end, 10);
+    if (errno || end == s + 1 || *end || v > UINT64_MAX / 1000000u)
+      return -1;
+    *out = v * 1000000u;
+    return 0;
+  }
+  if (!isdigit((unsigned char)*s))
+    return -1;
+  v = strtoull(s, &end, 10);
+  if (errno)
+    return -1;
+  if (*end == '\0') {
+    *out = v;
+    return 0;
+  }
+  if (end[1] != '\0')
+    return -1;
+  switch (*end) {
+  case 's': mult = 1000000ull; break;
+  case 'm': mult = 60ull * 1000000u; break;
+  case 'h': mult = 3600ull * 1000000u; break;
+  case 'd': mult = 86400ull * 1000000u; break;
+  default: return -1;
+  }
+  if (v > (UINT64_MAX - now_us()) / mult)
+    return -1;
+  *out = now_us() + v * mult;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output                                                              */
+
+static void json_str(FILE *f, const char *s, size_t n) {
+  size_t i;
+
+  fputc('"', f);
+  for (i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20 || ch == 0x7f)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+static void print_hex(FILE *f, const void *p, size_t n) {
+  const uint8_t *b = p;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    fprintf(f, "%02x", b[i]);
+}
+
+/* A value prints as text when it is all printable ASCII or UTF-8 bytes. */
+static int is_text(const uint8_t *v, size_t n) {
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    if (v[i] < 0x20 || v[i] == 0x7f)
+      return 0;
+  return 1;
+}
+
+static void print_record(cli *c, const peerstore_record *r) {
+  char peer[PEERSTORE_PEER_B32_LEN + 1];
+
+  peerstore_peer_to_string(&r->peer, peer);
+  if (c->json) {
+    printf("{\"subsystem\":");
+    json_str(stdout, r->subsystem, strlen(r->subsystem));
+    printf(",\"peer\":\"%s\",\"peer_hex\":\"", peer);
+    print_hex(stdout, r->peer.bytes, sizeof(r->peer.bytes));
+    printf("\",\"key\":");
+    json_str(stdout, r->key, strlen(r->key));
+    if (is_text(r->value, r->value_size)) {
+      printf(",\"value\":");
+      json_str(stdout, r->value, r->value_size);
+    }
+    printf(",\"value_hex\":\"");
+    print_hex(stdout, r->value, r->value_size);
+    printf("\",\"size\":%zu,\"expiry\":", r->value_size);
+    if (r->expiry == PEERSTORE_EXPIRY_NEVER)
+      printf("null");
+    else
+      printf("%" PRIu64, r->expiry);
+    printf(",\"revision\":%" PRIu64 "}\n", r->revision);
+  } else if (strcmp(c->command, "get") == 0) {
+    if (c->hex)
+      print_hex(stdout, r->value, r->value_size);
+    else
+      fwrite(r->value, 1, r->value_size, stdout);
+    putchar('\n');
+  } else {
+    printf("%s\t%s\t", peer, r->key);
+    if (!c->hex && is_text(r->value, r->value_size))
+      fwrite(r->value, 1, r->value_size, stdout);
+    else {
+      printf("0x");
+      print_hex(stdout, r->value, r->value_size);
+    }
+    if (r->expiry == PEERSTORE_EXPIRY_NEVER)
+      printf("\tnever");
+    else
+      printf("\t%" PRIu64, r->expiry);
+    printf("\t%" PRIu64 "\n", r->revision);
+  }
+  fflush(stdout);
+}
+
+/* ------------------------------------------------------------------ */
+/* Completion                                                          */
+
+static void on_closed(uv_handle_t *h) { (void)h; }
+
+static void finish(cli *c, int code) {
+  c->exit_code = code;
+  if (c->client != NULL) {
+    peerstore_disconnect(c->client, 0);
+    c->client = NULL;
+  }
+  if (!uv_is_closing((uv_handle_t *)&c->timer)) {
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+    uv_close((uv_handle_t *)&c->sigint, on_closed);
+  }
+}
+
+static int status_exit(int status) {
+  switch (status) {
+  case 0:
+    return EXIT_OK;
+  case PEERSTORE_ETIMEDOUT:
+    return EXIT_TIMEOUT;
+  case PEERSTORE_ECONNREFUSED:
+  case PEERSTORE_ENOENT:
+  case PEERSTORE_ECONNRESET:
+  case PEERSTORE_EPIPE:
+  case PEERSTORE_ENOTCONN:
+  case PEERSTORE_EACCES:
+  case PEERSTORE_ESHUTDOWN:
+    return EXIT_CONNECT;
+  default:
+    return EXIT_REFUSED;
+  }
+}
+
+static void fail(cli *c, int status) {
+  fprintf(stderr, "peerstore: %s: %s (%s)\n", c->command,
+          peerstore_strerror(status), peerstore_err_name(status));
+  finish(c, status_exit(status));
+}
+
+static void on_store(void *arg, int status) {
+  cli *c = arg;
+
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  if (c->json)
+    printf("{\"stored\":true}\n");
+  finish(c, EXIT_OK);
+}
+
+static void on_record(void *arg, const peerstore_record *rec, int status) {
+  cli *c = arg;
+
+  if (rec != NULL) {
+    print_record(c, rec);
+    c->seen++;
+    if (c->count_limit > 0 && c->seen >= c->count_limit)
+      finish(c, EXIT_OK);
+    return;
+  }
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  finish(c, (strcmp(c->command, "get") == 0 && c->seen == 0) ? EXIT_NOTFOUND
+                                                             : EXIT_OK);
+}
+
+static void on_remove(void *arg, int status, uint64_t removed) {
+  cli *c = arg;
+
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  if (c->json)
+    printf("{\"removed\":%" PRIu64 "}\n", removed);
+  else
+    printf("%" PRIu64 "\n", removed);
+  finish(c, EXIT_OK);
+}
+
+static void on_stats(void *arg, int status, const peerstore_stat *st,
+                     size_t n) {
+  cli *c = arg;
+  size_t i;
+
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  if (c->json) {
+    printf("{");
+    for (i = 0; i < n; i++)
+      printf("%s\"%s\":%" PRIu64, i ? "," : "", st[i].name, st[i].value);
+    printf("}\n");
+  } else {
+    for (i = 0; i < n; i++)
+      printf("%s\t%" PRIu64 "\n", st[i].name, st[i].value);
+  }
+  finish(c, EXIT_OK);
+}
+
+static void on_timeout(uv_timer_t *t) {
+  cli *c = t->data;
+
+  fprintf(stderr, "peerstore: %s: no answer from the service in time\n",
+          c->command);
+  finish(c, EXIT_TIMEOUT);
+}
+
+static void on_sigint(uv_signal_t *s, int signum) {
+  cli *c = s->data;
+
+  (void)signum;
+  finish(c, strcmp(c->command, "watch") == 0 ? EXIT_OK : 130);
+}
+
+/* ------------------------------------------------------------------ */
+/* Main                                                                */
+
+static int start(cli *c) {
+  const peerstore_peer_id *peer = c->have_peer ? &c->peer : NULL;
+  const char *cmd = c->command;
+  void *op = NULL;
+
+  if (strcmp(cmd, "store") == 0)
+    op = peerstore_store(c->client, c->subsystem, peer, c->key, c->value,
+                         c->value_size, c->expiry,
+                         c->replace ? PEERSTORE_REPLACE : PEERSTORE_MULTIPLE,
+                         on_store, c);
+  else if (strcmp(cmd, "get") == 0 || strcmp(cmd, "iterate") == 0)
+    op = peerstore_iterate(c->client, c->subsystem, peer, c->key, on_record,
+                           c);
+  else if (strcmp(cmd, "watch") == 0)
+    op = peerstore_watch(c->client, c->subsystem, peer, c->key, on_record, c);
+  else if (strcmp(cmd, "remove") == 0)
+    op = peerstore_remove(c->client, c->subsystem, peer, c->key, on_remove,
+                          c);
+  else if (strcmp(cmd, "stats") == 0)
+    op = peerstore_stats(c->client, on_stats, c);
+  if (op == NULL) {
+    fprintf(stderr, "peerstore: %s: invalid arguments (a subsystem of "
+                    "1..%d bytes and a key of 1..%d bytes are needed)\n",
+            cmd, PEERSTORE_SUBSYSTEM_MAX, PEERSTORE_KEY_MAX);
+    return -1;
+  }
+  return 0;
+}
+
+static int usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "peerstore: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\nTry 'peerstore --help'.\n");
+  return EXIT_USAGE;
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"subsystem", required_argument, NULL, 's'},
+      {"peer", required_argument, NULL, 'p'},
+      {"key", required_argument, NULL, 'k'},
+      {"hex", no_argument, NULL, 'x'},
+      {"file", required_argument, NULL, 'f'},
+      {"replace", no_argument, NULL, 'r'},
+      {"expiry", required_argument, NULL, 'e'},
+      {"count", required_argument, NULL, 'n'},
+      {"json", no_argument, NULL, 'j'},
+      {"socket", required_argument, NULL, 'S'},
+      {"timeout", required_argument, NULL, 't'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0}};
+  static const char *commands[] = {"store",  "get",   "iterate", "watch",
+                                   "remove", "stats", "peer"};
+  cli c;
+  const char *file = NULL, *socket_path = NULL, *value_arg = NULL;
+  double timeout_s = 10;
+  char *end;
+  size_t i;
+  int ch, known = 0, r;
+
+  memset(&c, 0, sizeof(c));
+  c.expiry = PEERSTORE_EXPIRY_NEVER;
+  while ((ch = getopt_long(argc, argv, "s:p:k:xf:re:n:jS:t:h", opts, NULL)) !=
+         -1) {
+    switch (ch) {
+    case 's': c.subsystem = optarg; break;
+    case 'k': c.key = optarg; break;
+    case 'x': c.hex = 1; break;
+    case 'f': file = optarg; break;
+    case 'r': c.replace = 1; break;
+    case 'j': c.json = 1; break;
+    case 'S': socket_path = optarg; break;
+    case 'p':
+      if (peerstore_peer_from_string(optarg, &c.peer) != 0)
+        return usage_error("bad peer id '%s' (52 base32 characters or 64 "
+                           "hex digits)", optarg);
+      c.have_peer = 1;
+      break;
+    case 'e':
+      if (parse_expiry(optarg, &c.expiry) != 0)
+        return usage_error("bad expiry '%s'", optarg);
+      break;
+    case 'n':
+      c.count_limit = strtoull(optarg, &end, 10);
+      if (*optarg == '\0' || *end != '\0')
+        return usage_error("bad count '%s'", optarg);
+      break;
+    case 't':
+      timeout_s = strtod(optarg, &end);
+      if (*optarg == '\0' || *end != '\0' || timeout_s < 0)
+        return usage_error("bad timeout '%s'", optarg);
+      break;
+    case 'h': usage(stdout); return EXIT_OK;
+    default: usage(stderr); return EXIT_USAGE;
+    }
+  }
+  if (optind >= argc)
+    return usage_error("%s", "no command given");
+  c.command = argv[optind++];
+  for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+    known |= strcmp(c.command, commands[i]) == 0;
+  if (!known)
+    return usage_error("unknown command '%s'", c.command);
+  if (optind < argc)
+    value_arg = argv[optind++];
+  if (optind < argc)
+    return usage_error("unexpected argument '%s'", argv[optind]);
+
+  if (strcmp(c.command, "peer") == 0) {
+    char b32[PEERSTORE_PEER_B32_LEN + 1];
+    if (!c.have_peer)
+      return usage_error("%s", "peer needs -p ID");
+    peerstore_peer_to_string(&c.peer, b32);
+    printf("%s\n", b32);
+    print_hex(stdout, c.peer.bytes, sizeof(c.peer.bytes));
+    printf("\n");
+    return EXIT_OK;
+  }
+  if (strcmp(c.command, "stats") != 0 && c.subsystem == NULL)
+    return usage_error("%s needs -s SUBSYSTEM", c.command);
+  if (strcmp(c.command, "store") == 0 || strcmp(c.command, "get") == 0) {
+    if (!c.have_peer || c.key == NULL)
+      return usage_error("%s needs -p PEER and -k KEY", c.command);
+  }
+  if (strcmp(c.command, "store") == 0) {
+    if ((value_arg != NULL) + (file != NULL) != 1)
+      return usage_error("%s", "store needs exactly one of VALUE, --file "
+                               "FILE, or - for standard input");
+    if (file != NULL) {
+      FILE *f = fopen(file, "rb");
+      if (f == NULL || read_stream(f, &c.value, &c.value_size) != 0) {
+        fprintf(stderr, "peerstore: cannot read %s: %s\n", file,
+                strerror(errno));
+        if (f != NULL)
+          fclose(f);
+        return EXIT_USAGE;
+      }
+      fclose(f);
+    } else if (strcmp(value_arg, "-") == 0) {
+      if (read_stream(stdin, &c.value, &c.value_size) != 0)
+        return usage_error("%s", "cannot read the value from standard input");
+    } else if (c.hex) {
+      if (parse_hex(value_arg, &c.value, &c.value_size) != 0)
+        return usage_error("bad hex value '%s'", value_arg);
+    } else {
+      c.value_size = strlen(value_arg);
+      c.value = (uint8_t *)strdup(value_arg);
+    }
+  } else if (value_arg != NULL) {
+    return usage_error("unexpected argument '%s'", value_arg);
+  }
+
+  uv_loop_init(&c.loop);
+  c.client = peerstore_connect(&c.loop, socket_path);
+  if (c.client == NULL) {
+    fprintf(stderr, "peerstore: bad socket path\n");
+    free(c.value);
+    uv_loop_close(&c.loop);
+    return EXIT_USAGE;
+  }
+  uv_timer_init(&c.loop, &c.timer);
+  c.timer.data = &c;
+  uv_signal_init(&c.loop, &c.sigint);
+  c.sigint.data = &c;
+  uv_signal_start(&c.sigint, on_sigint, SIGINT);
+  if (timeout_s > 0 && strcmp(c.command, "watch") != 0)
+    uv_timer_start(&c.timer, on_timeout, (uint64_t)(timeout_s * 1000), 0);
+  if (start(&c) != 0) {
+    finish(&c, EXIT_USAGE);
+  }
+  uv_run(&c.loop, UV_RUN_DEFAULT);
+  r = uv_loop_close(&c.loop);
+  free(c.value);
+  if (r != 0)
+    fprintf(stderr, "peerstore: internal error: handles left open\n");
+  return c.exit_code;
+}

@@ -1,0 +1,210 @@
+/* config.c - defaults and the INI config file of peerstored.
+ *
+ * The file has a [peerstored] section for the service and a [plugin]
+ * section whose keys are handed to the storage plugin.  Lines are
+ * "name = value"; '#' and ';' start comments.  Command-line flags are
+ * applied after the file, so they win.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "service.h"
+
+void config_defaults(config *cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->socket_mode = 0600;
+  cfg->max_value_size = PEERSTORE_VALUE_MAX_DEFAULT;
+  cfg->purge_interval_ms = 60 * 1000;
+  cfg->output_soft_limit = 4u << 20;
+  cfg->watch_output_limit = 16u << 20;
+  cfg->max_clients = 4096;
+  cfg->max_watches = 1024;
+  cfg->log_level = PEERSTORE_LOG_INFO;
+  cfg->ready_fd = -1;
+}
+
+int config_parse_size(const char *s, uint64_t *out) {
+  char *end;
+  unsigned long long v;
+
+  errno = 0;
+  if (!isdigit((unsigned char)*s))
+    return -1;
+  v = strtoull(s, &end, 10);
+  if (errno != 0)
+    return -1;
+  switch (*end) {
+  case 'k': case 'K': v <<= 10; end++; break;
+  case 'm': case 'M': v <<= 20; end++; break;
+  case 'g': case 'G': v <<= 30; end++; break;
+  default: break;
+  }
+  if (*end != '\0')
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static char *trim(char *s) {
+  char *e;
+
+  while (isspace((unsigned char)*s))
+    s++;
+  e = s + strlen(s);
+  while (e > s && isspace((unsigned char)e[-1]))
+    *--e = '\0';
+  return s;
+}
+
+static int set_str(char **dst, const char *v) {
+  char *d = strdup(v);
+
+  if (d == NULL)
+    return -1;
+  free(*dst);
+  *dst = d;
+  return 0;
+}
+
+/* Applies one [peerstored] key; returns 0, or -1 for a bad value or key. */
+static int apply(config *cfg, const char *name, const char *v) {
+  uint64_t n;
+  char *end;
+
+  if (strcmp(name, "socket") == 0)
+    return set_str(&cfg->socket_path, v);
+  if (strcmp(name, "plugin") == 0)
+    return set_str(&cfg->plugin, v);
+  if (strcmp(name, "plugin_dir") == 0)
+    return set_str(&cfg->plugin_dir, v);
+  if (strcmp(name, "database") == 0)
+    return set_str(&cfg->database, v);
+  if (strcmp(name, "socket_mode") == 0) {
+    unsigned long m = strtoul(v, &end, 8);
+    if (*v == '\0' || *end != '\0' || m > 0777)
+      return -1;
+    cfg->socket_mode = (unsigned)m;
+    return 0;
+  }
+  if (strcmp(name, "log_level") == 0) {
+    static const char *lv[] = {"error", "warn", "info", "debug"};
+    int i;
+    for (i = 0; i < 4; i++)
+      if (strcmp(v, lv[i]) == 0) {
+        cfg->log_level = i;
+        return 0;
+      }
+    return -1;
+  }
+  if (config_parse_size(v, &n) != 0)
+    return -1;
+  if (strcmp(name, "max_value_size") == 0) {
+    if (n > PEERSTORE_VALUE_MAX_HARD)
+      return -1;
+    cfg->max_value_size = (uint32_t)n;
+  } else if (strcmp(name, "purge_interval") == 0) {
+    if (n == 0 || n > UINT64_MAX / 1000)
+      return -1;
+    cfg->purge_interval_ms = n * 1000;
+  } else if (strcmp(name, "output_limit") == 0) {
+    cfg->output_soft_limit = (size_t)n;
+  } else if (strcmp(name, "watch_output_limit") == 0) {
+    cfg->watch_output_limit = (size_t)n;
+  } else if (strcmp(name, "max_clients") == 0 && n > 0 && n <= UINT32_MAX) {
+    cfg->max_clients = (uint32_t)n;
+  } else if (strcmp(name, "max_watches") == 0 && n > 0 && n <= UINT32_MAX) {
+    cfg->max_watches = (uint32_t)n;
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+int config_load(config *cfg, const char *path) {
+  FILE *f = fopen(path, "r");
+  char line[4096], section[64] = "";
+  int lineno = 0;
+
+  if (f == NULL) {
+    fprintf(stderr, "peerstored: cannot open config file %s: %s\n", path,
+            strerror(errno));
+    return -1;
+  }
+  while (fgets(line, sizeof(line), f) != NULL) {
+    char *s = trim(line), *eq, *name, *value;
+    config_entry *ne;
+
+    lineno++;
+    if (*s == '\0' || *s == '#' || *s == ';')
+      continue;
+    if (*s == '[') {
+      char *e = strchr(s, ']');
+      if (e == NULL || e[1] != '\0' || (size_t)(e - s - 1) >= sizeof(section))
+        goto bad;
+      *e = '\0';
+      snprintf(section, sizeof(section), "%s", trim(s + 1));
+      continue;
+    }
+    if ((eq = strchr(s, '=')) == NULL)
+      goto bad;
+    *eq = '\0';
+    name = trim(s);
+    value = trim(eq + 1);
+    if (*name == '\0')
+      goto bad;
+    if (strcmp(section, "peerstored") == 0 && apply(cfg, name, value) != 0) {
+      fprintf(stderr, "peerstored: %s:%d: bad setting %s = %s\n", path,
+              lineno, name, value);
+      fclose(f);
+      return -1;
+    }
+    ne = realloc(cfg->entries, (cfg->n_entries + 1) * sizeof(*ne));
+    if (ne == NULL)
+      goto bad;
+    cfg->entries = ne;
+    ne = &cfg->entries[cfg->n_entries];
+    ne->section = strdup(section);
+    ne->name = strdup(name);
+    ne->value = strdup(value);
+    cfg->n_entries++;
+    if (!ne->section || !ne->name || !ne->value)
+      goto bad;
+  }
+  fclose(f);
+  return 0;
+bad:
+  fprintf(stderr, "peerstored: %s:%d: cannot parse line\n", path, lineno);
+  fclose(f);
+  return -1;
+}
+
+const char *config_get(const config *cfg, const char *section,
+                       const char *name) {
+  size_t i;
+
+  /* The last setting of a key wins, as it would when reading top down. */
+  for (i = cfg->n_entries; i-- > 0;)
+    if (strcmp(cfg->entries[i].section, section) == 0 &&
+        strcmp(cfg->entries[i].name, name) == 0)
+      return cfg->entries[i].value;
+  return NULL;
+}
+
+void config_free(config *cfg) {
+  size_t i;
+
+  for (i = 0; i < cfg->n_entries; i++) {
+    free(cfg->entries[i].section);
+    free(cfg->entries[i].name);
+    free(cfg->entries[i].value);
+  }
+  free(cfg->entries);
+  free(cfg->socket_path);
+  free(cfg->plugin);
+  free(cfg->plugin_dir);
+  free(cfg->database);
+  memset(cfg, 0, sizeof(*cfg));
+}

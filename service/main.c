@@ -1,0 +1,183 @@
+/* main.c - peerstored: options, the loop, and exit status. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "service.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+"Usage: peerstored [OPTION]...\n"
+"Serve per-peer records to local programs over a Unix socket.\n"
+"\n"
+"  -s, --socket PATH        listen on PATH (default: $PEERSTORE_SOCKET, else\n"
+"                           $XDG_RUNTIME_DIR/peerstore.sock, else\n"
+"                           /run/peerstore/peerstore.sock)\n"
+"  -P, --plugin NAME|PATH   storage plugin (default: memory)\n"
+"  -D, --plugin-dir DIR     look for plugins in DIR first\n"
+"  -d, --database PATH      database file for plugins that need one\n"
+"  -c, --config FILE        read settings from an INI file; flags win\n"
+"  -m, --socket-mode MODE   octal mode of the socket (default: 0600)\n"
+"      --max-value-size N   largest value accepted (default: 1M)\n"
+"      --purge-interval S   seconds between purges of expired records (60)\n"
+"  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
+"      --ready-fd FD        write \"READY\\n\" to FD once listening\n"
+"  -h, --help               show this help\n"
+"  -V, --version            show the version\n"
+"\n"
+"Exit status: 0 after a clean shutdown (SIGINT, SIGTERM), 1 if the service\n"
+"could not start (bad options, socket in use, plugin or database error).\n");
+}
+
+enum { OPT_MAXVAL = 256, OPT_PURGE, OPT_READY };
+
+/* Flags are kept aside and applied after the config file. */
+typedef struct flag {
+  const char *name;
+  const char *value;
+} flag;
+
+static int config_set(config *cfg, const char *name, const char *value) {
+  uint64_t n;
+  char *end;
+
+  if (strcmp(name, "socket") == 0) {
+    free(cfg->socket_path);
+    cfg->socket_path = strdup(value);
+  } else if (strcmp(name, "plugin") == 0) {
+    free(cfg->plugin);
+    cfg->plugin = strdup(value);
+  } else if (strcmp(name, "plugin_dir") == 0) {
+    free(cfg->plugin_dir);
+    cfg->plugin_dir = strdup(value);
+  } else if (strcmp(name, "database") == 0) {
+    free(cfg->database);
+    cfg->database = strdup(value);
+  } else if (strcmp(name, "socket_mode") == 0) {
+    unsigned long m = strtoul(value, &end, 8);
+    if (*value == '\0' || *end != '\0' || m > 0777)
+      return -1;
+    cfg->socket_mode = (unsigned)m;
+  } else if (strcmp(name, "max_value_size") == 0) {
+    if (config_parse_size(value, &n) != 0 || n > PEERSTORE_VALUE_MAX_HARD)
+      return -1;
+    cfg->max_value_size = (uint32_t)n;
+  } else if (strcmp(name, "purge_interval") == 0) {
+    if (config_parse_size(value, &n) != 0 || n == 0 || n > 1000000000)
+      return -1;
+    cfg->purge_interval_ms = n * 1000;
+  } else if (strcmp(name, "log_level") == 0) {
+    static const char *lv[] = {"error", "warn", "info", "debug"};
+    int i;
+    for (i = 0; i < 4; i++)
+      if (strcmp(value, lv[i]) == 0)
+        break;
+    if (i == 4)
+      return -1;
+    cfg->log_level = i;
+  } else if (strcmp(name, "ready_fd") == 0) {
+    long fd = strtol(value, &end, 10);
+    if (*value == '\0' || *end != '\0' || fd < 0 || fd > 65535)
+      return -1;
+    cfg->ready_fd = (int)fd;
+  } else {
+    return -1;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"socket", required_argument, NULL, 's'},
+      {"plugin", required_argument, NULL, 'P'},
+      {"plugin-dir", required_argument, NULL, 'D'},
+      {"database", required_argument, NULL, 'd'},
+      {"config", required_argument, NULL, 'c'},
+      {"socket-mode", required_argument, NULL, 'm'},
+      {"max-value-size", required_argument, NULL, OPT_MAXVAL},
+      {"purge-interval", required_argument, NULL, OPT_PURGE},
+      {"log-level", required_argument, NULL, 'l'},
+      {"ready-fd", required_argument, NULL, OPT_READY},
+      {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, 'V'},
+      {NULL, 0, NULL, 0}};
+  flag flags[32];
+  size_t nflags = 0, i;
+  const char *config_file = NULL;
+  char path[4096];
+  config cfg;
+  server srv;
+  uv_loop_t loop;
+  int ch, r;
+
+  while ((ch = getopt_long(argc, argv, "s:P:D:d:c:m:l:hV", opts, NULL)) !=
+         -1) {
+    const char *name = NULL;
+    switch (ch) {
+    case 's': name = "socket"; break;
+    case 'P': name = "plugin"; break;
+    case 'D': name = "plugin_dir"; break;
+    case 'd': name = "database"; break;
+    case 'm': name = "socket_mode"; break;
+    case 'l': name = "log_level"; break;
+    case OPT_MAXVAL: name = "max_value_size"; break;
+    case OPT_PURGE: name = "purge_interval"; break;
+    case OPT_READY: name = "ready_fd"; break;
+    case 'c': config_file = optarg; break;
+    case 'h': usage(stdout); return 0;
+    case 'V': printf("peerstored %s\n", PACKAGE_VERSION); return 0;
+    default: usage(stderr); return 1;
+    }
+    if (name != NULL && nflags < sizeof(flags) / sizeof(flags[0])) {
+      flags[nflags].name = name;
+      flags[nflags].value = optarg;
+      nflags++;
+    }
+  }
+  if (optind != argc) {
+    fprintf(stderr, "peerstored: unexpected argument '%s'\n", argv[optind]);
+    usage(stderr);
+    return 1;
+  }
+
+  config_defaults(&cfg);
+  if (config_file != NULL && config_load(&cfg, config_file) != 0) {
+    config_free(&cfg);
+    return 1;
+  }
+  for (i = 0; i < nflags; i++) {
+    if (config_set(&cfg, flags[i].name, flags[i].value) != 0) {
+      fprintf(stderr, "peerstored: bad value for --%s: %s\n", flags[i].name,
+              flags[i].value);
+      config_free(&cfg);
+      return 1;
+    }
+  }
+  if (cfg.socket_path == NULL) {
+    if (peerstore_default_socket_path(path, sizeof(path)) != 0 ||
+        (cfg.socket_path = strdup(path)) == NULL) {
+      fprintf(stderr, "peerstored: default socket path too long\n");
+      config_free(&cfg);
+      return 1;
+    }
+  }
+  log_set_level(cfg.log_level);
+  /* A client that vanishes mid-write must not kill the service. */
+  signal(SIGPIPE, SIG_IGN);
+
+  uv_loop_init(&loop);
+  r = server_start(&srv, &loop, &cfg);
+  if (r == 0)
+    uv_run(&loop, UV_RUN_DEFAULT);
+  /* Anything left closing finishes here; then the loop must be empty. */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(&loop) != 0) {
+    LOG_ERROR("event loop still has open handles at exit");
+    r = -1;
+  }
+  config_free(&cfg);
+  return r == 0 ? 0 : 1;
+}

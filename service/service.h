@@ -1,0 +1,224 @@
+/* service.h - peerstored's internal types, shared by its modules.
+ *
+ * Ownership: the server owns the client list; a client owns its buffers,
+ * its watches and its iterations.  A client is freed only when its handle
+ * has closed and no plugin callback still refers to it (refs == 0), so a
+ * plugin may complete a request after the client went away.
+ */
+#ifndef PEERSTORED_SERVICE_H
+#define PEERSTORED_SERVICE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "hmap.h"
+#include "memory.h"
+#include "peerstore_plugin.h"
+#include "wire.h"
+
+/* ------------------------------------------------------------------ */
+/* Configuration (config.c)                                            */
+
+typedef struct config_entry {
+  char *section;
+  char *name;
+  char *value;
+} config_entry;
+
+typedef struct config {
+  char *socket_path;
+  char *plugin;
+  char *plugin_dir;
+  char *database;
+  unsigned socket_mode;
+  uint32_t max_value_size;
+  uint64_t purge_interval_ms;
+  size_t output_soft_limit;  /* stop reading a client's requests above */
+  size_t watch_output_limit; /* end a watch that would queue beyond */
+  uint32_t max_clients;
+  uint32_t max_watches;      /* per client */
+  int log_level;
+  int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
+  /* Every key of the config file, for plugin options. */
+  config_entry *entries;
+  size_t n_entries;
+} config;
+
+void config_defaults(config *cfg);
+/* Parses an INI file into cfg; returns 0 or -1 after printing the reason. */
+int config_load(config *cfg, const char *path);
+/* Parses a size with an optional k/M/G suffix; returns 0 or -1. */
+int config_parse_size(const char *s, uint64_t *out);
+/* A value from the file's [section]; NULL if absent. */
+const char *config_get(const config *cfg, const char *section,
+                       const char *name);
+void config_free(config *cfg);
+
+/* ------------------------------------------------------------------ */
+/* Logging (log.c)                                                     */
+
+void log_set_level(int level);
+void log_msg(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define LOG_ERROR(...) log_msg(PEERSTORE_LOG_ERROR, __VA_ARGS__)
+#define LOG_WARN(...) log_msg(PEERSTORE_LOG_WARN, __VA_ARGS__)
+#define LOG_INFO(...) log_msg(PEERSTORE_LOG_INFO, __VA_ARGS__)
+#define LOG_DEBUG(...) log_msg(PEERSTORE_LOG_DEBUG, __VA_ARGS__)
+/* The adapter handed to plugins through peerstore_plugin_env. */
+void log_plugin(void *ctx, enum peerstore_log_level level, const char *fmt,
+                ...) __attribute__((format(printf, 3, 4)));
+
+/* ------------------------------------------------------------------ */
+/* Plugins (plugin.c)                                                  */
+
+typedef struct plugin {
+  const peerstore_plugin_desc *desc;
+  void *instance;
+  uv_lib_t lib;
+  int lib_open;
+} plugin;
+
+/* Finds, loads, checks and opens the configured plugin; returns 0, or -1
+ * after logging what it looked for and where. */
+int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop);
+void plugin_unload(plugin *p);
+
+
+/* ------------------------------------------------------------------ */
+/* Server and clients                                                  */
+
+typedef struct server server;
+typedef struct client client;
+typedef struct watch watch;
+typedef struct siter siter;
+
+struct watch {
+  peerstore__hnode h;  /* in the server's watch index, under its filter */
+  watch *next_same;    /* other watches with the same filter */
+  watch *prev_same;
+  watch *next_of_client;
+  client *c;
+  uint32_t request;
+  peerstore__filter f;
+};
+
+struct siter {
+  siter *next;
+  client *c;
+  uint32_t request;
+  uint32_t credit;
+  peerstore_plugin_cursor *cursor;
+  unsigned busy : 1;    /* an iterate_next is outstanding */
+  unsigned pumping : 1; /* inside iter_pump, so completions do not recurse */
+  unsigned ended : 1;   /* cancelled or finished; free when not busy */
+};
+
+struct client {
+  server *srv;
+  uv_pipe_t pipe;
+  client *next; /* server's list */
+  client *prev;
+  client *next_flush; /* server's list of clients with output to flush */
+  uint64_t id;
+  uid_t uid;
+  gid_t gid;
+  pid_t pid;
+  peerstore__buf in;
+  peerstore__buf out;   /* being filled */
+  peerstore__buf wbuf;  /* being written */
+  uv_write_t wreq;
+  uint64_t discard;     /* bytes of an oversized body still to skip */
+  uint32_t discard_request;
+  uint32_t refs;        /* the handle + plugin requests in flight */
+  uint32_t n_watches;
+  watch *watches;
+  siter *iters;
+  unsigned hello : 1;
+  unsigned writing : 1;
+  unsigned reading : 1;
+  unsigned closing : 1;
+  unsigned in_flush : 1;
+  unsigned in_backlog : 1; /* has whole frames left over from a wake-up */
+  unsigned close_after_flush : 1;
+};
+
+typedef struct server_stats {
+  uint64_t stores;
+  uint64_t iterations;
+  uint64_t removes;
+  uint64_t notifications;
+  uint64_t overflows;
+  uint64_t protocol_errors;
+  uint64_t clients_total;
+  uint64_t purged;
+} server_stats;
+
+struct server {
+  uv_loop_t *loop;
+  config *cfg;
+  plugin plugin;
+  uv_pipe_t listener;
+  uv_signal_t sigint;
+  uv_signal_t sigterm;
+  uv_timer_t purge_timer;
+  uv_timer_t stop_timer;
+  uv_idle_t idle;
+  client *clients;
+  client *flush_list;
+  uint32_t n_clients;
+  uint32_t n_watches;
+  uint32_t n_iters;
+  uint64_t next_client_id;
+  uint64_t inflight; /* plugin requests outstanding */
+  uint64_t started_ms;
+  peerstore__hmap watch_index;
+  peerstore__buf note; /* watch.c's scratch frame */
+  server_stats stats;
+  unsigned listening : 1;
+  unsigned stopping : 1;
+  unsigned purging : 1;
+  unsigned done : 1;
+};
+
+/* server.c */
+int server_start(server *s, uv_loop_t *loop, config *cfg);
+void server_stop(server *s);
+/* Runs the idle work soon (flushes, backlogs, shutdown progress). */
+void server_kick(server *s);
+uint64_t server_now_us(void);
+
+/* client.c */
+void client_accept(server *s);
+/* Queues output; may end the client's iterations' pumping (above soft
+ * limit) but never blocks. */
+void client_output_ready(client *c);
+size_t client_queued(const client *c);
+/* Sends an ERROR frame, logs why and closes the client. */
+void client_fail(client *c, int status, const char *why);
+void client_close(client *c);
+void client_ref(client *c);
+void client_unref(client *c);
+void client_flush(client *c);
+/* Dispatches whole frames from the input buffer, at most a batch. */
+void client_process_input(client *c);
+
+/* dispatch.c */
+/* Handles one whole frame; returns 0, or a status after which the client
+ * is failed. */
+int dispatch_frame(client *c, const peerstore__header *h,
+                   const uint8_t *body);
+/* A STORE whose body is too large: answer without having read it. */
+void dispatch_store_too_big(client *c, uint32_t request);
+void iter_pump(siter *it);
+void iter_end_all(client *c, int status);
+
+/* watch.c */
+int watch_add(server *s, client *c, uint32_t request,
+              const peerstore__filter *f);
+int watch_cancel(client *c, uint32_t request);
+/* Ends all of c's watches with status (0: silently, for a closing client). */
+void watch_end_all(client *c, int status);
+void watch_notify(server *s, const peerstore_record *rec);
+
+#endif /* PEERSTORED_SERVICE_H */
