@@ -1,0 +1,178 @@
+/* harness.c - see harness.h. */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *service_binary(void) {
+  const char *p = getenv("PEERSTORED");
+  return p != NULL ? p : "../service/peerstored";
+}
+
+int harness_start(harness_svc *s, const char *const *extra) {
+  const char *argv[64];
+  char fdarg[16], buf[16];
+  int fds[2], n = 0, i;
+  struct pollfd pfd;
+  ssize_t got = 0, r;
+  const char *tmp = getenv("TMPDIR");
+
+  memset(s, 0, sizeof(*s));
+  snprintf(s->dir, sizeof(s->dir), "%s/peerstore-test-XXXXXX",
+           tmp ? tmp : "/tmp");
+  if (mkdtemp(s->dir) == NULL)
+    return -1;
+  snprintf(s->socket_path, sizeof(s->socket_path), "%s/sock", s->dir);
+  if (pipe(fds) != 0)
+    return -1;
+  snprintf(fdarg, sizeof(fdarg), "%d", fds[1]);
+  /* PEERSTORE_TEST_VALGRIND=1 runs the service under valgrind too; any
+   * error or leak then shows as a non-zero exit in harness_stop(). */
+  if (getenv("PEERSTORE_TEST_VALGRIND") != NULL &&
+      strcmp(getenv("PEERSTORE_TEST_VALGRIND"), "1") == 0) {
+    argv[n++] = "/usr/bin/valgrind";
+    argv[n++] = "-q";
+    argv[n++] = "--leak-check=full";
+    argv[n++] = "--errors-for-leak-kinds=definite,indirect,possible";
+    argv[n++] = "--error-exitcode=99";
+  }
+  argv[n++] = service_binary();
+  argv[n++] = "--socket";
+  argv[n++] = s->socket_path;
+  argv[n++] = "--ready-fd";
+  argv[n++] = fdarg;
+  if (getenv("PEERSTORE_TEST_LOG") == NULL) {
+    argv[n++] = "--log-level";
+    argv[n++] = "error";
+  }
+  for (i = 0; extra != NULL && extra[i] != NULL && n < 62; i++)
+    argv[n++] = extra[i];
+  argv[n] = NULL;
+  s->pid = fork();
+  if (s->pid < 0)
+    return -1;
+  if (s->pid == 0) {
+    close(fds[0]);
+    execv(argv[0], (char *const *)argv);
+    fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  close(fds[1]);
+  pfd.fd = fds[0];
+  pfd.events = POLLIN;
+  /* The service writes READY once it listens; EOF first means it died. */
+  while (got < 6) {
+    if (poll(&pfd, 1, 30000) <= 0)
+      break;
+    r = read(fds[0], buf + got, sizeof(buf) - (size_t)got);
+    if (r <= 0)
+      break;
+    got += r;
+  }
+  close(fds[0]);
+  if (got < 6 || memcmp(buf, "READY\n", 6) != 0) {
+    harness_kill(s, SIGKILL);
+    return -1;
+  }
+  return 0;
+}
+
+void harness_kill(harness_svc *s, int sig) {
+  if (s->pid <= 0)
+    return;
+  kill(s->pid, sig);
+  waitpid(s->pid, NULL, 0);
+  s->pid = 0;
+}
+
+int harness_alive(harness_svc *s) {
+  return s->pid > 0 && waitpid(s->pid, NULL, WNOHANG) == 0;
+}
+
+int harness_stop(harness_svc *s) {
+  int st = 0, r = 0;
+  char cmd[400];
+
+  if (s->pid > 0) {
+    kill(s->pid, SIGTERM);
+    r = -1;
+    if (waitpid(s->pid, &st, 0) == s->pid && WIFEXITED(st))
+      r = WEXITSTATUS(st);
+    s->pid = 0;
+  }
+  if (s->dir[0] != '\0') {
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", s->dir);
+    if (system(cmd) != 0)
+      fprintf(stderr, "cannot remove %s\n", s->dir);
+    s->dir[0] = '\0';
+  }
+  return r;
+}
+
+typedef struct until {
+  int timed_out;
+} until;
+
+static void on_timeout(uv_timer_t *t) {
+  until *u = t->data;
+  u->timed_out = 1;
+  uv_stop(t->loop);
+}
+
+int harness_run_until_ge(uv_loop_t *loop, const int *counter, int target,
+                         unsigned timeout_ms) {
+  uv_timer_t t;
+  until u = {0};
+
+  uv_timer_init(loop, &t);
+  t.data = &u;
+  uv_timer_start(&t, on_timeout, timeout_ms, 0);
+  while (*counter < target && !u.timed_out)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return *counter >= target ? 0 : -1;
+}
+
+int harness_run_until(uv_loop_t *loop, const int *flag, unsigned timeout_ms) {
+  return harness_run_until_ge(loop, flag, 1, timeout_ms);
+}
+
+int harness_drain(uv_loop_t *loop, unsigned timeout_ms) {
+  uv_timer_t t;
+  until u = {0};
+
+  uv_timer_init(loop, &t);
+  t.data = &u;
+  uv_timer_start(&t, on_timeout, timeout_ms, 0);
+  uv_unref((uv_handle_t *)&t);
+  uv_run(loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&t, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return u.timed_out ? -1 : 0;
+}
+
+int harness_raw_connect(const char *path) {
+  struct sockaddr_un sa;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+  if (fd < 0)
+    return -1;
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}

@@ -1,0 +1,42 @@
+/* harness.h - helpers shared by the cmocka tests: a real peerstored on a
+ * temporary socket, and running a loop until a condition or a timeout. */
+#ifndef PEERSTORE_TEST_HARNESS_H
+#define PEERSTORE_TEST_HARNESS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+typedef struct harness_svc {
+  pid_t pid;
+  char dir[256];
+  char socket_path[300];
+} harness_svc;
+
+/* Starts $PEERSTORED (or ../service/peerstored) on a fresh socket in a
+ * fresh temporary directory, with extra arguments (NULL-terminated, may be
+ * NULL), and waits until it is listening.  Returns 0 or -1. */
+int harness_start(harness_svc *s, const char *const *extra);
+/* SIGTERM, wait; returns the exit status, or -1 if it did not exit
+ * normally (0 if it was already gone through harness_kill).  Removes the
+ * directory. */
+int harness_stop(harness_svc *s);
+/* Returns 1 if the service process is still running. */
+int harness_alive(harness_svc *s);
+/* Sends sig and waits for the process; does not remove the directory. */
+void harness_kill(harness_svc *s, int sig);
+
+/* Runs loop until *flag becomes non-zero or timeout_ms passes.  Returns 0,
+ * or -1 on timeout. */
+int harness_run_until(uv_loop_t *loop, const int *flag, unsigned timeout_ms);
+/* Runs loop until *counter >= target or timeout_ms passes. */
+int harness_run_until_ge(uv_loop_t *loop, const int *counter, int target,
+                         unsigned timeout_ms);
+/* Runs loop until it has nothing left to do; -1 if that takes longer than
+ * timeout_ms. */
+int harness_drain(uv_loop_t *loop, unsigned timeout_ms);
+
+/* Connects a blocking raw socket to path; returns the fd or -1. */
+int harness_raw_connect(const char *path);
+
+#endif

@@ -1,0 +1,699 @@
+/* test_api.c - the client API against a real peerstored, one test per rule
+ * of DESIGN.md section 2.  Every test starts its own service on a fresh
+ * socket and ends by checking that the loop drains and closes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "peerstore.h"
+
+#define TIMEOUT 10000
+
+typedef struct fx {
+  harness_svc svc;
+  uv_loop_t loop;
+} fx;
+
+/* What callbacks saw. */
+typedef struct got {
+  int calls;      /* any callback */
+  int records;    /* rec != NULL */
+  int ended;      /* final callback ran */
+  int status;     /* its status */
+  uint64_t removed;
+  char values[64][64];
+  uint64_t revisions[64];
+  int order[64];  /* sequence number across several ops (see seq) */
+  int *seq;
+  int cancel_after; /* cancel the op after this many records (0: never) */
+  peerstore_iterate_op *iop;
+  peerstore_watch_op *wop;
+} got;
+
+static peerstore_peer_id peer_n(uint8_t n) {
+  peerstore_peer_id p;
+  memset(p.bytes, n, sizeof(p.bytes));
+  return p;
+}
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof(*f));
+
+  assert_non_null(f);
+  assert_int_equal(harness_start(&f->svc, NULL), 0);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+
+  /* Whatever a test did, once its clients are gone the loop must close. */
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  assert_int_equal(harness_stop(&f->svc), 0);
+  free(f);
+  return 0;
+}
+
+static peerstore_client *conn(fx *f) {
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  assert_non_null(c);
+  return c;
+}
+
+/* ------------------------------------------------------------------ */
+/* Callbacks                                                           */
+
+static void store_cb(void *arg, int status) {
+  got *g = arg;
+  g->calls++;
+  g->ended++;
+  g->status = status;
+  if (g->seq != NULL)
+    g->order[0] = ++*g->seq;
+}
+
+static void record_cb(void *arg, const peerstore_record *rec, int status) {
+  got *g = arg;
+
+  g->calls++;
+  if (rec == NULL) {
+    g->ended++;
+    g->status = status;
+    return;
+  }
+  if (g->records < 64) {
+    size_t n = rec->value_size < 63 ? rec->value_size : 63;
+    memcpy(g->values[g->records], rec->value, n);
+    g->values[g->records][n] = '\0';
+    g->revisions[g->records] = rec->revision;
+    if (g->seq != NULL)
+      g->order[g->records] = ++*g->seq;
+  }
+  g->records++;
+  if (g->cancel_after > 0 && g->records == g->cancel_after) {
+    if (g->iop != NULL)
+      peerstore_iterate_cancel(g->iop);
+    if (g->wop != NULL)
+      peerstore_watch_cancel(g->wop);
+  }
+}
+
+static void remove_cb(void *arg, int status, uint64_t removed) {
+  got *g = arg;
+  g->calls++;
+  g->ended++;
+  g->status = status;
+  g->removed = removed;
+}
+
+/* Stores and waits for the acknowledgement; returns its status. */
+static int store_wait(fx *f, peerstore_client *c, const char *ss,
+                      uint8_t peer, const char *key, const char *value,
+                      enum peerstore_store_option opt) {
+  got g = {0};
+  peerstore_peer_id p = peer_n(peer);
+
+  assert_non_null(peerstore_store(c, ss, &p, key, value, strlen(value),
+                                  PEERSTORE_EXPIRY_NEVER, opt, store_cb, &g));
+  assert_int_equal(harness_run_until(&f->loop, &g.ended, TIMEOUT), 0);
+  return g.status;
+}
+
+static void iterate_wait(fx *f, peerstore_client *c, const char *ss,
+                         const peerstore_peer_id *peer, const char *key,
+                         got *g) {
+  memset(g, 0, sizeof(*g));
+  assert_non_null(peerstore_iterate(c, ss, peer, key, record_cb, g));
+  assert_int_equal(harness_run_until(&f->loop, &g->ended, TIMEOUT), 0);
+  assert_int_equal(g->status, 0);
+  assert_int_equal(g->ended, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* Store options                                                       */
+
+static void test_store_replace_multiple(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(1);
+  got g;
+
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "a", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "b", PEERSTORE_MULTIPLE), 0);
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "c", PEERSTORE_MULTIPLE), 0);
+  iterate_wait(f, c, "ss", &p, "k", &g);
+  assert_int_equal(g.records, 3);
+  assert_string_equal(g.values[0], "a");
+  assert_string_equal(g.values[1], "b");
+  assert_string_equal(g.values[2], "c");
+  assert_true(g.revisions[0] < g.revisions[1]);
+  assert_true(g.revisions[1] < g.revisions[2]);
+
+  /* An identical MULTIPLE refreshes: no copy, a new revision, last now. */
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "a", PEERSTORE_MULTIPLE), 0);
+  iterate_wait(f, c, "ss", &p, "k", &g);
+  assert_int_equal(g.records, 3);
+  assert_string_equal(g.values[0], "b");
+  assert_string_equal(g.values[2], "a");
+
+  /* REPLACE again leaves one. */
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "d", PEERSTORE_REPLACE), 0);
+  iterate_wait(f, c, "ss", &p, "k", &g);
+  assert_int_equal(g.records, 1);
+  assert_string_equal(g.values[0], "d");
+  peerstore_disconnect(c, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Iterate filters and order                                           */
+
+static void test_iterate_filters(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p1 = peer_n(1), p2 = peer_n(2);
+  got g;
+
+  /* Interleaved so that each filter's stored order is distinct. */
+  assert_int_equal(store_wait(f, c, "ss", 1, "k1", "1", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, c, "ss", 2, "k1", "2", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, c, "other", 1, "k1", "x", PEERSTORE_REPLACE),
+                   0);
+  assert_int_equal(store_wait(f, c, "ss", 1, "k2", "3", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, c, "ss", 2, "k2", "4", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, c, "ss", 1, "k1", "5", PEERSTORE_MULTIPLE), 0);
+
+  iterate_wait(f, c, "ss", NULL, NULL, &g);
+  assert_int_equal(g.records, 5);
+  assert_string_equal(g.values[0], "1");
+  assert_string_equal(g.values[1], "2");
+  assert_string_equal(g.values[2], "3");
+  assert_string_equal(g.values[3], "4");
+  assert_string_equal(g.values[4], "5");
+
+  iterate_wait(f, c, "ss", &p1, NULL, &g);
+  assert_int_equal(g.records, 3);
+  assert_string_equal(g.values[0], "1");
+  assert_string_equal(g.values[1], "3");
+  assert_string_equal(g.values[2], "5");
+
+  iterate_wait(f, c, "ss", NULL, "k2", &g);
+  assert_int_equal(g.records, 2);
+  assert_string_equal(g.values[0], "3");
+  assert_string_equal(g.values[1], "4");
+
+  iterate_wait(f, c, "ss", &p2, "k1", &g);
+  assert_int_equal(g.records, 1);
+  assert_string_equal(g.values[0], "2");
+
+  iterate_wait(f, c, "nothing-here", NULL, NULL, &g);
+  assert_int_equal(g.records, 0);
+  peerstore_disconnect(c, 0);
+}
+
+/* Many records: exercises the credit window on the wire. */
+static void test_iterate_large(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  got acks = {0}, g;
+  char key[32];
+  peerstore_peer_id p = peer_n(3);
+  int i, n = 5000;
+  uint64_t last = 0;
+
+  for (i = 0; i < n; i++) {
+    snprintf(key, sizeof(key), "key-%d", i);
+    assert_non_null(peerstore_store(c, "big", &p, key, key, strlen(key),
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    store_cb, &acks));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &acks.ended, n, TIMEOUT),
+                   0);
+  assert_int_equal(acks.status, 0);
+  iterate_wait(f, c, "big", NULL, NULL, &g);
+  assert_int_equal(g.records, n);
+  for (i = 1; i < 64; i++) {
+    assert_true(g.revisions[i] > last);
+    last = g.revisions[i];
+  }
+  assert_string_equal(g.values[0], "key-0");
+  peerstore_disconnect(c, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Watch                                                               */
+
+static void test_watch_filters_other_client(void **state) {
+  fx *f = *state;
+  peerstore_client *w = conn(f), *s = conn(f);
+  peerstore_peer_id p1 = peer_n(1);
+  got exact = {0}, any = {0}, bypeer = {0}, bykey = {0}, other = {0};
+  got st = {0};
+
+  assert_non_null(peerstore_watch(w, "ss", &p1, "k", record_cb, &exact));
+  assert_non_null(peerstore_watch(w, "ss", NULL, NULL, record_cb, &any));
+  assert_non_null(peerstore_watch(w, "ss", &p1, NULL, record_cb, &bypeer));
+  assert_non_null(peerstore_watch(w, "ss", NULL, "k", record_cb, &bykey));
+  assert_non_null(peerstore_watch(w, "zz", NULL, NULL, record_cb, &other));
+  /* A stats round trip guarantees the watches are registered. */
+  assert_int_equal(store_wait(f, w, "sync", 1, "k", "x", PEERSTORE_REPLACE),
+                   0);
+
+  assert_int_equal(store_wait(f, s, "ss", 1, "k", "m1", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, s, "ss", 1, "j", "m2", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, s, "ss", 2, "k", "m3", PEERSTORE_REPLACE), 0);
+  assert_int_equal(store_wait(f, s, "ss", 2, "j", "m4", PEERSTORE_REPLACE), 0);
+  /* An identical MULTIPLE counts as a store. */
+  assert_int_equal(store_wait(f, s, "ss", 1, "k", "m1", PEERSTORE_MULTIPLE),
+                   0);
+  /* The watcher's own round trip orders it after all notifications. */
+  assert_non_null(peerstore_store(w, "sync", &p1, "k", "y", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &st));
+  assert_int_equal(harness_run_until(&f->loop, &st.ended, TIMEOUT), 0);
+
+  assert_int_equal(exact.records, 2);
+  assert_string_equal(exact.values[0], "m1");
+  assert_string_equal(exact.values[1], "m1");
+  assert_true(exact.revisions[0] < exact.revisions[1]);
+  assert_int_equal(any.records, 5);
+  assert_string_equal(any.values[0], "m1");
+  assert_string_equal(any.values[1], "m2");
+  assert_string_equal(any.values[2], "m3");
+  assert_string_equal(any.values[3], "m4");
+  assert_int_equal(bypeer.records, 3);
+  assert_int_equal(bykey.records, 3);
+  assert_int_equal(other.records, 0);
+  assert_int_equal(exact.ended + any.ended + other.ended, 0);
+  peerstore_disconnect(w, 0);
+  peerstore_disconnect(s, 0);
+  /* Disconnect cancels the watches: their callbacks never run again. */
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(exact.ended + any.ended + other.ended, 0);
+}
+
+/* The writer's own watch hears of its store before the store's ack. */
+static void test_watch_before_ack(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(9);
+  int seq = 0;
+  got wg = {0}, sg = {0};
+
+  wg.seq = &seq;
+  sg.seq = &seq;
+  assert_non_null(peerstore_watch(c, "ss", &p, "k", record_cb, &wg));
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &sg));
+  assert_int_equal(harness_run_until(&f->loop, &sg.ended, TIMEOUT), 0);
+  assert_int_equal(wg.records, 1);
+  assert_int_equal(wg.order[0], 1);
+  assert_int_equal(sg.order[0], 2);
+  peerstore_disconnect(c, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Disconnect, cancel                                                  */
+
+static void test_disconnect_sync_first(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(4);
+  got s1 = {0}, s2 = {0}, it = {0}, g;
+
+  /* Made before the connection is even up, then disconnected at once. */
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v1", 2,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE,
+                                  store_cb, &s1));
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v2", 2,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE,
+                                  store_cb, &s2));
+  assert_non_null(peerstore_iterate(c, "ss", NULL, NULL, record_cb, &it));
+  peerstore_disconnect(c, 1);
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(s1.ended, 1);
+  assert_int_equal(s1.status, 0);
+  assert_int_equal(s2.ended, 1);
+  assert_int_equal(s2.status, 0);
+  assert_int_equal(it.calls, 0); /* cancelled by the disconnect */
+
+  c = conn(f);
+  iterate_wait(f, c, "ss", &p, "k", &g);
+  assert_int_equal(g.records, 2);
+  assert_string_equal(g.values[0], "v1");
+  assert_string_equal(g.values[1], "v2");
+  peerstore_disconnect(c, 0);
+}
+
+static void test_no_callback_after_disconnect(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f), *c2;
+  peerstore_peer_id p = peer_n(5);
+  got s = {0}, it = {0}, w = {0}, r = {0}, s2 = {0};
+
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_non_null(peerstore_iterate(c, "ss", NULL, NULL, record_cb, &it));
+  assert_non_null(peerstore_watch(c, "ss", NULL, NULL, record_cb, &w));
+  assert_non_null(peerstore_remove(c, "nothing", NULL, NULL, remove_cb, &r));
+  peerstore_disconnect(c, 0);
+  /* Also once connected and mid-flight. */
+  c2 = conn(f);
+  assert_int_equal(store_wait(f, c2, "ss", 1, "k", "x", PEERSTORE_REPLACE), 0);
+  assert_non_null(peerstore_store(c2, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s2));
+  peerstore_disconnect(c2, 0);
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(s.calls + it.calls + w.calls + r.calls + s2.calls, 0);
+}
+
+static void test_cancel_inside_callback(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(6);
+  got g = {0}, wg = {0}, after;
+  char v[8];
+  int i;
+
+  for (i = 0; i < 10; i++) {
+    snprintf(v, sizeof(v), "v%d", i);
+    assert_int_equal(store_wait(f, c, "ss", 6, "k", v, PEERSTORE_MULTIPLE), 0);
+  }
+  g.cancel_after = 3;
+  g.iop = peerstore_iterate(c, "ss", &p, "k", record_cb, &g);
+  assert_non_null(g.iop);
+  wg.cancel_after = 1;
+  wg.wop = peerstore_watch(c, "ss", NULL, NULL, record_cb, &wg);
+  assert_non_null(wg.wop);
+  /* The iterate reply and a later iteration prove the cancels took. */
+  iterate_wait(f, c, "ss", &p, "k", &after);
+  assert_int_equal(after.records, 10);
+  assert_int_equal(g.records, 3);
+  assert_int_equal(g.ended, 0);
+  assert_int_equal(store_wait(f, c, "ss", 6, "k", "w1", PEERSTORE_MULTIPLE),
+                   0);
+  assert_int_equal(store_wait(f, c, "ss", 6, "k", "w2", PEERSTORE_MULTIPLE),
+                   0);
+  assert_int_equal(wg.records, 1);
+  assert_int_equal(wg.ended, 0);
+  assert_int_equal(g.records, 3);
+  peerstore_disconnect(c, 0);
+}
+
+/* Disconnecting from inside a callback stops everything at once. */
+static void disconnect_in_cb(void *arg, const peerstore_record *rec,
+                             int status) {
+  got *g = arg;
+  (void)rec;
+  (void)status;
+  g->calls++;
+  peerstore_disconnect((peerstore_client *)g->iop, 0);
+}
+
+static void test_disconnect_inside_callback(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  got g = {0};
+  int i;
+
+  for (i = 0; i < 5; i++)
+    assert_int_equal(store_wait(f, c, "ss", (uint8_t)i, "k", "v",
+                                PEERSTORE_REPLACE), 0);
+  g.iop = (peerstore_iterate_op *)c; /* smuggles the client to the cb */
+  assert_non_null(peerstore_iterate(c, "ss", NULL, NULL, disconnect_in_cb,
+                                    &g));
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(g.calls, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* Values                                                              */
+
+static void value_cb(void *arg, const peerstore_record *rec, int status) {
+  got *g = arg;
+  const uint8_t *expect = (const uint8_t *)g->iop;
+
+  if (rec == NULL) {
+    g->ended++;
+    g->status = status;
+    return;
+  }
+  g->records++;
+  g->removed = rec->value_size;
+  if (expect != NULL && memcmp(rec->value, expect, rec->value_size) == 0)
+    g->calls++;
+}
+
+static void test_values(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(7);
+  uint8_t all[256];
+  uint8_t *big = malloc(PEERSTORE_VALUE_MAX_DEFAULT + 1);
+  got s = {0}, g = {0};
+  int i;
+
+  assert_non_null(big);
+  for (i = 0; i < 256; i++)
+    all[i] = (uint8_t)i;
+  for (i = 0; i < PEERSTORE_VALUE_MAX_DEFAULT + 1; i++)
+    big[i] = (uint8_t)(i * 7);
+
+  /* Every byte value. */
+  assert_non_null(peerstore_store(c, "v", &p, "all", all, sizeof(all),
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  /* Empty. */
+  assert_non_null(peerstore_store(c, "v", &p, "empty", NULL, 0,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  /* At the limit. */
+  assert_non_null(peerstore_store(c, "v", &p, "big", big,
+                                  PEERSTORE_VALUE_MAX_DEFAULT,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_int_equal(harness_run_until_ge(&f->loop, &s.ended, 3, TIMEOUT), 0);
+  assert_int_equal(s.status, 0);
+
+  g.iop = (peerstore_iterate_op *)all;
+  assert_non_null(peerstore_iterate(c, "v", &p, "all", value_cb, &g));
+  assert_int_equal(harness_run_until(&f->loop, &g.ended, TIMEOUT), 0);
+  assert_int_equal(g.records, 1);
+  assert_int_equal(g.removed, 256);
+  assert_int_equal(g.calls, 1);
+
+  memset(&g, 0, sizeof(g));
+  assert_non_null(peerstore_iterate(c, "v", &p, "empty", value_cb, &g));
+  assert_int_equal(harness_run_until(&f->loop, &g.ended, TIMEOUT), 0);
+  assert_int_equal(g.records, 1);
+  assert_int_equal(g.removed, 0);
+
+  memset(&g, 0, sizeof(g));
+  g.iop = (peerstore_iterate_op *)big;
+  assert_non_null(peerstore_iterate(c, "v", &p, "big", value_cb, &g));
+  assert_int_equal(harness_run_until(&f->loop, &g.ended, TIMEOUT), 0);
+  assert_int_equal(g.records, 1);
+  assert_int_equal(g.removed, PEERSTORE_VALUE_MAX_DEFAULT);
+  assert_int_equal(g.calls, 1);
+
+  /* One byte over: a clear error, and the connection still works. */
+  memset(&s, 0, sizeof(s));
+  assert_non_null(peerstore_store(c, "v", &p, "over", big,
+                                  PEERSTORE_VALUE_MAX_DEFAULT + 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_int_equal(harness_run_until(&f->loop, &s.ended, TIMEOUT), 0);
+  assert_int_equal(s.status, PEERSTORE_ETOOBIG);
+  assert_int_equal(store_wait(f, c, "v", 7, "after", "ok", PEERSTORE_REPLACE),
+                   0);
+  memset(&g, 0, sizeof(g));
+  assert_non_null(peerstore_iterate(c, "v", &p, "over", value_cb, &g));
+  assert_int_equal(harness_run_until(&f->loop, &g.ended, TIMEOUT), 0);
+  assert_int_equal(g.records, 0);
+  free(big);
+  peerstore_disconnect(c, 0);
+}
+
+static void test_invalid_arguments(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(1);
+  char longkey[PEERSTORE_KEY_MAX + 2], longss[PEERSTORE_SUBSYSTEM_MAX + 2];
+  got g = {0};
+
+  memset(longkey, 'k', sizeof(longkey) - 1);
+  longkey[sizeof(longkey) - 1] = '\0';
+  memset(longss, 's', sizeof(longss) - 1);
+  longss[sizeof(longss) - 1] = '\0';
+  assert_null(peerstore_store(c, NULL, &p, "k", "v", 1, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, "", &p, "k", "v", 1, 0, PEERSTORE_REPLACE,
+                              store_cb, &g));
+  assert_null(peerstore_store(c, "ss", &p, "", "v", 1, 0, PEERSTORE_REPLACE,
+                              store_cb, &g));
+  assert_null(peerstore_store(c, "ss", &p, NULL, "v", 1, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, "ss", NULL, "k", "v", 1, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, "ss", &p, longkey, "v", 1, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, longss, &p, "k", "v", 1, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, "ss", &p, "k", NULL, 5, 0,
+                              PEERSTORE_REPLACE, store_cb, &g));
+  assert_null(peerstore_store(c, "ss", &p, "k", "v", 1, 0,
+                              (enum peerstore_store_option)7, store_cb, &g));
+  assert_null(peerstore_iterate(c, NULL, NULL, NULL, record_cb, &g));
+  assert_null(peerstore_iterate(c, "ss", NULL, "", record_cb, &g));
+  assert_null(peerstore_watch(c, longss, NULL, NULL, record_cb, &g));
+  assert_null(peerstore_remove(c, NULL, NULL, NULL, remove_cb, &g));
+  /* At the limits exactly is fine. */
+  longkey[PEERSTORE_KEY_MAX] = '\0';
+  longss[PEERSTORE_SUBSYSTEM_MAX] = '\0';
+  assert_non_null(peerstore_store(c, longss, &p, longkey, "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &g));
+  /* Keys may hold any byte but NUL. */
+  assert_non_null(peerstore_store(c, longss, &p, "a/b* c\xff", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &g));
+  assert_int_equal(harness_run_until_ge(&f->loop, &g.ended, 2, TIMEOUT), 0);
+  assert_int_equal(g.status, 0);
+  assert_int_equal(g.calls, 2);
+  peerstore_disconnect(c, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Expiry, remove, errors                                              */
+
+static void test_expiry_and_remove(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  peerstore_peer_id p = peer_n(8);
+  got s = {0}, g, r = {0};
+
+  /* Already expired: accepted, never returned. */
+  assert_non_null(peerstore_store(c, "e", &p, "old", "x", 1, 1,
+                                  PEERSTORE_REPLACE, store_cb, &s));
+  assert_non_null(peerstore_store(c, "e", &p, "new", "y", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_non_null(peerstore_store(c, "e", &p, "new2", "z", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  iterate_wait(f, c, "e", NULL, NULL, &g);
+  assert_int_equal(s.ended, 3);
+  assert_int_equal(g.records, 2);
+  assert_string_equal(g.values[0], "y");
+
+  assert_non_null(peerstore_remove(c, "e", &p, "new", remove_cb, &r));
+  assert_int_equal(harness_run_until(&f->loop, &r.ended, TIMEOUT), 0);
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.removed, 1);
+  memset(&r, 0, sizeof(r));
+  assert_non_null(peerstore_remove(c, "e", NULL, NULL, remove_cb, &r));
+  assert_int_equal(harness_run_until(&f->loop, &r.ended, TIMEOUT), 0);
+  assert_true(r.removed >= 1);
+  iterate_wait(f, c, "e", NULL, NULL, &g);
+  assert_int_equal(g.records, 0);
+  peerstore_disconnect(c, 0);
+}
+
+static void test_no_service(void **state) {
+  fx *f = *state;
+  char path[400];
+  peerstore_client *c;
+  peerstore_peer_id p = peer_n(1);
+  got s = {0}, w = {0};
+
+  snprintf(path, sizeof(path), "%s/absent", f->svc.dir);
+  c = peerstore_connect(&f->loop, path);
+  assert_non_null(c);
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_non_null(peerstore_watch(c, "ss", NULL, NULL, record_cb, &w));
+  assert_int_equal(harness_run_until(&f->loop, &w.ended, TIMEOUT), 0);
+  assert_int_equal(s.ended, 1);
+  assert_int_equal(s.status, PEERSTORE_ENOENT);
+  assert_int_equal(w.status, PEERSTORE_ENOENT);
+  /* Later calls fail the same way, through their callbacks. */
+  memset(&s, 0, sizeof(s));
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_int_equal(s.calls, 0); /* never from inside the call */
+  assert_int_equal(harness_run_until(&f->loop, &s.ended, TIMEOUT), 0);
+  assert_int_equal(s.status, PEERSTORE_ENOENT);
+  peerstore_disconnect(c, 0);
+}
+
+/* The service going away ends the pending work with an error. */
+static void test_service_dies(void **state) {
+  fx *f = *state;
+  peerstore_client *c = conn(f);
+  got w = {0};
+
+  assert_non_null(peerstore_watch(c, "ss", NULL, NULL, record_cb, &w));
+  assert_int_equal(store_wait(f, c, "ss", 1, "k", "v", PEERSTORE_REPLACE), 0);
+  assert_int_equal(w.records, 1);
+  harness_kill(&f->svc, SIGKILL);
+  assert_int_equal(harness_run_until(&f->loop, &w.ended, TIMEOUT), 0);
+  assert_int_equal(w.status, PEERSTORE_ECONNRESET);
+  peerstore_disconnect(c, 0);
+}
+
+static void test_strerror(void **state) {
+  (void)state;
+  assert_string_equal(peerstore_err_name(PEERSTORE_ETOOBIG),
+                      "PEERSTORE_ETOOBIG");
+  assert_string_equal(peerstore_err_name(PEERSTORE_EOVERFLOW),
+                      "PEERSTORE_EOVERFLOW");
+  assert_string_equal(peerstore_strerror(0), "success");
+  assert_string_equal(peerstore_strerror(PEERSTORE_EINVAL),
+                      "invalid argument");
+  assert_non_null(peerstore_strerror(-29999));
+  assert_non_null(peerstore_strerror(12345));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_store_replace_multiple, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_iterate_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_iterate_large, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_watch_filters_other_client, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_watch_before_ack, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_disconnect_sync_first, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_no_callback_after_disconnect,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_disconnect_inside_callback, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_values, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_invalid_arguments, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_expiry_and_remove, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_no_service, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_service_dies, setup, teardown),
+      cmocka_unit_test(test_strerror),
+  };
+  return cmocka_run_group_tests_name("api", tests, NULL, NULL);
+}
