@@ -1,0 +1,467 @@
+/* conformance.c - the plugin conformance suite; see conformance.h.
+ *
+ * Plugins may call back at once or later from the loop, so every helper
+ * issues its call and then runs the loop until the callback has run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "conformance.h"
+#include "harness.h"
+
+#define TIMEOUT 30000
+#define MAXREC 256
+
+static const conformance_target *target;
+
+typedef struct fx {
+  uv_loop_t loop;
+  void *inst;
+  const peerstore_plugin_ops *ops;
+} fx;
+
+typedef struct result {
+  int done;
+  int status;
+  uint64_t revision;
+  uint64_t count;
+  int more;
+  int n;
+  char values[MAXREC][32];
+  char keys[MAXREC][32];
+  uint64_t revisions[MAXREC];
+  uint64_t expiries[MAXREC];
+} result;
+
+static void env_log(void *ctx, enum peerstore_log_level level,
+                    const char *fmt, ...) {
+  va_list ap;
+
+  (void)ctx;
+  if (level > PEERSTORE_LOG_WARN)
+    return;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
+
+static const char *no_option(void *ctx, const char *name) {
+  (void)ctx;
+  (void)name;
+  return NULL;
+}
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof(*f));
+  peerstore_plugin_env env;
+
+  assert_non_null(f);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  memset(&env, 0, sizeof(env));
+  env.loop = &f->loop;
+  env.option = no_option;
+  env.log = env_log;
+  if (target->prepare != NULL)
+    assert_int_equal(target->prepare(target->ctx, &env), 0);
+  f->ops = target->desc->ops;
+  assert_int_equal(target->desc->abi, PEERSTORE_PLUGIN_ABI);
+  assert_int_equal(f->ops->open(&env, &f->inst), 0);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fx *f = *state;
+
+  f->ops->close(f->inst);
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  if (target->cleanup != NULL)
+    target->cleanup(target->ctx);
+  free(f);
+  return 0;
+}
+
+static peerstore_peer_id peer_n(uint8_t n) {
+  peerstore_peer_id p;
+  memset(p.bytes, n, sizeof(p.bytes));
+  return p;
+}
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+
+static void store_cb(void *arg, int status, const peerstore_record *rec) {
+  result *r = arg;
+
+  r->done = 1;
+  r->status = status;
+  if (status == 0) {
+    assert_non_null(rec);
+    r->revision = rec->revision;
+  }
+}
+
+static uint64_t put(fx *f, const char *ss, uint8_t peer, const char *key,
+                    const char *value, uint64_t expiry,
+                    enum peerstore_store_option opt) {
+  result r = {0};
+  peerstore_record rec = {0};
+
+  rec.subsystem = ss;
+  rec.peer = peer_n(peer);
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = expiry;
+  assert_int_equal(f->ops->store(f->inst, &rec, opt, store_cb, &r), 0);
+  assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
+  assert_int_equal(r.status, 0);
+  return r.revision;
+}
+
+static uint64_t put_never(fx *f, const char *ss, uint8_t peer,
+                          const char *key, const char *value,
+                          enum peerstore_store_option opt) {
+  return put(f, ss, peer, key, value, PEERSTORE_EXPIRY_NEVER, opt);
+}
+
+static void rec_cb(void *arg, const peerstore_record *rec) {
+  result *r = arg;
+
+  if (r->n < MAXREC) {
+    snprintf(r->values[r->n], sizeof(r->values[0]), "%.*s",
+             (int)rec->value_size, (const char *)rec->value);
+    snprintf(r->keys[r->n], sizeof(r->keys[0]), "%s", rec->key);
+    r->revisions[r->n] = rec->revision;
+    r->expiries[r->n] = rec->expiry;
+  }
+  r->n++;
+}
+
+static void next_cb(void *arg, int status, int more) {
+  result *r = arg;
+
+  r->done = 1;
+  r->status = status;
+  r->more = more;
+}
+
+/* One iterate_next of up to max records; returns whether there are more. */
+static int next(fx *f, peerstore_plugin_cursor *c, uint32_t max, result *r) {
+  r->done = 0;
+  assert_int_equal(f->ops->iterate_next(c, max, rec_cb, next_cb, r), 0);
+  assert_int_equal(harness_run_until(&f->loop, &r->done, TIMEOUT), 0);
+  assert_int_equal(r->status, 0);
+  return r->more;
+}
+
+static peerstore_plugin_cursor *open_it(fx *f, const char *ss,
+                                        const peerstore_peer_id *peer,
+                                        const char *key, uint64_t now) {
+  peerstore_plugin_filter flt = {ss, peer, key};
+  peerstore_plugin_cursor *c = NULL;
+
+  assert_int_equal(f->ops->iterate_open(f->inst, &flt, now, &c), 0);
+  assert_non_null(c);
+  return c;
+}
+
+/* A whole iteration, in batches of batch records. */
+static void all(fx *f, const char *ss, const peerstore_peer_id *peer,
+                const char *key, uint64_t now, uint32_t batch, result *r) {
+  peerstore_plugin_cursor *c = open_it(f, ss, peer, key, now);
+  int i;
+
+  memset(r, 0, sizeof(*r));
+  while (next(f, c, batch, r))
+    ;
+  f->ops->iterate_close(c);
+  for (i = 1; i < r->n && i < MAXREC; i++)
+    assert_true(r->revisions[i - 1] < r->revisions[i]);
+}
+
+static void count_cb(void *arg, int status, uint64_t n) {
+  result *r = arg;
+
+  r->done = 1;
+  r->status = status;
+  r->count = n;
+}
+
+static uint64_t del(fx *f, const char *ss, const peerstore_peer_id *peer,
+                    const char *key) {
+  peerstore_plugin_filter flt = {ss, peer, key};
+  result r = {0};
+
+  assert_int_equal(f->ops->remove(f->inst, &flt, count_cb, &r), 0);
+  assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
+  assert_int_equal(r.status, 0);
+  return r.count;
+}
+
+static uint64_t purge(fx *f, uint64_t now, uint32_t max) {
+  result r = {0};
+
+  assert_int_equal(f->ops->purge(f->inst, now, max, count_cb, &r), 0);
+  assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
+  assert_int_equal(r.status, 0);
+  return r.count;
+}
+
+static uint64_t records(fx *f) {
+  uint64_t n, rev;
+  f->ops->counts(f->inst, &n, &rev);
+  return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+static void test_filters_and_order(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1), p2 = peer_n(2);
+  result r;
+
+  put_never(f, "ss", 1, "k1", "1", PEERSTORE_REPLACE);
+  put_never(f, "ss", 2, "k1", "2", PEERSTORE_REPLACE);
+  put_never(f, "other", 1, "k1", "x", PEERSTORE_REPLACE);
+  put_never(f, "ss", 1, "k2", "3", PEERSTORE_REPLACE);
+  put_never(f, "ss", 2, "k2", "4", PEERSTORE_REPLACE);
+  put_never(f, "ss", 1, "k1", "5", PEERSTORE_MULTIPLE);
+
+  all(f, "ss", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 5);
+  assert_string_equal(r.values[0], "1");
+  assert_string_equal(r.values[4], "5");
+  all(f, "ss", &p1, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 3);
+  assert_string_equal(r.values[0], "1");
+  assert_string_equal(r.values[1], "3");
+  assert_string_equal(r.values[2], "5");
+  all(f, "ss", NULL, "k1", 0, 100, &r);
+  assert_int_equal(r.n, 3);
+  assert_string_equal(r.values[0], "1");
+  assert_string_equal(r.values[1], "2");
+  assert_string_equal(r.values[2], "5");
+  all(f, "ss", &p2, "k2", 0, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], "4");
+  all(f, "ss", &p2, "nokey", 0, 100, &r);
+  assert_int_equal(r.n, 0);
+  all(f, "none", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 0);
+  /* Batches of one give the same answer. */
+  all(f, "ss", NULL, NULL, 0, 1, &r);
+  assert_int_equal(r.n, 5);
+  assert_int_equal(records(f), 6);
+}
+
+static void test_replace_multiple(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p = peer_n(1);
+  uint64_t r1, r2, r3;
+  result r;
+
+  r1 = put_never(f, "ss", 1, "k", "a", PEERSTORE_MULTIPLE);
+  r2 = put_never(f, "ss", 1, "k", "b", PEERSTORE_MULTIPLE);
+  assert_true(r1 < r2);
+  /* Identical value: refreshed (new revision, new expiry), not copied. */
+  r3 = put(f, "ss", 1, "k", "a", 5000, PEERSTORE_MULTIPLE);
+  assert_true(r2 < r3);
+  all(f, "ss", &p, "k", 0, 100, &r);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[0], "b");
+  assert_string_equal(r.values[1], "a");
+  assert_int_equal(r.revisions[1], r3);
+  assert_int_equal(r.expiries[1], 5000);
+  /* An empty value is a value like any other. */
+  put_never(f, "ss", 1, "k", "", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k", "", PEERSTORE_MULTIPLE);
+  all(f, "ss", &p, "k", 0, 100, &r);
+  assert_int_equal(r.n, 3);
+  put_never(f, "ss", 1, "k", "c", PEERSTORE_REPLACE);
+  all(f, "ss", &p, "k", 0, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], "c");
+  assert_int_equal(records(f), 1);
+  /* REPLACE touches only its own triple. */
+  put_never(f, "ss", 2, "k", "other", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k", "d", PEERSTORE_REPLACE);
+  all(f, "ss", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[0], "other");
+  assert_string_equal(r.values[1], "d");
+}
+
+static void test_revisions(void **state) {
+  fx *f = *state;
+  uint64_t a, b, n, rev, rev2;
+
+  a = put_never(f, "ss", 1, "k", "a", PEERSTORE_MULTIPLE);
+  b = put_never(f, "ss", 1, "k", "b", PEERSTORE_MULTIPLE);
+  assert_true(a < b);
+  f->ops->counts(f->inst, &n, &rev);
+  assert_int_equal(rev, b);
+  /* A removal is a change and takes a revision too. */
+  assert_int_equal(del(f, "ss", NULL, "k"), 2);
+  f->ops->counts(f->inst, &n, &rev2);
+  assert_true(rev2 > rev);
+  assert_int_equal(n, 0);
+  assert_true(put_never(f, "ss", 1, "k", "c", PEERSTORE_MULTIPLE) > rev2);
+}
+
+static void test_expiry(void **state) {
+  fx *f = *state;
+  result r;
+  char key[16];
+  int i;
+
+  put(f, "ss", 1, "a", "100", 100, PEERSTORE_REPLACE);
+  put(f, "ss", 1, "b", "200", 200, PEERSTORE_REPLACE);
+  put_never(f, "ss", 1, "c", "never", PEERSTORE_REPLACE);
+  all(f, "ss", NULL, NULL, 150, 100, &r);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[0], "200");
+  /* expiry <= now is expired. */
+  all(f, "ss", NULL, NULL, 200, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_int_equal(purge(f, 150, 100), 1);
+  assert_int_equal(records(f), 2);
+  /* Purge is bounded by max. */
+  for (i = 0; i < 10; i++) {
+    snprintf(key, sizeof(key), "x%d", i);
+    put(f, "ss", 2, key, "v", 300 + (uint64_t)i, PEERSTORE_REPLACE);
+  }
+  assert_int_equal(purge(f, 1000, 3), 3);
+  assert_int_equal(purge(f, 1000, 100), 8); /* b and x0, x1 went first */
+  assert_int_equal(purge(f, 1000, 100), 0);
+  all(f, "ss", NULL, NULL, 1000, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], "never");
+  /* A refresh can make an expired-looking record live again. */
+  put(f, "ss", 3, "k", "v", 10, PEERSTORE_MULTIPLE);
+  put(f, "ss", 3, "k", "v", 5000, PEERSTORE_MULTIPLE);
+  assert_int_equal(purge(f, 1000, 100), 0);
+  all(f, "ss", NULL, "k", 1000, 100, &r);
+  assert_int_equal(r.n, 1);
+}
+
+static void test_remove_filters(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1), p2 = peer_n(2);
+  result r;
+
+  put_never(f, "ss", 1, "k1", "a", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k1", "b", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k2", "c", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 2, "k1", "d", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 2, "k2", "e", PEERSTORE_MULTIPLE);
+  put_never(f, "zz", 1, "k1", "f", PEERSTORE_MULTIPLE);
+  assert_int_equal(del(f, "ss", &p1, "k1"), 2);
+  assert_int_equal(del(f, "ss", &p1, "k1"), 0);
+  assert_int_equal(del(f, "ss", NULL, "k2"), 2);
+  assert_int_equal(del(f, "ss", &p2, NULL), 1);
+  all(f, "ss", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 0);
+  assert_int_equal(del(f, "nothing", NULL, NULL), 0);
+  assert_int_equal(del(f, "zz", NULL, NULL), 1);
+  assert_int_equal(records(f), 0);
+  /* Everything can be stored again after. */
+  put_never(f, "ss", 1, "k1", "again", PEERSTORE_MULTIPLE);
+  all(f, "ss", &p1, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 1);
+}
+
+/* A cursor keeps its place while the records around it change. */
+static void test_cursor_resume(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p = peer_n(1);
+  peerstore_plugin_cursor *c;
+  char k[8];
+  result r;
+  int i;
+
+  for (i = 0; i < 10; i++) {
+    snprintf(k, sizeof(k), "k%d", i);
+    put_never(f, "ss", 1, k, k, PEERSTORE_REPLACE);
+  }
+  c = open_it(f, "ss", &p, NULL, 0);
+  memset(&r, 0, sizeof(r));
+  assert_true(next(f, c, 3, &r));
+  assert_int_equal(r.n, 3);
+  /* Remove where the cursor stands and just after it. */
+  assert_int_equal(del(f, "ss", &p, "k3"), 1);
+  assert_int_equal(del(f, "ss", &p, "k4"), 1);
+  /* A refresh moves k5 past the iteration's end: not seen twice. */
+  put_never(f, "ss", 1, "k5", "k5", PEERSTORE_MULTIPLE);
+  /* Stored after the iteration began: not seen. */
+  put_never(f, "ss", 1, "k10", "k10", PEERSTORE_MULTIPLE);
+  while (next(f, c, 2, &r))
+    ;
+  f->ops->iterate_close(c);
+  assert_int_equal(r.n, 7);
+  assert_string_equal(r.values[3], "k6");
+  assert_string_equal(r.values[6], "k9");
+
+  /* Closing a cursor that rests on removed records frees them. */
+  c = open_it(f, "ss", NULL, NULL, 0);
+  memset(&r, 0, sizeof(r));
+  assert_true(next(f, c, 1, &r));
+  assert_int_equal(del(f, "ss", NULL, NULL), 9);
+  assert_false(next(f, c, 5, &r));
+  assert_int_equal(r.n, 1);
+  f->ops->iterate_close(c);
+  c = open_it(f, "ss", NULL, NULL, 0);
+  assert_int_equal(del(f, "ss", NULL, NULL), 0);
+  f->ops->iterate_close(c);
+  assert_int_equal(records(f), 0);
+}
+
+static void test_many(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p = peer_n(37);
+  char k[16];
+  result r;
+  int i, j;
+
+  for (i = 0; i < 100; i++) {
+    for (j = 0; j < 50; j++) {
+      snprintf(k, sizeof(k), "key%d", j);
+      put_never(f, "many", (uint8_t)i, k, k, PEERSTORE_REPLACE);
+    }
+  }
+  assert_int_equal(records(f), 5000);
+  all(f, "many", &p, NULL, 0, 64, &r);
+  assert_int_equal(r.n, 50);
+  assert_string_equal(r.keys[0], "key0");
+  assert_string_equal(r.keys[49], "key49");
+  all(f, "many", NULL, "key7", 0, 64, &r);
+  assert_int_equal(r.n, 100);
+  all(f, "many", NULL, NULL, 0, 1000, &r);
+  assert_int_equal(r.n, 5000);
+}
+
+int conformance_run(const char *group, const conformance_target *t) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_filters_and_order, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_replace_multiple, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_revisions, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_remove_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_many, setup, teardown),
+  };
+
+  target = t;
+  return _cmocka_run_group_tests(group, tests, sizeof(tests) / sizeof(*tests),
+                                 NULL, NULL);
+}

@@ -1,0 +1,381 @@
+/* test_wire.c - the frame codec: round trips, and every way a body can be
+ * short, long or wrong.  Also the peer id text forms. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "wire.h"
+
+static peerstore_peer_id peer_seq(void) {
+  peerstore_peer_id p;
+  int i;
+  for (i = 0; i < 32; i++)
+    p.bytes[i] = (uint8_t)(i * 9 + 1);
+  return p;
+}
+
+/* Returns the body of the single frame in b, checking its header. */
+static const uint8_t *body_of(const peerstore__buf *b, uint16_t type,
+                              uint32_t req, size_t *n) {
+  peerstore__header h;
+
+  assert_true(b->len >= PEERSTORE_HEADER_SIZE);
+  peerstore__wire_header(b->data, &h);
+  assert_int_equal(h.type, type);
+  assert_int_equal(h.request, req);
+  assert_int_equal(h.flags, 0);
+  assert_int_equal(h.body_len + PEERSTORE_HEADER_SIZE, b->len);
+  *n = h.body_len;
+  return b->data + PEERSTORE_HEADER_SIZE;
+}
+
+static void test_header_big_endian(void **state) {
+  const uint8_t raw[12] = {0, 0, 1, 2, 0, 3, 0, 0, 0xde, 0xad, 0xbe, 0xef};
+  peerstore__header h;
+
+  (void)state;
+  peerstore__wire_header(raw, &h);
+  assert_int_equal(h.body_len, 258);
+  assert_int_equal(h.type, 3);
+  assert_int_equal(h.request, 0xdeadbeefu);
+}
+
+static void test_store_roundtrip(void **state) {
+  peerstore__buf b = {0};
+  peerstore_peer_id p = peer_seq();
+  peerstore__wrec w;
+  const uint8_t *body;
+  size_t n, cut;
+  uint8_t val[3] = {0, 255, 7};
+
+  (void)state;
+  assert_int_equal(peerstore__put_store(&b, 42, "sub", &p, "k/ *y", val, 3,
+                                        123456789ull, PEERSTORE_REPLACE),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_STORE, 42, &n);
+  assert_int_equal(peerstore__wire_store(body, n, &w), 0);
+  assert_string_equal(w.rec.subsystem, "sub");
+  assert_string_equal(w.rec.key, "k/ *y");
+  assert_memory_equal(w.rec.peer.bytes, p.bytes, 32);
+  assert_int_equal(w.rec.value_size, 3);
+  assert_memory_equal(w.rec.value, val, 3);
+  assert_int_equal(w.rec.expiry, 123456789ull);
+  assert_int_equal(w.option, PEERSTORE_REPLACE);
+  /* Every truncation fails, and so does one trailing byte. */
+  for (cut = 0; cut < n; cut++)
+    assert_int_equal(peerstore__wire_store(body, cut, &w), PEERSTORE_EPROTO);
+  assert_int_equal(peerstore__buf_reserve(&b, 1), 0);
+  b.data[b.len] = 0;
+  body = b.data + PEERSTORE_HEADER_SIZE;
+  assert_int_equal(peerstore__wire_store(body, n + 1, &w), PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
+static void test_store_empty_value(void **state) {
+  peerstore__buf b = {0};
+  peerstore_peer_id p = peer_seq();
+  peerstore__wrec w;
+  const uint8_t *body;
+  size_t n;
+
+  (void)state;
+  assert_int_equal(peerstore__put_store(&b, 1, "s", &p, "k", NULL, 0,
+                                        PEERSTORE_EXPIRY_NEVER,
+                                        PEERSTORE_MULTIPLE),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_STORE, 1, &n);
+  assert_int_equal(peerstore__wire_store(body, n, &w), 0);
+  assert_int_equal(w.rec.value_size, 0);
+  assert_non_null(w.rec.value);
+  assert_true(w.rec.expiry == PEERSTORE_EXPIRY_NEVER);
+  peerstore__buf_free(&b);
+}
+
+/* Builds a STORE body by hand so that fields can be made wrong. */
+static size_t raw_store(uint8_t *o, uint16_t sslen, const char *ss,
+                        uint16_t klen, const char *key, uint8_t option,
+                        uint32_t vlen) {
+  size_t n = 0;
+
+  o[n++] = (uint8_t)(sslen >> 8);
+  o[n++] = (uint8_t)sslen;
+  memcpy(o + n, ss, strlen(ss));
+  n += strlen(ss);
+  memset(o + n, 1, 32);
+  n += 32;
+  o[n++] = (uint8_t)(klen >> 8);
+  o[n++] = (uint8_t)klen;
+  memcpy(o + n, key, strlen(key));
+  n += strlen(key);
+  memset(o + n, 0, 8);
+  n += 8;
+  o[n++] = option;
+  o[n++] = (uint8_t)(vlen >> 24);
+  o[n++] = (uint8_t)(vlen >> 16);
+  o[n++] = (uint8_t)(vlen >> 8);
+  o[n++] = (uint8_t)vlen;
+  return n;
+}
+
+static void test_store_malformed(void **state) {
+  uint8_t o[4096];
+  peerstore__wrec w;
+  size_t n;
+
+  (void)state;
+  n = raw_store(o, 2, "ss", 1, "k", 0, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), 0);
+  /* Empty subsystem, empty key. */
+  n = raw_store(o, 0, "", 1, "k", 0, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  n = raw_store(o, 2, "ss", 0, "", 0, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  /* A NUL inside a string. */
+  n = raw_store(o, 2, "sx", 1, "k", 0, 0);
+  o[3] = 0;
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  /* Lengths larger than the body or the limits. */
+  n = raw_store(o, 0xffff, "ss", 1, "k", 0, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  n = raw_store(o, 2, "ss", 1, "k", 0, 0xffffffffu);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  n = raw_store(o, 2, "ss", 1025, "k", 0, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  /* An option that does not exist. */
+  n = raw_store(o, 2, "ss", 1, "k", 2, 0);
+  assert_int_equal(peerstore__wire_store(o, n, &w), PEERSTORE_EPROTO);
+  /* Nothing at all. */
+  assert_int_equal(peerstore__wire_store(o, 0, &w), PEERSTORE_EPROTO);
+}
+
+static void test_filter_roundtrip(void **state) {
+  peerstore__buf b = {0};
+  peerstore_peer_id p = peer_seq();
+  peerstore__filter f;
+  const uint8_t *body;
+  uint32_t credit;
+  size_t n, cut;
+
+  (void)state;
+  assert_int_equal(peerstore__put_filter(&b, PEERSTORE_MSG_ITERATE, 7, "ss",
+                                         &p, "key", 99),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_ITERATE, 7, &n);
+  assert_int_equal(peerstore__wire_filter(body, n, &f, &credit), 0);
+  assert_true(f.has_peer && f.has_key);
+  assert_string_equal(f.subsystem, "ss");
+  assert_string_equal(f.key, "key");
+  assert_int_equal(credit, 99);
+  for (cut = 0; cut < n; cut++)
+    assert_int_equal(peerstore__wire_filter(body, cut, &f, &credit),
+                     PEERSTORE_EPROTO);
+  /* Without the credit field the same body is too long. */
+  assert_int_equal(peerstore__wire_filter(body, n, &f, NULL),
+                   PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+
+  b = (peerstore__buf){0};
+  assert_int_equal(peerstore__put_filter(&b, PEERSTORE_MSG_WATCH, 8, "ss",
+                                         NULL, NULL, 0),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_WATCH, 8, &n);
+  assert_int_equal(peerstore__wire_filter(body, n, &f, NULL), 0);
+  assert_false(f.has_peer || f.has_key);
+  /* Unknown filter bits. */
+  b.data[PEERSTORE_HEADER_SIZE] = 4;
+  assert_int_equal(peerstore__wire_filter(body, n, &f, NULL),
+                   PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
+static void test_record_roundtrip(void **state) {
+  peerstore__buf b = {0};
+  peerstore_record r = {0};
+  peerstore__wrec w;
+  const uint8_t *body;
+  size_t n, cut;
+
+  (void)state;
+  r.subsystem = "s";
+  r.peer = peer_seq();
+  r.key = "k";
+  r.value = "value";
+  r.value_size = 5;
+  r.expiry = 5;
+  r.revision = 0x0102030405060708ull;
+  assert_int_equal(peerstore__put_record(&b, 3, &r), 0);
+  body = body_of(&b, PEERSTORE_MSG_RECORD, 3, &n);
+  assert_int_equal(peerstore__wire_record(body, n, &w), 0);
+  assert_int_equal(w.rec.revision, r.revision);
+  assert_int_equal(w.rec.expiry, 5);
+  assert_memory_equal(w.rec.value, "value", 5);
+  for (cut = 0; cut < n; cut++)
+    assert_int_equal(peerstore__wire_record(body, cut, &w), PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
+static void test_small_messages(void **state) {
+  peerstore__buf b = {0};
+  const uint8_t *body;
+  size_t n;
+  uint32_t magic, maxv, v32;
+  uint16_t version;
+  int32_t status;
+  uint64_t extra = 77;
+  char reason[16];
+  peerstore_stat st[2] = {{"records", 5}, {"clients", 6}}, out[4];
+  char names[4][64];
+  size_t count;
+
+  (void)state;
+  assert_int_equal(peerstore__put_hello(&b), 0);
+  body = body_of(&b, PEERSTORE_MSG_HELLO, 0, &n);
+  assert_int_equal(peerstore__wire_hello(body, n, &magic, &version), 0);
+  assert_int_equal(magic, PEERSTORE_PROTOCOL_MAGIC);
+  assert_int_equal(version, PEERSTORE_PROTOCOL_VERSION);
+  assert_int_equal(peerstore__wire_hello(body, n - 1, &magic, &version),
+                   PEERSTORE_EPROTO);
+  b.len = 0;
+  assert_int_equal(peerstore__put_welcome(&b, 1000), 0);
+  body = body_of(&b, PEERSTORE_MSG_WELCOME, 0, &n);
+  assert_int_equal(peerstore__wire_welcome(body, n, &version, &maxv), 0);
+  assert_int_equal(maxv, 1000);
+  b.len = 0;
+  assert_int_equal(peerstore__put_status(&b, PEERSTORE_MSG_STORE_RESULT, 9,
+                                         PEERSTORE_ETOOBIG, &extra),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_STORE_RESULT, 9, &n);
+  extra = 0;
+  assert_int_equal(peerstore__wire_status(body, n, &status, &extra), 0);
+  assert_int_equal(status, PEERSTORE_ETOOBIG);
+  assert_int_equal(extra, 77);
+  assert_int_equal(peerstore__wire_status(body, n, &status, NULL),
+                   PEERSTORE_EPROTO);
+  b.len = 0;
+  /* A positive status is not a status. */
+  assert_int_equal(peerstore__put_status(&b, PEERSTORE_MSG_ITERATE_END, 9, 5,
+                                         NULL),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_ITERATE_END, 9, &n);
+  assert_int_equal(peerstore__wire_status(body, n, &status, NULL),
+                   PEERSTORE_EPROTO);
+  b.len = 0;
+  assert_int_equal(peerstore__put_u32(&b, PEERSTORE_MSG_CREDIT, 4, 512), 0);
+  body = body_of(&b, PEERSTORE_MSG_CREDIT, 4, &n);
+  assert_int_equal(peerstore__wire_u32(body, n, &v32), 0);
+  assert_int_equal(v32, 512);
+  b.len = 0;
+  assert_int_equal(peerstore__put_error(&b, 0, PEERSTORE_EPROTO,
+                                        "a long reason that gets cut"),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_ERROR, 0, &n);
+  assert_int_equal(peerstore__wire_error(body, n, &status, reason,
+                                         sizeof(reason)),
+                   0);
+  assert_int_equal(status, PEERSTORE_EPROTO);
+  assert_string_equal(reason, "a long reason t");
+  b.len = 0;
+  assert_int_equal(peerstore__put_stats(&b, 1, st, 2), 0);
+  body = body_of(&b, PEERSTORE_MSG_STATS_RESULT, 1, &n);
+  assert_int_equal(peerstore__wire_stats(body, n, out, names, 4, &count), 0);
+  assert_int_equal(count, 2);
+  assert_string_equal(out[1].name, "clients");
+  assert_int_equal(out[1].value, 6);
+  assert_int_equal(peerstore__wire_stats(body, n - 1, out, names, 4, &count),
+                   PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
+/* Random bodies never crash a decoder or read past the end (run this
+ * under valgrind or ASan to make that last part bite). */
+static void test_random_bodies(void **state) {
+  uint8_t *buf;
+  uint32_t seed = 12345, i, n, j;
+  peerstore__wrec w;
+  peerstore__filter f;
+  uint32_t credit, magic, v32;
+  uint16_t version;
+  int32_t status;
+  uint64_t extra;
+  char reason[64], names[8][64];
+  peerstore_stat st[8];
+  size_t count;
+
+  (void)state;
+  for (i = 0; i < 20000; i++) {
+    seed = seed * 1103515245u + 12345u;
+    n = (seed >> 8) % 96;
+    buf = malloc(n ? n : 1);
+    for (j = 0; j < n; j++) {
+      seed = seed * 1103515245u + 12345u;
+      /* Mostly small bytes, so lengths often look plausible. */
+      buf[j] = (uint8_t)((seed >> 16) % ((seed & 1) ? 4 : 256));
+    }
+    (void)peerstore__wire_store(buf, n, &w);
+    (void)peerstore__wire_record(buf, n, &w);
+    (void)peerstore__wire_filter(buf, n, &f, &credit);
+    (void)peerstore__wire_filter(buf, n, &f, NULL);
+    (void)peerstore__wire_hello(buf, n, &magic, &version);
+    (void)peerstore__wire_u32(buf, n, &v32);
+    (void)peerstore__wire_status(buf, n, &status, &extra);
+    (void)peerstore__wire_error(buf, n, &status, reason, sizeof(reason));
+    (void)peerstore__wire_stats(buf, n, st, names, 8, &count);
+    free(buf);
+  }
+}
+
+static void test_peer_text(void **state) {
+  peerstore_peer_id p = peer_seq(), q, zero;
+  char s[PEERSTORE_PEER_B32_LEN + 1], hex[65];
+  int i;
+
+  (void)state;
+  peerstore_peer_to_string(&p, s);
+  assert_int_equal(strlen(s), PEERSTORE_PEER_B32_LEN);
+  assert_int_equal(peerstore_peer_from_string(s, &q), 0);
+  assert_memory_equal(p.bytes, q.bytes, 32);
+  for (i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02X", p.bytes[i]);
+  assert_int_equal(peerstore_peer_from_string(hex, &q), 0);
+  assert_memory_equal(p.bytes, q.bytes, 32);
+  /* Lower case and the Crockford look-alikes read the same. */
+  memset(&zero, 0, sizeof(zero));
+  peerstore_peer_to_string(&zero, s);
+  assert_string_equal(s, "0000000000000000000000000000000000000000000000000000");
+  memset(s, 'o', PEERSTORE_PEER_B32_LEN);
+  assert_int_equal(peerstore_peer_from_string(s, &q), 0);
+  assert_memory_equal(q.bytes, zero.bytes, 32);
+  /* One bit set in the first byte: the top of the first character. */
+  zero.bytes[0] = 0x80;
+  peerstore_peer_to_string(&zero, s);
+  assert_int_equal(s[0], 'G');
+  /* Wrong length, bad characters, non-zero padding bits. */
+  assert_int_equal(peerstore_peer_from_string("abc", &q), PEERSTORE_EINVAL);
+  memset(s, 'U', PEERSTORE_PEER_B32_LEN);
+  assert_int_equal(peerstore_peer_from_string(s, &q), PEERSTORE_EINVAL);
+  memset(s, '0', PEERSTORE_PEER_B32_LEN);
+  s[PEERSTORE_PEER_B32_LEN - 1] = '1';
+  assert_int_equal(peerstore_peer_from_string(s, &q), PEERSTORE_EINVAL);
+  hex[5] = 'g';
+  assert_int_equal(peerstore_peer_from_string(hex, &q), PEERSTORE_EINVAL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_header_big_endian),
+      cmocka_unit_test(test_store_roundtrip),
+      cmocka_unit_test(test_store_empty_value),
+      cmocka_unit_test(test_store_malformed),
+      cmocka_unit_test(test_filter_roundtrip),
+      cmocka_unit_test(test_record_roundtrip),
+      cmocka_unit_test(test_small_messages),
+      cmocka_unit_test(test_random_bodies),
+      cmocka_unit_test(test_peer_text),
+  };
+  return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
+}
