@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -61,6 +62,14 @@ int harness_start(harness_svc *s, const char *const *extra) {
   if (s->pid < 0)
     return -1;
   if (s->pid == 0) {
+    /* A test that crashes must not leave services behind, holding its
+     * output pipe open. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      dup2(null, STDOUT_FILENO);
+      close(null);
+    }
     close(fds[0]);
     execv(argv[0], (char *const *)argv);
     fprintf(stderr, "cannot run %s: %s\n", argv[0], strerror(errno));

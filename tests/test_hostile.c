@@ -55,8 +55,26 @@ static void iter_cb(void *arg, const peerstore_record *rec, int status) {
     *st = status == 0 ? 1 : -1;
 }
 
+typedef struct stats_got {
+  int done;
+  int64_t overflows;
+} stats_got;
+
+static void stats_cb(void *arg, int status, const peerstore_stat *st,
+                     size_t n) {
+  stats_got *g = arg;
+  size_t i;
+
+  assert_int_equal(status, 0);
+  for (i = 0; i < n; i++)
+    if (strcmp(st[i].name, "watch_overflows") == 0)
+      g->overflows = (int64_t)st[i].value;
+  g->done = 1;
+}
+
 static int setup(void **state) {
   fx *f = calloc(1, sizeof(*f));
+  stats_got sg = {0, -1};
 
   assert_non_null(f);
   assert_int_equal(harness_start(&f->svc, NULL), 0);
@@ -65,6 +83,9 @@ static int setup(void **state) {
   assert_non_null(f->bystander);
   assert_non_null(peerstore_watch(f->bystander, "ss", NULL, NULL, watch_cb,
                                   f));
+  /* Answered after the watch on the same connection: it is registered. */
+  assert_non_null(peerstore_stats(f->bystander, stats_cb, &sg));
+  assert_int_equal(harness_run_until(&f->loop, &sg.done, TIMEOUT), 0);
   *state = f;
   return 0;
 }
@@ -356,23 +377,6 @@ static void test_client_never_reads(void **state) {
   check_service_ok(f);
   close(fd);
   peerstore__buf_free(&b);
-}
-
-typedef struct stats_got {
-  int done;
-  int64_t overflows;
-} stats_got;
-
-static void stats_cb(void *arg, int status, const peerstore_stat *st,
-                     size_t n) {
-  stats_got *g = arg;
-  size_t i;
-
-  assert_int_equal(status, 0);
-  for (i = 0; i < n; i++)
-    if (strcmp(st[i].name, "watch_overflows") == 0)
-      g->overflows = (int64_t)st[i].value;
-  g->done = 1;
 }
 
 /* Scans the raw stream for a frame of type for request; returns the
