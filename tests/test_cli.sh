@@ -1,0 +1,159 @@
+#!/bin/sh
+# test_cli.sh - drives the peerstore and peerstored binaries as a user or a
+# shell script would, checking output and exit codes.
+set -u
+
+PEERSTORED=${PEERSTORED:-../service/peerstored}
+CLI=${PEERSTORE_CLI:-../service/peerstore}
+dir=$(mktemp -d "${TMPDIR:-/tmp}/peerstore-cli-XXXXXX")
+sock="$dir/sock"
+pass=0
+fail=0
+svc=
+
+cleanup() {
+  [ -n "$svc" ] && kill "$svc" 2>/dev/null && wait "$svc" 2>/dev/null
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+ok() { pass=$((pass + 1)); echo "ok - $1"; }
+not_ok() { fail=$((fail + 1)); echo "not ok - $1"; }
+
+# check NAME EXPECTED_RC EXPECTED_STDOUT -- command...
+check() {
+  name=$1 want_rc=$2 want_out=$3
+  shift 3
+  out=$("$@" 2>"$dir/err")
+  rc=$?
+  if [ "$rc" = "$want_rc" ] && [ "$out" = "$want_out" ]; then
+    ok "$name"
+  else
+    not_ok "$name (rc $rc, want $want_rc)"
+    printf '  got:  %s\n  want: %s\n  stderr: %s\n' "$out" "$want_out" \
+      "$(cat "$dir/err")"
+  fi
+}
+
+start_service() {
+  rm -f "$dir/ready"
+  mkfifo "$dir/ready"
+  "$PEERSTORED" --socket "$sock" --log-level warn "$@" \
+    --ready-fd 3 3>"$dir/ready" 2>>"$dir/service.log" &
+  svc=$!
+  read -r line <"$dir/ready"
+  [ "$line" = READY ] || { echo "service did not start"; cat "$dir/service.log"; exit 1; }
+}
+
+P1=0000000000000000000000000000000000000000000000000000000000000001
+P1B32=000000000000000000000000000000000000000000000000000G
+P2=$(printf 'ab%.0s' $(seq 32))
+ps() { "$CLI" -S "$sock" "$@"; }
+
+# --- without a service -----------------------------------------------------
+check "no service: exit 3" 3 "" ps stats
+check "usage: no command" 2 "" "$CLI"
+check "usage: unknown command" 2 "" "$CLI" frobnicate
+check "usage: bad peer" 2 "" "$CLI" get -s ss -p nothex -k k
+check "usage: store without value" 2 "" ps store -s ss -p $P1 -k k
+check "usage: bad expiry" 2 "" ps store -s ss -p $P1 -k k -e 5x v
+check "peer: base32 and hex" 0 "$P1B32
+$P1" "$CLI" peer -p $P1
+check "peer: base32 parses back" 0 "$P1B32
+$P1" "$CLI" peer -p "$(echo $P1B32 | tr 'G' 'g')"
+"$CLI" --help | grep -q "Exit status" && ok "help lists exit codes" || not_ok "help"
+
+# --- with a service ----------------------------------------------------------
+start_service
+check "stats: empty" 0 "0" sh -c "'$CLI' -S '$sock' stats | awk '\$1==\"records\"{print \$2}'"
+check "store text" 0 "" ps store -s ss -p $P1 -k addr "tcp 1.2.3.4"
+check "store multiple" 0 "" ps store -s ss -p $P1 -k addr "udp 5.6.7.8"
+check "get both, oldest first" 0 "tcp 1.2.3.4
+udp 5.6.7.8" ps get -s ss -p $P1 -k addr
+check "store replace" 0 "" ps store -r -s ss -p $P1 -k addr "quic"
+check "get after replace" 0 "quic" ps get -s ss -p $P1 -k addr
+check "get missing: exit 1" 1 "" ps get -s ss -p $P1 -k nothing
+check "store hex" 0 "" ps store -s ss -p $P2 -k bin --hex 00ff10
+check "get hex" 0 "00ff10" ps get -x -s ss -p $P2 -k bin
+printf 'from\nfile' >"$dir/value"
+check "store file" 0 "" ps store -s ss -p $P2 -k file -f "$dir/value"
+check "store stdin" 0 "" sh -c "printf 'piped' | '$CLI' -S '$sock' store -s ss -p $P2 -k stdin -"
+check "get stdin value" 0 "piped" ps get -s ss -p $P2 -k stdin
+check "iterate by peer" 0 "bin
+file
+stdin" sh -c "'$CLI' -S '$sock' iterate -s ss -p $P2 | cut -f2"
+check "iterate json" 0 '{"subsystem":"ss","peer":"'$P1B32'","peer_hex":"'$P1'","key":"addr","value":"quic","value_hex":"71756963","size":4,"expiry":null,"revision":3}' \
+  ps iterate --json -s ss -k addr
+check "json binary value" 0 '"value_hex":"00ff10"' sh -c "'$CLI' -S '$sock' iterate -j -s ss -k bin | grep -o '\"value_hex\":\"[0-9a-f]*\"'"
+check "expired record hidden" 0 "" ps store -s ss -p $P1 -k old -e @1 gone
+check "expired not returned" 1 "" ps get -s ss -p $P1 -k old
+check "relative expiry" 0 "" ps store -s ss -p $P1 -k soon -e 1h soon
+check "relative expiry in json" 0 "1" sh -c "'$CLI' -S '$sock' get -j -s ss -p $P1 -k soon | grep -c '\"expiry\":[0-9]'"
+# watch: started in the background, then a store from another process.
+ps watch -s ss -k w -n 2 >"$dir/watch.out" &
+wpid=$!
+# The watch is registered once the service counts it.
+for i in $(seq 100); do
+  [ "$(ps stats | awk '$1=="watches"{print $2}')" = 1 ] && break
+  sleep 0.05
+done
+ps store -s ss -p $P1 -k w first >/dev/null
+ps store -s ss -p $P2 -k w second >/dev/null
+wait $wpid
+check "watch saw both stores" 0 "first
+second" cut -f3 "$dir/watch.out"
+check "remove by key" 0 "2" ps remove -s ss -k w
+check "remove json" 0 '{"removed":1}' ps remove -j -s ss -p $P2 -k bin
+check "oversize value refused: exit 4" 4 "" sh -c "head -c 1048577 /dev/zero | '$CLI' -S '$sock' store -s ss -p $P1 -k big -"
+grep -q "value larger" "$dir/err" && ok "oversize error is named" || not_ok "oversize error is named"
+check "value at the limit" 0 "1048576" sh -c "head -c 1048576 /dev/zero | '$CLI' -S '$sock' store -s ss -p $P1 -k big - && '$CLI' -S '$sock' iterate -j -s ss -k big | grep -o '\"size\":[0-9]*' | cut -d: -f2"
+
+# --- the service's own behaviour ---------------------------------------------
+mode=$(stat -c %a "$sock")
+[ "$mode" = 600 ] && ok "socket is owner-only" || not_ok "socket mode $mode"
+"$PEERSTORED" --socket "$sock" 2>"$dir/second.log"
+rc=$?
+[ $rc = 1 ] && grep -q "another service" "$dir/second.log" && ok "live socket not stolen" || not_ok "live socket stolen (rc $rc)"
+kill -TERM $svc
+wait $svc
+rc=$?
+svc=
+[ $rc = 0 ] && ok "SIGTERM: exit 0" || not_ok "SIGTERM: exit $rc"
+[ ! -e "$sock" ] && ok "socket removed at exit" || not_ok "socket left behind"
+
+# A stale socket from a killed service is replaced.
+start_service
+kill -KILL $svc
+wait $svc 2>/dev/null
+svc=
+[ -S "$sock" ] && ok "killed service leaves its socket" || not_ok "no stale socket"
+start_service
+check "stale socket replaced" 0 "" ps store -s ss -p $P1 -k k v
+kill -TERM $svc; wait $svc; svc=
+
+# Config file, overridden by flags; bad plugin named clearly.
+cat >"$dir/conf.ini" <<CONF
+[peerstored]
+socket = $dir/from-config.sock
+max_value_size = 10
+socket_mode = 0660
+CONF
+start_service -c "$dir/conf.ini"
+check "config: max_value_size" 4 "" ps store -s ss -p $P1 -k k 12345678901
+check "config: socket overridden by flag" 0 "" ps store -s ss -p $P1 -k k 1234567890
+mode=$(stat -c %a "$sock")
+[ "$mode" = 660 ] && ok "config: socket_mode" || not_ok "config: socket_mode $mode"
+kill -TERM $svc; wait $svc; svc=
+"$PEERSTORED" --socket "$sock" --plugin nosuch --plugin-dir "$dir" 2>"$dir/plugin.log"
+rc=$?
+[ $rc = 1 ] && grep -q "peerstore_plugin_nosuch.so" "$dir/plugin.log" && grep -q "$dir" "$dir/plugin.log" \
+  && ok "missing plugin: names file and place" || not_ok "missing plugin (rc $rc): $(cat "$dir/plugin.log")"
+echo "not a plugin" >"$dir/peerstore_plugin_broken.so"
+"$PEERSTORED" --socket "$sock" --plugin broken --plugin-dir "$dir" 2>"$dir/plugin.log"
+rc=$?
+[ $rc = 1 ] && grep -q "cannot load" "$dir/plugin.log" && ok "broken plugin refused" || not_ok "broken plugin (rc $rc)"
+"$PEERSTORED" --bogus 2>/dev/null
+[ $? = 1 ] && ok "service: bad flag exit 1" || not_ok "service: bad flag"
+
+echo "$pass passed, $fail failed"
+[ $fail = 0 ]
