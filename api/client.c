@@ -19,8 +19,6 @@
 
 #include "client_int.h"
 
-#define READ_CHUNK 65536
-#define BUF_KEEP (1u << 20)
 
 static void on_idle(uv_idle_t *h);
 static void client_fail(peerstore_client *c, int status);
@@ -173,9 +171,7 @@ static void on_write(uv_write_t *req, int status) {
   peerstore_client *c = req->data;
 
   c->writing = 0;
-  c->wbuf.len = c->wbuf.off = 0;
-  if (c->wbuf.cap > BUF_KEEP)
-    peerstore__buf_free(&c->wbuf);
+  peerstore__buf_end_write(&c->wbuf);
   if (status != 0) {
     if (status != UV_ECANCELED)
       client_fail(c, status);
@@ -186,18 +182,12 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 static void flush(peerstore_client *c) {
-  peerstore__buf tmp;
   uv_buf_t b;
   int r;
 
   if (c->state != ST_CONNECTED || c->writing || c->out.len == c->out.off)
     return;
-  tmp = c->wbuf;
-  c->wbuf = c->out;
-  c->out = tmp;
-  c->out.len = c->out.off = 0;
-  b = uv_buf_init((char *)c->wbuf.data + c->wbuf.off,
-                  (unsigned)(c->wbuf.len - c->wbuf.off));
+  b = peerstore__buf_begin_write(&c->out, &c->wbuf);
   c->writing = 1;
   r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
   if (r != 0) {
@@ -345,23 +335,9 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
 
 static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf) {
   peerstore_client *c = hd->data;
-  size_t want = READ_CHUNK;
-  peerstore__header h;
 
   (void)hint;
-  if (c->in.len - c->in.off >= PEERSTORE_HEADER_SIZE) {
-    peerstore__wire_header(c->in.data + c->in.off, &h);
-    if (h.body_len <= PEERSTORE_MSG_MAX &&
-        PEERSTORE_HEADER_SIZE + (size_t)h.body_len > want)
-      want = PEERSTORE_HEADER_SIZE + h.body_len;
-  }
-  if (peerstore__buf_reserve(&c->in, want) != 0) {
-    buf->base = NULL;
-    buf->len = 0;
-    return;
-  }
-  buf->base = (char *)c->in.data + c->in.len;
-  buf->len = c->in.cap - c->in.len;
+  peerstore__buf_read_space(&c->in, PEERSTORE_MSG_MAX, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
@@ -397,9 +373,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     if (c->handles_closing || c->state == ST_FAILED)
       return;
   }
-  peerstore__buf_compact(&c->in);
-  if (c->in.len == 0 && c->in.cap > BUF_KEEP)
-    peerstore__buf_free(&c->in);
+  peerstore__buf_trim_input(&c->in);
 }
 
 /* ------------------------------------------------------------------ */

@@ -55,6 +55,52 @@ void peerstore__buf_compact(peerstore__buf *b) {
   b->off = 0;
 }
 
+#define READ_CHUNK 65536
+/* Buffers larger than this are released when they empty. */
+#define BUF_KEEP (1u << 20)
+
+void peerstore__buf_trim_input(peerstore__buf *in) {
+  peerstore__buf_compact(in);
+  if (in->len == 0 && in->cap > BUF_KEEP)
+    peerstore__buf_free(in);
+}
+
+void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
+                               uv_buf_t *out) {
+  size_t want = READ_CHUNK;
+  peerstore__header h;
+
+  if (in->len - in->off >= PEERSTORE_HEADER_SIZE) {
+    peerstore__wire_header(in->data + in->off, &h);
+    if (h.body_len <= body_max &&
+        PEERSTORE_HEADER_SIZE + (size_t)h.body_len > want)
+      want = PEERSTORE_HEADER_SIZE + h.body_len;
+  }
+  if (peerstore__buf_reserve(in, want) != 0) {
+    *out = uv_buf_init(NULL, 0);
+    return;
+  }
+  *out = uv_buf_init((char *)in->data + in->len,
+                     (unsigned)(in->cap - in->len));
+}
+
+uv_buf_t peerstore__buf_begin_write(peerstore__buf *out,
+                                    peerstore__buf *wbuf) {
+  peerstore__buf tmp = *wbuf;
+
+  *wbuf = *out;
+  *out = tmp;
+  out->len = out->off = 0;
+  return uv_buf_init((char *)wbuf->data + wbuf->off,
+                     (unsigned)(wbuf->len - wbuf->off));
+}
+
+void peerstore__buf_end_write(peerstore__buf *wbuf) {
+  wbuf->len = wbuf->off = 0;
+  if (wbuf->cap > BUF_KEEP)
+    peerstore__buf_free(wbuf);
+}
+
 /* ------------------------------------------------------------------ */
 /* Bounded reader                                                      */
 
@@ -172,20 +218,26 @@ static void rd_value(rd *r, peerstore_record *rec) {
     rec->value = "";
 }
 
+/* What STORE and RECORD begin with: subsystem, peer, key, expiry. */
+static void rd_triple(rd *r, peerstore__wrec *out) {
+  memset(&out->rec, 0, sizeof(out->rec));
+  out->option = 0;
+  rd_str(r, PEERSTORE_SUBSYSTEM_MAX, out->subsystem);
+  rd_peer(r, &out->rec.peer);
+  rd_str(r, PEERSTORE_KEY_MAX, out->key);
+  out->rec.expiry = rd_u64(r);
+  out->rec.subsystem = out->subsystem;
+  out->rec.key = out->key;
+}
+
 int peerstore__wire_store(const uint8_t *p, size_t n, peerstore__wrec *out) {
   rd r = {p, n, 0};
 
-  memset(&out->rec, 0, sizeof(out->rec));
-  rd_str(&r, PEERSTORE_SUBSYSTEM_MAX, out->subsystem);
-  rd_peer(&r, &out->rec.peer);
-  rd_str(&r, PEERSTORE_KEY_MAX, out->key);
-  out->rec.expiry = rd_u64(&r);
+  rd_triple(&r, out);
   out->option = rd_u8(&r);
   rd_value(&r, &out->rec);
   if (out->option > PEERSTORE_REPLACE)
     r.bad = 1;
-  out->rec.subsystem = out->subsystem;
-  out->rec.key = out->key;
   return rd_end(&r);
 }
 
@@ -214,16 +266,9 @@ int peerstore__wire_filter(const uint8_t *p, size_t n, peerstore__filter *f,
 int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out) {
   rd r = {p, n, 0};
 
-  memset(&out->rec, 0, sizeof(out->rec));
-  rd_str(&r, PEERSTORE_SUBSYSTEM_MAX, out->subsystem);
-  rd_peer(&r, &out->rec.peer);
-  rd_str(&r, PEERSTORE_KEY_MAX, out->key);
-  out->rec.expiry = rd_u64(&r);
+  rd_triple(&r, out);
   out->rec.revision = rd_u64(&r);
   rd_value(&r, &out->rec);
-  out->option = 0;
-  out->rec.subsystem = out->subsystem;
-  out->rec.key = out->key;
   return rd_end(&r);
 }
 

@@ -80,6 +80,20 @@ void peerstore__buf_free(peerstore__buf *b);
 int peerstore__buf_reserve(peerstore__buf *b, size_t n);
 /* Moves the unread bytes to the front once the consumed prefix is large. */
 void peerstore__buf_compact(peerstore__buf *b);
+/* After a read's whole frames were consumed: compacts, and releases a
+ * buffer that grew large once it is empty. */
+void peerstore__buf_trim_input(peerstore__buf *in);
+/* For a libuv alloc callback: reserves room in the input buffer for the
+ * rest of the frame whose header is already in, when its body is at most
+ * body_max (so a large value arrives in few reads), else for a chunk.
+ * Sets out->len to 0 when out of memory, which libuv reports as ENOBUFS. */
+void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
+                               uv_buf_t *out);
+/* Output is double-buffered: begin_write moves what was queued in out to
+ * wbuf (out is then empty, for new output) and returns it for uv_write;
+ * end_write resets wbuf once written, releasing it if it grew large. */
+uv_buf_t peerstore__buf_begin_write(peerstore__buf *out, peerstore__buf *wbuf);
+void peerstore__buf_end_write(peerstore__buf *wbuf);
 
 /* ------------------------------------------------------------------ */
 /* Decoded messages                                                    */

@@ -18,9 +18,6 @@
 #include "service.h"
 
 #define FRAMES_PER_WAKEUP 4096
-#define READ_CHUNK 65536
-/* Buffers larger than this are released when they empty. */
-#define BUF_KEEP (1u << 20)
 
 size_t client_queued(const client *c) {
   return (c->out.len - c->out.off) + c->wbuf.len;
@@ -96,7 +93,6 @@ void client_output_ready(client *c) {
 }
 
 void client_flush(client *c) {
-  peerstore__buf tmp;
   uv_buf_t b;
   int r;
 
@@ -104,12 +100,7 @@ void client_flush(client *c) {
     client_unref(c); /* the flush list's reference */
     return;
   }
-  tmp = c->wbuf;
-  c->wbuf = c->out;
-  c->out = tmp;
-  c->out.len = c->out.off = 0;
-  b = uv_buf_init((char *)c->wbuf.data + c->wbuf.off,
-                  (unsigned)(c->wbuf.len - c->wbuf.off));
+  b = peerstore__buf_begin_write(&c->out, &c->wbuf);
   c->writing = 1;
   r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
   if (r != 0) {
@@ -144,9 +135,7 @@ static void on_write(uv_write_t *req, int status) {
   client *c = req->data;
 
   c->writing = 0;
-  c->wbuf.len = c->wbuf.off = 0;
-  if (c->wbuf.cap > BUF_KEEP)
-    peerstore__buf_free(&c->wbuf);
+  peerstore__buf_end_write(&c->wbuf);
   if (status != 0) {
     if (status != UV_ECANCELED) {
       LOG_DEBUG("client %llu: write: %s", (unsigned long long)c->id,
@@ -167,25 +156,13 @@ static void on_write(uv_write_t *req, int status) {
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   client *c = h->data;
-  size_t want = READ_CHUNK;
-  peerstore__header hd;
 
   (void)hint;
-  /* Room for the whole frame whose header is already in, so big values
-   * arrive in few reads. */
-  if (c->discard == 0 && c->in.len - c->in.off >= PEERSTORE_HEADER_SIZE) {
-    peerstore__wire_header(c->in.data + c->in.off, &hd);
-    if (hd.body_len <= c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD &&
-        PEERSTORE_HEADER_SIZE + (size_t)hd.body_len > want)
-      want = PEERSTORE_HEADER_SIZE + hd.body_len;
-  }
-  if (peerstore__buf_reserve(&c->in, want) != 0) {
-    buf->base = NULL;
-    buf->len = 0;
-    return;
-  }
-  buf->base = (char *)c->in.data + c->in.len;
-  buf->len = c->in.cap - c->in.len;
+  /* While skipping an oversized body there is no header to size by. */
+  peerstore__buf_read_space(
+      &c->in,
+      c->discard ? 0 : c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD,
+      buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
@@ -269,11 +246,8 @@ void client_process_input(client *c) {
       return;
     }
   }
-  if (!c->closing) {
-    peerstore__buf_compact(&c->in);
-    if (c->in.len == 0 && c->in.cap > BUF_KEEP)
-      peerstore__buf_free(&c->in);
-  }
+  if (!c->closing)
+    peerstore__buf_trim_input(&c->in);
 }
 
 /* ------------------------------------------------------------------ */

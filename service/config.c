@@ -69,8 +69,7 @@ static int set_str(char **dst, const char *v) {
   return 0;
 }
 
-/* Applies one [peerstored] key; returns 0, or -1 for a bad value or key. */
-static int apply(config *cfg, const char *name, const char *v) {
+int config_set(config *cfg, const char *name, const char *v) {
   uint64_t n;
   char *end;
 
@@ -155,7 +154,7 @@ int config_load(config *cfg, const char *path) {
     value = trim(eq + 1);
     if (*name == '\0')
       goto bad;
-    if (strcmp(section, "peerstored") == 0 && apply(cfg, name, value) != 0) {
+    if (strcmp(section, "peerstored") == 0 && config_set(cfg, name, value) != 0) {
       fprintf(stderr, "peerstored: %s:%d: bad setting %s = %s\n", path,
               lineno, name, value);
       fclose(f);

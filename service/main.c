@@ -34,60 +34,12 @@ static void usage(FILE *f) {
 
 enum { OPT_MAXVAL = 256, OPT_PURGE, OPT_READY };
 
-/* Flags are kept aside and applied after the config file. */
+/* Flags are kept aside and applied after the config file, by the same
+ * rules as its [peerstored] keys. */
 typedef struct flag {
   const char *name;
   const char *value;
 } flag;
-
-static int config_set(config *cfg, const char *name, const char *value) {
-  uint64_t n;
-  char *end;
-
-  if (strcmp(name, "socket") == 0) {
-    free(cfg->socket_path);
-    cfg->socket_path = strdup(value);
-  } else if (strcmp(name, "plugin") == 0) {
-    free(cfg->plugin);
-    cfg->plugin = strdup(value);
-  } else if (strcmp(name, "plugin_dir") == 0) {
-    free(cfg->plugin_dir);
-    cfg->plugin_dir = strdup(value);
-  } else if (strcmp(name, "database") == 0) {
-    free(cfg->database);
-    cfg->database = strdup(value);
-  } else if (strcmp(name, "socket_mode") == 0) {
-    unsigned long m = strtoul(value, &end, 8);
-    if (*value == '\0' || *end != '\0' || m > 0777)
-      return -1;
-    cfg->socket_mode = (unsigned)m;
-  } else if (strcmp(name, "max_value_size") == 0) {
-    if (config_parse_size(value, &n) != 0 || n > PEERSTORE_VALUE_MAX_HARD)
-      return -1;
-    cfg->max_value_size = (uint32_t)n;
-  } else if (strcmp(name, "purge_interval") == 0) {
-    if (config_parse_size(value, &n) != 0 || n == 0 || n > 1000000000)
-      return -1;
-    cfg->purge_interval_ms = n * 1000;
-  } else if (strcmp(name, "log_level") == 0) {
-    static const char *lv[] = {"error", "warn", "info", "debug"};
-    int i;
-    for (i = 0; i < 4; i++)
-      if (strcmp(value, lv[i]) == 0)
-        break;
-    if (i == 4)
-      return -1;
-    cfg->log_level = i;
-  } else if (strcmp(name, "ready_fd") == 0) {
-    long fd = strtol(value, &end, 10);
-    if (*value == '\0' || *end != '\0' || fd < 0 || fd > 65535)
-      return -1;
-    cfg->ready_fd = (int)fd;
-  } else {
-    return -1;
-  }
-  return 0;
-}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
@@ -107,7 +59,7 @@ int main(int argc, char **argv) {
   flag flags[32];
   size_t nflags = 0, i;
   const char *config_file = NULL;
-  char path[4096];
+  char path[4096], *end;
   config cfg;
   server srv;
   uv_loop_t loop;
@@ -149,12 +101,19 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (i = 0; i < nflags; i++) {
-    if (config_set(&cfg, flags[i].name, flags[i].value) != 0) {
-      fprintf(stderr, "peerstored: bad value for --%s: %s\n", flags[i].name,
-              flags[i].value);
-      config_free(&cfg);
-      return 1;
+    if (strcmp(flags[i].name, "ready_fd") == 0) {
+      long fd = strtol(flags[i].value, &end, 10);
+      if (*flags[i].value != '\0' && *end == '\0' && fd >= 0 && fd < 65536) {
+        cfg.ready_fd = (int)fd;
+        continue;
+      }
+    } else if (config_set(&cfg, flags[i].name, flags[i].value) == 0) {
+      continue;
     }
+    fprintf(stderr, "peerstored: bad value for --%s: %s\n", flags[i].name,
+            flags[i].value);
+    config_free(&cfg);
+    return 1;
   }
   if (cfg.socket_path == NULL) {
     if (peerstore_default_socket_path(path, sizeof(path)) != 0 ||

@@ -233,6 +233,19 @@ static void on_stop_timer(uv_timer_t *t) {
   finish_stop(s);
 }
 
+/* Closes the service's own handles and the plugin: the last step of a
+ * shutdown, or of a start that failed. */
+static void release(server *s) {
+  uv_close((uv_handle_t *)&s->idle, NULL);
+  uv_close((uv_handle_t *)&s->purge_timer, NULL);
+  uv_close((uv_handle_t *)&s->stop_timer, NULL);
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sigterm, NULL);
+  plugin_unload(&s->plugin);
+  peerstore__hmap_free(&s->watch_index);
+  peerstore__buf_free(&s->note);
+}
+
 int server_start(server *s, uv_loop_t *loop, config *cfg) {
   memset(s, 0, sizeof(*s));
   s->loop = loop;
@@ -256,13 +269,7 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   s->sigterm.data = s;
   if (listen_socket(s) != 0) {
     s->done = 1;
-    uv_close((uv_handle_t *)&s->idle, NULL);
-    uv_close((uv_handle_t *)&s->purge_timer, NULL);
-    uv_close((uv_handle_t *)&s->stop_timer, NULL);
-    uv_close((uv_handle_t *)&s->sigint, NULL);
-    uv_close((uv_handle_t *)&s->sigterm, NULL);
-    plugin_unload(&s->plugin);
-    peerstore__hmap_free(&s->watch_index);
+    release(s);
     return -1;
   }
   uv_signal_start(&s->sigint, on_signal, SIGINT);
@@ -313,15 +320,8 @@ static void finish_stop(server *s) {
   while (s->clients != NULL) {
     client_close(s->clients);
   }
-  uv_close((uv_handle_t *)&s->idle, NULL);
-  uv_close((uv_handle_t *)&s->purge_timer, NULL);
-  uv_close((uv_handle_t *)&s->stop_timer, NULL);
-  uv_close((uv_handle_t *)&s->sigint, NULL);
-  uv_close((uv_handle_t *)&s->sigterm, NULL);
   /* Clients still referenced by plugin requests are freed as those
    * complete; the plugin's close() completes or abandons them. */
-  plugin_unload(&s->plugin);
-  peerstore__hmap_free(&s->watch_index);
-  peerstore__buf_free(&s->note);
+  release(s);
   LOG_INFO("stopped");
 }

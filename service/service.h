@@ -48,6 +48,9 @@ typedef struct config {
 void config_defaults(config *cfg);
 /* Parses an INI file into cfg; returns 0 or -1 after printing the reason. */
 int config_load(config *cfg, const char *path);
+/* Applies one [peerstored] setting (also used for command-line flags);
+ * returns 0, or -1 for an unknown name or a bad value. */
+int config_set(config *cfg, const char *name, const char *value);
 /* Parses a size with an optional k/M/G suffix; returns 0 or -1. */
 int config_parse_size(const char *s, uint64_t *out);
 /* A value from the file's [section]; NULL if absent. */
