@@ -692,3 +692,10 @@ static const peerstore_plugin_desc mem_desc = {PEERSTORE_PLUGIN_ABI, "memory",
 const peerstore_plugin_desc *peerstore_plugin_memory(void) {
   return &mem_desc;
 }
+
+#ifdef PEERSTORE_MEMORY_MODULE
+/* Built as a loadable module too (tests/), to exercise the loader with a
+ * plugin that really works. */
+const peerstore_plugin_desc *peerstore_plugin_entry(void);
+const peerstore_plugin_desc *peerstore_plugin_entry(void) { return &mem_desc; }
+#endif

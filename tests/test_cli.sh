@@ -152,6 +152,21 @@ echo "not a plugin" >"$dir/peerstore_plugin_broken.so"
 "$PEERSTORED" --socket "$sock" --plugin broken --plugin-dir "$dir" 2>"$dir/plugin.log"
 rc=$?
 [ $rc = 1 ] && grep -q "cannot load" "$dir/plugin.log" && ok "broken plugin refused" || not_ok "broken plugin (rc $rc)"
+# Plugins loaded by name from --plugin-dir, PEERSTORE_PLUGIN_PATH, or path.
+plugins=${PEERSTORE_TEST_PLUGINS:-.libs}
+start_service --plugin memtest --plugin-dir "$plugins"
+check "plugin by name from --plugin-dir" 0 "v" sh -c "'$CLI' -S '$sock' store -s ss -p $P1 -k k v && '$CLI' -S '$sock' get -s ss -p $P1 -k k"
+kill -TERM $svc; wait $svc; svc=
+PEERSTORE_PLUGIN_PATH="/nonexistent:$plugins" start_service --plugin memtest
+check "plugin by name from PEERSTORE_PLUGIN_PATH" 0 "" ps store -s ss -p $P1 -k k v
+kill -TERM $svc; wait $svc; svc=
+start_service --plugin "$plugins/peerstore_plugin_memtest.so"
+check "plugin by path" 0 "" ps store -s ss -p $P1 -k k v
+kill -TERM $svc; wait $svc; svc=
+"$PEERSTORED" --socket "$sock" --plugin badabi --plugin-dir "$plugins" 2>"$dir/plugin.log"
+rc=$?
+[ $rc = 1 ] && grep -q "plugin ABI 1001, this service needs 1" "$dir/plugin.log" && ok "plugin ABI checked" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
+[ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
 "$PEERSTORED" --bogus 2>/dev/null
 [ $? = 1 ] && ok "service: bad flag exit 1" || not_ok "service: bad flag"
 
