@@ -6,6 +6,14 @@
  * PEERSTORE_PLUGIN_ABI it was built with.  Plugins keep no global state:
  * open() returns an instance and every other call takes it.
  *
+ * Arguments (records, filters, their strings and values) are valid only
+ * during the call: a plugin that completes later copies what it needs.
+ * Records a plugin passes to a callback are borrowed for that callback.
+ *
+ * Order: a plugin applies calls in the order it receives them and runs
+ * their callbacks in that order, so per-client order and the order of
+ * watch notifications follow from the order of calls.
+ *
  * Threading: every call is made on the service's loop thread, and every
  * callback must run on that thread too.  A plugin may do its work elsewhere
  * (uv_queue_work, its own thread + uv_async) and call back later, or do it

@@ -236,6 +236,15 @@ static void on_stop_timer(uv_timer_t *t) {
 /* Closes the service's own handles and the plugin: the last step of a
  * shutdown, or of a start that failed. */
 static void release(server *s) {
+  client *c;
+
+  /* The idle callback will not run again to flush these; each holds a
+   * reference on its client. */
+  while ((c = s->flush_list) != NULL) {
+    s->flush_list = c->next_flush;
+    c->in_flush = 0;
+    client_unref(c);
+  }
   uv_close((uv_handle_t *)&s->idle, NULL);
   uv_close((uv_handle_t *)&s->purge_timer, NULL);
   uv_close((uv_handle_t *)&s->stop_timer, NULL);

@@ -72,13 +72,10 @@ static void stats_cb(void *arg, int status, const peerstore_stat *st,
   g->done = 1;
 }
 
-static int setup(void **state) {
-  fx *f = calloc(1, sizeof(*f));
+/* A client connected through everything, watching "ss". */
+static void bystander_connect(fx *f) {
   stats_got sg = {0, -1};
 
-  assert_non_null(f);
-  assert_int_equal(harness_start(&f->svc, NULL), 0);
-  assert_int_equal(uv_loop_init(&f->loop), 0);
   f->bystander = peerstore_connect(&f->loop, f->svc.socket_path);
   assert_non_null(f->bystander);
   assert_non_null(peerstore_watch(f->bystander, "ss", NULL, NULL, watch_cb,
@@ -86,6 +83,15 @@ static int setup(void **state) {
   /* Answered after the watch on the same connection: it is registered. */
   assert_non_null(peerstore_stats(f->bystander, stats_cb, &sg));
   assert_int_equal(harness_run_until(&f->loop, &sg.done, TIMEOUT), 0);
+}
+
+static int setup(void **state) {
+  fx *f = calloc(1, sizeof(*f));
+
+  assert_non_null(f);
+  assert_int_equal(harness_start(&f->svc, NULL), 0);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  bystander_connect(f);
   *state = f;
   return 0;
 }
@@ -352,10 +358,8 @@ static void test_dies_mid_request(void **state) {
   peerstore__buf_free(&b);
 }
 
-/* A client that requests without ever reading is throttled, not fed
- * without bound, and others carry on. */
-static void test_client_never_reads(void **state) {
-  fx *f = *state;
+/* Floods requests without reading replies; returns the socket. */
+static int flood_without_reading(fx *f) {
   peerstore__buf b = {0};
   int fd, i;
 
@@ -374,9 +378,31 @@ static void test_client_never_reads(void **state) {
       break;
   }
   assert_true(i < 100000);
+  peerstore__buf_free(&b);
+  return fd;
+}
+
+/* A client that requests without ever reading is throttled, not fed
+ * without bound, and others carry on. */
+static void test_client_never_reads(void **state) {
+  fx *f = *state;
+  int fd = flood_without_reading(f);
+
   check_service_ok(f);
   close(fd);
-  peerstore__buf_free(&b);
+}
+
+/* SIGTERM while a client will not read: the service gives up on it after
+ * its grace period and still exits cleanly. */
+static void test_stop_with_stuck_client(void **state) {
+  fx *f = *state;
+  int fd = flood_without_reading(f);
+
+  peerstore_disconnect(f->bystander, 0);
+  assert_int_equal(harness_stop(&f->svc), 0);
+  close(fd);
+  assert_int_equal(harness_start(&f->svc, NULL), 0);
+  bystander_connect(f);
 }
 
 /* Scans the raw stream for a frame of type for request; returns the
@@ -471,6 +497,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_client_never_reads, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_watcher_never_reads, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_stop_with_stuck_client, setup,
                                       teardown),
   };
 
