@@ -17,16 +17,26 @@
 #define ITER_BATCH 256
 #define CREDIT_MAX (1u << 20)
 
-typedef struct sreq {
+/* A request waiting for the plugin.  Recycled through the server's free
+ * list, so the store path does not allocate. */
+struct sreq {
   client *c;
+  sreq *next_free;
   uint32_t request;
-} sreq;
+};
+
+#define SREQ_FREE_MAX 4096
 
 static sreq *sreq_new(client *c, uint32_t request) {
-  sreq *r = malloc(sizeof(*r));
+  server *s = c->srv;
+  sreq *r = s->free_reqs;
 
-  if (r == NULL)
+  if (r != NULL) {
+    s->free_reqs = r->next_free;
+    s->n_free_reqs--;
+  } else if ((r = malloc(sizeof(*r))) == NULL) {
     return NULL;
+  }
   r->c = c;
   r->request = request;
   client_ref(c);
@@ -39,7 +49,13 @@ static void sreq_done(sreq *r) {
 
   s->inflight--;
   client_unref(r->c);
-  free(r);
+  if (s->n_free_reqs < SREQ_FREE_MAX && !s->done) {
+    r->next_free = s->free_reqs;
+    s->free_reqs = r;
+    s->n_free_reqs++;
+  } else {
+    free(r);
+  }
   if (s->stopping)
     server_kick(s);
 }
@@ -98,6 +114,16 @@ static void store_done(void *arg, int status, const peerstore_record *rec) {
   }
   reply_status(c, PEERSTORE_MSG_STORE_RESULT, r->request, status, &revision);
   sreq_done(r);
+}
+
+void dispatch_free_reqs(server *s) {
+  sreq *r;
+
+  while ((r = s->free_reqs) != NULL) {
+    s->free_reqs = r->next_free;
+    free(r);
+  }
+  s->n_free_reqs = 0;
 }
 
 void dispatch_store_too_big(client *c, uint32_t request) {
@@ -181,7 +207,8 @@ static void iter_rec(void *arg, const peerstore_record *rec) {
   siter *it = arg;
   client *c = it->c;
 
-  if (it->ended || c->closing)
+  /* Expired records never reach a client, whatever the plugin does. */
+  if (it->ended || c->closing || rec->expiry <= it->now)
     return;
   if (peerstore__put_record(&c->out, it->request, rec) != 0) {
     iter_end(it, PEERSTORE_ENOMEM, 0);
@@ -269,8 +296,9 @@ static int on_iterate(client *c, const peerstore__header *h,
   s->n_iters++;
   s->stats.iterations++;
   filter_to_plugin(&f, &pf);
-  r = s->plugin.desc->ops->iterate_open(s->plugin.instance, &pf,
-                                        server_now_us(), &it->cursor);
+  it->now = server_now_us();
+  r = s->plugin.desc->ops->iterate_open(s->plugin.instance, &pf, it->now,
+                                        &it->cursor);
   if (r != 0) {
     it->cursor = NULL;
     iter_end(it, r, 0);

@@ -251,6 +251,7 @@ static void release(server *s) {
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
   plugin_unload(&s->plugin);
+  dispatch_free_reqs(s);
   peerstore__hmap_free(&s->watch_index);
   peerstore__buf_free(&s->note);
 }

@@ -95,6 +95,7 @@ typedef struct server server;
 typedef struct client client;
 typedef struct watch watch;
 typedef struct siter siter;
+typedef struct sreq sreq;
 
 struct watch {
   peerstore__hnode h;  /* in the server's watch index, under its filter */
@@ -111,6 +112,7 @@ struct siter {
   client *c;
   uint32_t request;
   uint32_t credit;
+  uint64_t now; /* when it began: records expiring by then are skipped */
   peerstore_plugin_cursor *cursor;
   unsigned busy : 1;    /* an iterate_next is outstanding */
   unsigned pumping : 1; /* inside iter_pump, so completions do not recurse */
@@ -175,6 +177,8 @@ struct server {
   uint64_t next_client_id;
   uint64_t inflight; /* plugin requests outstanding */
   uint64_t started_ms;
+  sreq *free_reqs;
+  uint32_t n_free_reqs;
   peerstore__hmap watch_index;
   peerstore__buf note; /* watch.c's scratch frame */
   server_stats stats;
@@ -214,6 +218,8 @@ int dispatch_frame(client *c, const peerstore__header *h,
 /* A STORE whose body is too large: answer without having read it. */
 void dispatch_store_too_big(client *c, uint32_t request);
 void iter_pump(siter *it);
+/* Frees the recycled request structures (at shutdown). */
+void dispatch_free_reqs(server *s);
 void iter_end_all(client *c, int status);
 
 /* watch.c */
