@@ -139,7 +139,10 @@ typedef struct peerstore_remove_op peerstore_remove_op;
  * connection cannot be made or is lost, every pending operation ends with
  * the error (stores and removes through their callback, iterations and
  * watches with rec == NULL) and later calls fail the same way.
- * Returns NULL only when out of memory or the path is too long. */
+ * While it is connected, the client's socket keeps uv_run() running;
+ * peerstore_disconnect() lets it return.
+ * Returns NULL only when out of memory or the path is empty or too long
+ * for a Unix socket address. */
 PEERSTORE_EXTERN peerstore_client *peerstore_connect(uv_loop_t *loop,
                                                      const char *socket_path);
 
