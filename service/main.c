@@ -133,6 +133,7 @@ int main(int argc, char **argv) {
     uv_run(&loop, UV_RUN_DEFAULT);
   /* Anything left closing finishes here; then the loop must be empty. */
   uv_run(&loop, UV_RUN_DEFAULT);
+  plugin_release(&srv.plugin);
   if (uv_loop_close(&loop) != 0) {
     LOG_ERROR("event loop still has open handles at exit");
     r = -1;

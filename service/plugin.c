@@ -104,7 +104,7 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop) {
   if (strcmp(name, "memory") == 0)
     p->desc = peerstore_plugin_memory();
   else if (find_plugin(p, cfg, name) != 0) {
-    plugin_unload(p);
+    plugin_release(p);
     return -1;
   }
   memset(&env, 0, sizeof(env));
@@ -119,7 +119,8 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop) {
               cfg->database ? " database " : "",
               cfg->database ? cfg->database : "", peerstore_strerror(r));
     p->instance = NULL;
-    plugin_unload(p);
+    /* The plugin may have handles closing on the loop: keep its code
+     * mapped until the caller has run the loop empty. */
     return -1;
   }
   return 0;
@@ -129,6 +130,10 @@ void plugin_unload(plugin *p) {
   if (p->instance != NULL)
     p->desc->ops->close(p->instance);
   p->instance = NULL;
+}
+
+void plugin_release(plugin *p) {
+  plugin_unload(p);
   if (p->lib_open)
     uv_dlclose(&p->lib);
   p->lib_open = 0;

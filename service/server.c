@@ -265,6 +265,7 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
     return -1;
   if (plugin_load(&s->plugin, cfg, loop) != 0) {
     peerstore__hmap_free(&s->watch_index);
+    s->done = 1;
     return -1;
   }
   uv_idle_init(loop, &s->idle);

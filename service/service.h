@@ -85,7 +85,10 @@ typedef struct plugin {
 /* Finds, loads, checks and opens the configured plugin; returns 0, or -1
  * after logging what it looked for and where. */
 int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop);
+/* Closes the instance.  The plugin's handles may still be closing, so its
+ * code stays loaded until plugin_release, after the loop has run empty. */
 void plugin_unload(plugin *p);
+void plugin_release(plugin *p);
 
 
 /* ------------------------------------------------------------------ */

@@ -1,0 +1,34 @@
+-- peerstore.sql - the SQLite plugin's schema, version 2 (the current one).
+-- Compiled into the plugin at build time; run once on an empty database.
+-- The plugin sets PRAGMA user_version and application_id itself.
+
+-- The last revision given out.  Revisions are never reused, even after the
+-- records that carried them are gone, so the counter lives apart from them.
+CREATE TABLE meta (
+  name TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO meta (name, value) VALUES ('revision', 0);
+
+-- One row per record.  The revision is the rowid: the table itself is in
+-- stored order.  Subsystem and key are BLOBs so that any byte but NUL
+-- round-trips exactly; expiry is microseconds since the epoch, with
+-- 9223372036854775807 meaning never.
+CREATE TABLE records (
+  revision INTEGER PRIMARY KEY,
+  subsystem BLOB NOT NULL,
+  peer BLOB NOT NULL,
+  key BLOB NOT NULL,
+  value BLOB NOT NULL,
+  expiry INTEGER NOT NULL
+);
+
+-- One index per filter.  SQLite appends the rowid to every index entry,
+-- so each one yields its filter's records already in revision order.
+CREATE INDEX records_by_subsystem ON records (subsystem);
+CREATE INDEX records_by_peer ON records (subsystem, peer);
+CREATE INDEX records_by_key ON records (subsystem, key);
+CREATE INDEX records_by_triple ON records (subsystem, peer, key);
+-- For purging; records that never expire are left out of it.
+CREATE INDEX records_by_expiry ON records (expiry)
+  WHERE expiry < 9223372036854775807;

@@ -1,0 +1,486 @@
+/* test_sqlite.c - the SQLite plugin: the shared conformance suite, then
+ * what only a persistent plugin has to get right (reopening, migration,
+ * refusing files, read-only mode, write failures, index use).  The plugin
+ * is the built .so, loaded as the service loads it. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "conformance.h"
+#include "harness.h"
+#include "sqlite_queries.h"
+
+#define TIMEOUT 30000
+
+static const peerstore_plugin_desc *desc;
+static char dir[256];
+static char db_path[512];
+static char fixture[512];
+
+/* ------------------------------------------------------------------ */
+/* Plumbing                                                            */
+
+typedef struct opts {
+  const char *read_only;
+  const char *max_page_count;
+  const char *synchronous;
+} opts;
+
+static const char *get_option(void *ctx, const char *name) {
+  const opts *o = ctx;
+
+  if (o == NULL)
+    return NULL;
+  if (strcmp(name, "read_only") == 0)
+    return o->read_only;
+  if (strcmp(name, "max_page_count") == 0)
+    return o->max_page_count;
+  if (strcmp(name, "synchronous") == 0)
+    return o->synchronous;
+  return NULL;
+}
+
+static void quiet_log(void *ctx, enum peerstore_log_level level,
+                      const char *fmt, ...) {
+  (void)ctx;
+  (void)level;
+  (void)fmt;
+}
+
+static void remove_db(void) {
+  char p[600];
+
+  unlink(db_path);
+  snprintf(p, sizeof(p), "%s-wal", db_path);
+  unlink(p);
+  snprintf(p, sizeof(p), "%s-shm", db_path);
+  unlink(p);
+}
+
+static int conf_prepare(void *ctx, peerstore_plugin_env *env) {
+  (void)ctx;
+  remove_db();
+  env->database = db_path;
+  return 0;
+}
+
+static void conf_cleanup(void *ctx) {
+  (void)ctx;
+  remove_db();
+}
+
+typedef struct inst {
+  uv_loop_t loop;
+  void *p;
+  opts o;
+} inst;
+
+/* Opens the plugin on db_path; returns its status. */
+static int inst_open(inst *in, const opts *o) {
+  peerstore_plugin_env env;
+  int r;
+
+  memset(in, 0, sizeof(*in));
+  if (o != NULL)
+    in->o = *o;
+  assert_int_equal(uv_loop_init(&in->loop), 0);
+  memset(&env, 0, sizeof(env));
+  env.loop = &in->loop;
+  env.database = db_path;
+  env.option = get_option;
+  env.option_ctx = &in->o;
+  env.log = quiet_log;
+  r = desc->ops->open(&env, &in->p);
+  if (r != 0) {
+    /* A refused open leaves nothing behind on the loop. */
+    assert_int_equal(harness_drain(&in->loop, TIMEOUT), 0);
+    assert_int_equal(uv_loop_close(&in->loop), 0);
+  }
+  return r;
+}
+
+static void inst_close(inst *in) {
+  desc->ops->close(in->p);
+  assert_int_equal(harness_drain(&in->loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&in->loop), 0);
+}
+
+typedef struct res {
+  int done;
+  int status;
+  uint64_t revision;
+  int n;
+  char values[16][32];
+  uint64_t revisions[16];
+} res;
+
+static void store_cb(void *arg, int status, const peerstore_record *rec) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  if (rec != NULL)
+    r->revision = rec->revision;
+}
+
+static int put(inst *in, const char *key, const char *value,
+               enum peerstore_store_option opt, uint64_t *revision) {
+  res r = {0};
+  peerstore_record rec = {0};
+
+  rec.subsystem = "ss";
+  memset(rec.peer.bytes, 1, sizeof(rec.peer.bytes));
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  assert_int_equal(desc->ops->store(in->p, &rec, opt, store_cb, &r), 0);
+  assert_int_equal(harness_run_until(&in->loop, &r.done, TIMEOUT), 0);
+  if (revision != NULL)
+    *revision = r.revision;
+  return r.status;
+}
+
+static void rec_cb(void *arg, const peerstore_record *rec) {
+  res *r = arg;
+
+  if (r->n < 16) {
+    snprintf(r->values[r->n], sizeof(r->values[0]), "%.*s",
+             (int)rec->value_size, (const char *)rec->value);
+    r->revisions[r->n] = rec->revision;
+  }
+  r->n++;
+}
+
+static void next_cb(void *arg, int status, int more) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  (void)more;
+}
+
+/* Iterates a whole subsystem in one batch; returns the status. */
+static int list(inst *in, const char *ss, res *r) {
+  peerstore_plugin_filter f = {ss, NULL, NULL};
+  peerstore_plugin_cursor *c;
+
+  memset(r, 0, sizeof(*r));
+  assert_int_equal(desc->ops->iterate_open(in->p, &f, 0, &c), 0);
+  assert_int_equal(desc->ops->iterate_next(c, 1000, rec_cb, next_cb, r), 0);
+  assert_int_equal(harness_run_until(&in->loop, &r->done, TIMEOUT), 0);
+  desc->ops->iterate_close(c);
+  return r->status;
+}
+
+/* Runs SQL on db_path with a connection of our own. */
+static void sql(const char *text) {
+  sqlite3 *db;
+  char *err = NULL;
+
+  assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+  if (sqlite3_exec(db, text, NULL, NULL, &err) != SQLITE_OK)
+    fail_msg("sql failed: %s", err);
+  sqlite3_close(db);
+}
+
+static int64_t sql_int(const char *text) {
+  sqlite3 *db;
+  sqlite3_stmt *st;
+  int64_t v = -1;
+
+  assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+  assert_int_equal(sqlite3_prepare_v2(db, text, -1, &st, NULL), SQLITE_OK);
+  if (sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return v;
+}
+
+static char *slurp(const char *path, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  char *b;
+  long len;
+
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  b = malloc((size_t)len + 1);
+  assert_non_null(b);
+  assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
+  fclose(f);
+  *n = (size_t)len;
+  return b;
+}
+
+static int setup(void **state) {
+  (void)state;
+  remove_db();
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  remove_db();
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+static void test_reopen_keeps_records_and_revisions(void **state) {
+  inst in;
+  uint64_t r1, r2, r3;
+  res r;
+
+  (void)state;
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(put(&in, "k", "a", PEERSTORE_MULTIPLE, &r1), 0);
+  assert_int_equal(put(&in, "k", "b", PEERSTORE_MULTIPLE, &r2), 0);
+  inst_close(&in);
+  assert_int_equal(sql_int("PRAGMA user_version"), 2);
+  assert_int_equal(sql_int("PRAGMA application_id"), 0x50535452);
+  assert_int_equal(
+      sql_int("SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
+
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[0], "a");
+  assert_int_equal(r.revisions[1], r2);
+  /* Revisions go on from where they were, never reused. */
+  assert_int_equal(put(&in, "k", "c", PEERSTORE_REPLACE, &r3), 0);
+  assert_true(r3 > r2 && r2 > r1);
+  inst_close(&in);
+}
+
+static void test_migrate_v1(void **state) {
+  inst in;
+  size_t n;
+  char *script = slurp(fixture, &n);
+  res r;
+  uint64_t rev;
+
+  (void)state;
+  sql(script);
+  free(script);
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(list(&in, "transport", &r), 0);
+  assert_int_equal(r.n, 3);
+  assert_string_equal(r.values[0], "tcp:1");
+  assert_string_equal(r.values[1], "udp:2");
+  assert_string_equal(r.values[2], "tcp:3");
+  assert_true(r.revisions[0] < r.revisions[1]);
+  assert_true(r.revisions[1] < r.revisions[2]);
+  assert_int_equal(list(&in, "dht", &r), 0);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], ""); /* NULL became empty */
+  /* New revisions follow the migrated ones. */
+  assert_int_equal(put(&in, "k", "new", PEERSTORE_REPLACE, &rev), 0);
+  assert_int_equal(rev, 5);
+  inst_close(&in);
+  assert_int_equal(sql_int("PRAGMA user_version"), 2);
+  assert_int_equal(
+      sql_int("SELECT count(*) FROM sqlite_master WHERE name = 'peerstoredata'"),
+      0);
+}
+
+/* A file the plugin must not use is refused and left byte-for-byte. */
+static void refused_untouched(void) {
+  size_t n1, n2;
+  char *before = slurp(db_path, &n1), *after;
+  inst in;
+
+  assert_int_not_equal(inst_open(&in, NULL), 0);
+  after = slurp(db_path, &n2);
+  assert_int_equal(n1, n2);
+  assert_memory_equal(before, after, n1);
+  free(before);
+  free(after);
+}
+
+static void test_refuse_newer_version(void **state) {
+  (void)state;
+  sql("PRAGMA application_id = 1347638354; PRAGMA user_version = 99;"
+      "CREATE TABLE future (x);");
+  refused_untouched();
+}
+
+static void test_refuse_foreign_database(void **state) {
+  (void)state;
+  sql("CREATE TABLE something_else (x); INSERT INTO something_else VALUES (1);");
+  refused_untouched();
+}
+
+static void test_refuse_garbage_file(void **state) {
+  FILE *f = fopen(db_path, "wb");
+  int i;
+
+  (void)state;
+  assert_non_null(f);
+  for (i = 0; i < 4096; i++)
+    fputc((i * 37) & 0xff, f);
+  fclose(f);
+  refused_untouched();
+}
+
+static void test_read_only(void **state) {
+  inst in;
+  opts ro = {"yes", NULL, NULL};
+  res r;
+
+  (void)state;
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(put(&in, "k", "kept", PEERSTORE_REPLACE, NULL), 0);
+  inst_close(&in);
+  assert_int_equal(inst_open(&in, &ro), 0);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_int_equal(r.n, 1);
+  assert_int_equal(put(&in, "k", "nope", PEERSTORE_REPLACE, NULL),
+                   PEERSTORE_EROFS);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_string_equal(r.values[0], "kept");
+  inst_close(&in);
+  /* Read-only never creates a database. */
+  remove_db();
+  assert_int_not_equal(inst_open(&in, &ro), 0);
+  assert_int_not_equal(access(db_path, F_OK), 0);
+}
+
+/* A write that fails (here: the database hits its size limit, as a full
+ * disk would) fails that store clearly; reads and earlier data stay. */
+static void test_write_failure(void **state) {
+  inst in;
+  opts small = {NULL, "40", NULL};
+  char big[3000], key[16];
+  int i, st = 0, ok = 0;
+  res r;
+
+  (void)state;
+  memset(big, 'x', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  assert_int_equal(inst_open(&in, &small), 0);
+  for (i = 0; i < 200 && st == 0; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    st = put(&in, key, big, PEERSTORE_REPLACE, NULL);
+    ok += st == 0;
+  }
+  assert_int_equal(st, PEERSTORE_ENOSPC);
+  assert_true(ok > 0);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_int_equal(r.n, ok);
+  /* Smaller writes that fit still work after the failure. */
+  assert_int_equal(put(&in, "k0", "small", PEERSTORE_REPLACE, NULL), 0);
+  inst_close(&in);
+  assert_int_equal(sql_int("SELECT count(*) FROM records"), ok);
+}
+
+static void test_synchronous_option(void **state) {
+  inst in;
+  opts full = {NULL, NULL, "FULL"}, bad = {NULL, NULL, "SOMETIMES"};
+
+  (void)state;
+  assert_int_equal(inst_open(&in, &full), 0);
+  assert_int_equal(put(&in, "k", "v", PEERSTORE_REPLACE, NULL), 0);
+  inst_close(&in);
+  assert_int_not_equal(inst_open(&in, &bad), 0);
+}
+
+/* Every filter's query is served by an index, in revision order: no full
+ * scan of the table and no sort. */
+static void test_query_plans(void **state) {
+  inst in;
+  sqlite3 *db;
+  char q[600], plan[2048];
+  int i;
+
+  (void)state;
+  assert_int_equal(inst_open(&in, NULL), 0);
+  inst_close(&in);
+  assert_int_equal(sqlite3_open(db_path, &db), SQLITE_OK);
+  /* Statistics as a large, varied table would give them. */
+  sql("ANALYZE");
+  for (i = 0; i <= F_COUNT; i++) {
+    sqlite3_stmt *st;
+    size_t len = 0;
+
+    if (i < F_COUNT) {
+      snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN " SQLITE_ITERATE_SQL,
+               sqlite_filter_where[i]);
+    } else {
+      snprintf(q, sizeof(q), "EXPLAIN QUERY PLAN %s", SQLITE_PURGE_SQL);
+    }
+    assert_int_equal(sqlite3_prepare_v2(db, q, -1, &st, NULL), SQLITE_OK);
+    plan[0] = '\0';
+    while (sqlite3_step(st) == SQLITE_ROW && len < sizeof(plan) - 200)
+      len += (size_t)snprintf(plan + len, sizeof(plan) - len, "%s; ",
+                              (const char *)sqlite3_column_text(st, 3));
+    sqlite3_finalize(st);
+    if (strstr(plan, "USING INDEX") == NULL &&
+        strstr(plan, "USING COVERING INDEX") == NULL)
+      fail_msg("filter %d: no index used: %s", i, plan);
+    if (strstr(plan, "TEMP B-TREE") != NULL)
+      fail_msg("filter %d: sorts: %s", i, plan);
+    if (strstr(plan, "SCAN records") != NULL &&
+        strstr(plan, "SCAN records USING") == NULL)
+      fail_msg("filter %d: scans the table: %s", i, plan);
+  }
+  sqlite3_close(db);
+}
+
+int main(void) {
+  const char *so = getenv("PEERSTORE_SQLITE_PLUGIN");
+  const char *src = getenv("srcdir");
+  peerstore_plugin_entry_fn entry;
+  conformance_target t = {NULL, conf_prepare, conf_cleanup, NULL};
+  uv_lib_t lib;
+  int failed;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_reopen_keeps_records_and_revisions,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_refuse_newer_version, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_refuse_foreign_database, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_refuse_garbage_file, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
+  };
+
+  if (so == NULL)
+    so = "../plugins/.libs/peerstore_plugin_sqlite.so";
+  if (uv_dlopen(so, &lib) != 0 ||
+      uv_dlsym(&lib, PEERSTORE_PLUGIN_ENTRY, (void **)&entry) != 0) {
+    fprintf(stderr, "cannot load %s: %s\n", so, uv_dlerror(&lib));
+    return 1;
+  }
+  desc = entry();
+  snprintf(fixture, sizeof(fixture), "%s/tests/fixtures/v1.sql",
+           src ? src : "..");
+  snprintf(dir, sizeof(dir), "%s/peerstore-sqlite-XXXXXX",
+           getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+  if (mkdtemp(dir) == NULL)
+    return 1;
+  snprintf(db_path, sizeof(db_path), "%s/test.db", dir);
+
+  t.desc = desc;
+  failed = conformance_run("sqlite plugin: conformance", &t);
+  failed += cmocka_run_group_tests_name("sqlite plugin", tests, NULL, NULL);
+  remove_db();
+  rmdir(dir);
+  uv_dlclose(&lib);
+  return failed;
+}
