@@ -21,7 +21,7 @@ static const char *service_binary(void) {
 
 int harness_start(harness_svc *s, const char *const *extra) {
   const char *argv[64];
-  char fdarg[16], buf[16];
+  char fdarg[16], buf[16], db[320];
   int fds[2], n = 0, i;
   struct pollfd pfd;
   ssize_t got = 0, r;
@@ -51,6 +51,15 @@ int harness_start(harness_svc *s, const char *const *extra) {
   argv[n++] = s->socket_path;
   argv[n++] = "--ready-fd";
   argv[n++] = fdarg;
+  /* PEERSTORE_TEST_PLUGIN=sqlite runs the same tests on a database. */
+  if (getenv("PEERSTORE_TEST_PLUGIN") != NULL &&
+      strcmp(getenv("PEERSTORE_TEST_PLUGIN"), "sqlite") == 0) {
+    snprintf(db, sizeof(db), "%s/peerstore.db", s->dir);
+    argv[n++] = "--plugin";
+    argv[n++] = "sqlite";
+    argv[n++] = "--database";
+    argv[n++] = db;
+  }
   if (getenv("PEERSTORE_TEST_LOG") == NULL) {
     argv[n++] = "--log-level";
     argv[n++] = "error";
