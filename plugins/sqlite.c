@@ -821,6 +821,38 @@ static void sq_free(sq *s) {
   free(s);
 }
 
+/* A damaged file is refused at start rather than failing requests later.
+ * quick_check reads every page once (no index cross-checks); set
+ * check_on_open = no to skip it for very large databases. */
+static int check_pages(sq *s, const peerstore_plugin_env *env) {
+  const char *opt = env->option ? env->option(env->option_ctx,
+                                              "check_on_open")
+                                : NULL;
+  sqlite3_stmt *st;
+  const char *res;
+  int rc;
+
+  if (opt != NULL && (strcmp(opt, "no") == 0 || strcmp(opt, "0") == 0))
+    return 0;
+  rc = sqlite3_prepare_v2(s->db, "PRAGMA quick_check(1)", -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite %s: cannot check: %s",
+           s->path, sqlite3_errmsg(s->db));
+    return map_error(rc);
+  }
+  rc = sqlite3_step(st);
+  res = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+  if (res == NULL || strcmp(res, "ok") != 0) {
+    s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
+           "sqlite %s: database is damaged (%s); leaving it untouched",
+           s->path, res ? res : sqlite3_errmsg(s->db));
+    sqlite3_finalize(st);
+    return PEERSTORE_EIO;
+  }
+  sqlite3_finalize(st);
+  return 0;
+}
+
 static int configure_db(sq *s, const peerstore_plugin_env *env) {
   const char *sync = env->option ? env->option(env->option_ctx, "synchronous")
                                  : NULL;
@@ -894,7 +926,8 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
   }
   sqlite3_extended_result_codes(s->db, 1);
   sqlite3_busy_timeout(s->db, 5000);
-  if ((rc = check_schema(s)) != 0 || (rc = configure_db(s, env)) != 0 ||
+  if ((rc = check_schema(s)) != 0 || (rc = check_pages(s, env)) != 0 ||
+      (rc = configure_db(s, env)) != 0 ||
       (rc = prepare_all(s)) != 0) {
     sq_free(s);
     return rc;

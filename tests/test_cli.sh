@@ -167,6 +167,35 @@ kill -TERM $svc; wait $svc; svc=
 rc=$?
 [ $rc = 1 ] && grep -q "plugin ABI 1001, this service needs 1" "$dir/plugin.log" && ok "plugin ABI checked" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
 [ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
+# The sqlite plugin, when it was built.
+sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}
+if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
+  export PEERSTORE_PLUGIN_PATH="$sqlite_dir"
+  db="$dir/data.db"
+  start_service --plugin sqlite --database "$db"
+  check "sqlite: store" 0 "" ps store -s ss -p $P1 -k k persisted
+  kill -TERM $svc; wait $svc; rc=$?; svc=
+  [ $rc = 0 ] && ok "sqlite: clean shutdown" || not_ok "sqlite: shutdown exit $rc"
+  start_service --plugin sqlite --database "$db"
+  check "sqlite: value survives a restart" 0 "persisted" ps get -s ss -p $P1 -k k
+  kill -TERM $svc; wait $svc; svc=
+  printf '[plugin]\nread_only = yes\n' >"$dir/ro.ini"
+  start_service --plugin sqlite --database "$db" -c "$dir/ro.ini"
+  check "sqlite read-only: reads" 0 "persisted" ps get -s ss -p $P1 -k k
+  check "sqlite read-only: store refused (exit 4)" 4 "" ps store -s ss -p $P1 -k k other
+  grep -q "read-only" "$dir/err" && ok "sqlite read-only: reason printed" || not_ok "sqlite read-only: reason"
+  kill -TERM $svc; wait $svc; svc=
+  "$PEERSTORED" --socket "$sock" --plugin sqlite --database "$dir/no/such/dir/x.db" 2>"$dir/open.log"
+  rc=$?
+  [ $rc = 1 ] && grep -q "$dir/no/such/dir/x.db" "$dir/open.log" && ok "sqlite: unopenable file named, exit 1" || not_ok "sqlite: unopenable (rc $rc): $(cat "$dir/open.log")"
+  head -c 8192 /dev/urandom >"$dir/garbage.db"
+  cp "$dir/garbage.db" "$dir/garbage.orig"
+  "$PEERSTORED" --socket "$sock" --plugin sqlite --database "$dir/garbage.db" 2>"$dir/open.log"
+  rc=$?
+  [ $rc = 1 ] && grep -q "garbage.db" "$dir/open.log" && cmp -s "$dir/garbage.db" "$dir/garbage.orig" \
+    && ok "sqlite: not-a-database refused, file untouched" || not_ok "sqlite: garbage file (rc $rc): $(cat "$dir/open.log")"
+fi
+
 "$PEERSTORED" --bogus 2>/dev/null
 [ $? = 1 ] && ok "service: bad flag exit 1" || not_ok "service: bad flag"
 

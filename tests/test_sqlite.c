@@ -45,7 +45,7 @@ static const char *get_option(void *ctx, const char *name) {
     return o->max_page_count;
   if (strcmp(name, "synchronous") == 0)
     return o->synchronous;
-  return NULL;
+  return NULL; /* check_on_open and the rest: defaults */
 }
 
 static void quiet_log(void *ctx, enum peerstore_log_level level,
@@ -332,6 +332,36 @@ static void test_refuse_garbage_file(void **state) {
   refused_untouched();
 }
 
+/* A sound header over damaged pages: refused at open, not later. */
+static void test_refuse_damaged_pages(void **state) {
+  inst in;
+  char key[16], big[2000];
+  size_t n;
+  char *b;
+  FILE *f;
+  int i;
+
+  (void)state;
+  memset(big, 'y', sizeof(big) - 1);
+  big[sizeof(big) - 1] = '\0';
+  assert_int_equal(inst_open(&in, NULL), 0);
+  for (i = 0; i < 100; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(&in, key, big, PEERSTORE_REPLACE, NULL), 0);
+  }
+  inst_close(&in);
+  /* Overwrite a few pages in the middle of the file. */
+  b = slurp(db_path, &n);
+  assert_true(n > 64 * 1024);
+  memset(b + n / 2, 0xee, 3 * 4096);
+  f = fopen(db_path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b, 1, n, f), n);
+  fclose(f);
+  free(b);
+  refused_untouched();
+}
+
 static void test_read_only(void **state) {
   inst in;
   opts ro = {"yes", NULL, NULL};
@@ -452,6 +482,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_refuse_foreign_database, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_refuse_garbage_file, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_refuse_damaged_pages, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
