@@ -217,6 +217,7 @@ static char *slurp(const char *path, size_t *n) {
   assert_non_null(b);
   assert_int_equal(fread(b, 1, (size_t)len, f), (size_t)len);
   fclose(f);
+  b[len] = '\0'; /* callers may treat it as text */
   *n = (size_t)len;
   return b;
 }
