@@ -1,28 +1,34 @@
-/* client.c - libpeerstore's connection: connect, the request table, reading
- * and dispatching replies, batching writes, failure and disconnect.
+/* client.c - libpeerstore's connection: the request table, reading and
+ * dispatching replies, batching writes, timeouts, reconnecting, and
+ * disconnect.
  *
- * Requests are encoded straight into c->out as they are made, HELLO first,
- * so calls made before the connection is up are simply sent in order once
- * it is; the service reads HELLO before anything else.  An idle handle,
- * active only while there is work, writes c->out once per loop turn and
- * runs deferred final callbacks, so no callback ever runs inside the call
- * that caused it.
+ * Every operation keeps its encoded request.  While connected, a new
+ * request is also appended to c->out at once; c->out is written by an
+ * idle handle, active only while there is work, once per loop turn.  When
+ * a connection comes up, c->out is rebuilt as HELLO followed by the
+ * request of every operation still waiting, in the order they were made:
+ * so calls made before the first connection, and stores, removes and
+ * watches left unanswered by a lost one, are (re)sent in order.  The
+ * service reads HELLO before anything else, so nothing waits for WELCOME.
  *
  * Operations live in a hash table by request id.  A reply for an id that
- * is not there belongs to an operation that was cancelled; it is dropped.
- * Cancelled and finished operations are freed from the idle callback, never
- * while a callback that might still hold them is on the stack.
+ * is not there belongs to an operation that was cancelled or timed out; it
+ * is dropped.  Final callbacks that do not come from a reply run from the
+ * idle handle, never inside the call that caused them, and finished
+ * operations are freed there too, never while a callback that might still
+ * hold them is on the stack.
  */
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
 
 #include "client_int.h"
 
-
 static void on_idle(uv_idle_t *h);
-static void client_fail(peerstore_client *c, int status);
+static void connection_lost(peerstore_client *c, int status);
 static void close_handles(peerstore_client *c);
+static void heap_remove(peerstore_client *c, ps_op *op);
 
 int peerstore__client_closed(const peerstore_client *c) { return c->closing; }
 
@@ -51,6 +57,7 @@ static ps_op *op_find(peerstore_client *c, uint32_t request) {
 }
 
 static void op_untable(peerstore_client *c, ps_op *op) {
+  heap_remove(c, op);
   if (!op->in_table)
     return;
   peerstore__hmap_remove(&c->ops, &op->h);
@@ -63,27 +70,32 @@ static void op_garbage(peerstore_client *c, ps_op *op) {
   kick(c);
 }
 
-ps_op *peerstore__op_new(peerstore_client *c, enum ps_op_kind kind,
-                         size_t size, void *arg) {
-  ps_op *op;
-
-  if (c->closing)
-    return NULL;
-  if ((op = calloc(1, size)) == NULL)
-    return NULL;
-  op->c = c;
-  op->kind = (uint8_t)kind;
-  op->arg = arg;
+uint32_t peerstore__next_request(peerstore_client *c) {
   /* Request 0 is reserved for connection-level frames. */
   if (++c->next_request == 0)
     ++c->next_request;
-  op->request = c->next_request;
-  return op;
+  return c->next_request;
 }
 
-void peerstore__op_abort(peerstore_client *c, ps_op *op) {
-  (void)c;
-  free(op);
+ps_op *peerstore__op_new(peerstore_client *c, enum ps_op_kind kind,
+                         size_t size, uint32_t request, void *arg) {
+  size_t len = c->scratch.len - c->scratch.off;
+  ps_op *op;
+
+  if (c->closing || (op = calloc(1, size + len)) == NULL) {
+    c->scratch.len = c->scratch.off = 0;
+    return NULL;
+  }
+  op->c = c;
+  op->kind = (uint8_t)kind;
+  op->arg = arg;
+  op->request = request;
+  op->heap_idx = NO_HEAP;
+  op->frame = (uint8_t *)op + size;
+  op->frame_len = len;
+  memcpy(op->frame, c->scratch.data + c->scratch.off, len);
+  c->scratch.len = c->scratch.off = 0;
+  return op;
 }
 
 static void done_push(peerstore_client *c, ps_op *op, int status) {
@@ -98,41 +110,15 @@ static void done_push(peerstore_client *c, ps_op *op, int status) {
   kick(c);
 }
 
-void peerstore__op_start(peerstore_client *c, ps_op *op) {
-  peerstore__hmap_insert(&c->ops, &op->h, req_hash(op->request));
-  op->in_table = 1;
-  if (op->kind == OP_STORE)
-    c->pending_stores++;
-  if (c->state == ST_FAILED) {
-    /* Nothing will be sent: the op ends soon with the failure. */
-    c->out.len = c->out.off = 0;
-    op_untable(c, op);
-    done_push(c, op, c->fail_status);
+static void send_frame(peerstore_client *c, ps_op *op) {
+  if (peerstore__buf_reserve(&c->out, op->frame_len) != 0) {
+    connection_lost(c, PEERSTORE_ENOMEM);
     return;
   }
-  if (c->state == ST_CONNECTED)
-    kick(c);
-}
-
-void peerstore__op_cancel(ps_op *op) {
-  peerstore_client *c = op->c;
-  int was_tabled = op->in_table;
-
-  if (op->finished)
-    return;
-  op->finished = 1;
-  op_untable(c, op);
-  if (op->kind == OP_STORE)
-    c->pending_stores--;
-  if (was_tabled && (op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
-      c->state != ST_FAILED &&
-      peerstore__put_empty(&c->out, PEERSTORE_MSG_CANCEL, op->request) == 0)
-    kick(c);
-  /* An op on the done list is freed when the list reaches it. */
-  if (!op->on_done)
-    op_garbage(c, op);
-  if (c->closing && c->pending_stores == 0)
-    close_handles(c);
+  memcpy(c->out.data + c->out.len, op->frame, op->frame_len);
+  c->out.len += op->frame_len;
+  op->sent = 1;
+  kick(c);
 }
 
 /* Runs op's final callback with status and retires it. */
@@ -165,6 +151,176 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
 }
 
 /* ------------------------------------------------------------------ */
+/* Deadlines                                                           */
+
+static int heap_less(const ps_op *a, const ps_op *b) {
+  return a->deadline < b->deadline;
+}
+
+static void heap_set(peerstore_client *c, size_t i, ps_op *op) {
+  c->heap[i] = op;
+  op->heap_idx = i;
+}
+
+static void heap_up(peerstore_client *c, size_t i) {
+  ps_op *op = c->heap[i];
+
+  while (i > 0 && heap_less(op, c->heap[(i - 1) / 2])) {
+    heap_set(c, i, c->heap[(i - 1) / 2]);
+    i = (i - 1) / 2;
+  }
+  heap_set(c, i, op);
+}
+
+static void heap_down(peerstore_client *c, size_t i) {
+  ps_op *op = c->heap[i];
+
+  for (;;) {
+    size_t k = 2 * i + 1;
+    if (k >= c->heap_len)
+      break;
+    if (k + 1 < c->heap_len && heap_less(c->heap[k + 1], c->heap[k]))
+      k++;
+    if (!heap_less(c->heap[k], op))
+      break;
+    heap_set(c, i, c->heap[k]);
+    i = k;
+  }
+  heap_set(c, i, op);
+}
+
+static void heap_remove(peerstore_client *c, ps_op *op) {
+  size_t i = op->heap_idx;
+  ps_op *last;
+
+  if (i == NO_HEAP)
+    return;
+  op->heap_idx = NO_HEAP;
+  last = c->heap[--c->heap_len];
+  if (last == op)
+    return;
+  heap_set(c, i, last);
+  heap_up(c, i);
+  heap_down(c, last->heap_idx);
+}
+
+static void on_deadline(uv_timer_t *t);
+
+static void arm_deadline(peerstore_client *c) {
+  uint64_t now = uv_now(c->loop);
+
+  if (c->handles_closing)
+    return;
+  if (c->heap_len == 0) {
+    uv_timer_stop(&c->deadline);
+    return;
+  }
+  uv_timer_start(&c->deadline, on_deadline,
+                 c->heap[0]->deadline > now ? c->heap[0]->deadline - now : 0,
+                 0);
+}
+
+/* (Re)places op in the heap by its timeout, counted from op->start. */
+static void heap_place(peerstore_client *c, ps_op *op) {
+  int first;
+
+  heap_remove(c, op);
+  if (op->timeout == 0 || !op->in_table)
+    return;
+  if (c->heap_len == c->heap_cap) {
+    size_t cap = c->heap_cap ? c->heap_cap * 2 : 64;
+    ps_op **h = realloc(c->heap, cap * sizeof(*h));
+    if (h == NULL)
+      return; /* no deadline rather than no operation */
+    c->heap = h;
+    c->heap_cap = cap;
+  }
+  op->deadline = op->start + op->timeout;
+  heap_set(c, c->heap_len++, op);
+  heap_up(c, c->heap_len - 1);
+  first = c->heap[0] == op;
+  if (first)
+    arm_deadline(c);
+}
+
+void peerstore__op_set_timeout(ps_op *op, uint64_t ms) {
+  if (op->finished)
+    return;
+  op->timeout = ms;
+  heap_place(op->c, op);
+  if (op->c->heap_len == 0)
+    arm_deadline(op->c);
+}
+
+static void on_deadline(uv_timer_t *t) {
+  peerstore_client *c = t->data;
+  uint64_t now = uv_now(c->loop);
+  ps_op *op;
+
+  while (c->heap_len > 0 && c->heap[0]->deadline <= now &&
+         !c->handles_closing) {
+    op = c->heap[0];
+    heap_remove(c, op);
+    if (op->kind == OP_ITERATE && op->start + op->timeout > now) {
+      heap_place(c, op); /* it made progress since it was placed */
+      continue;
+    }
+    /* The service may still answer: it is told to stop iterating, and a
+     * late reply to anything else finds no op and is dropped. */
+    if ((op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
+        c->state == ST_CONNECTED &&
+        peerstore__put_empty(&c->out, PEERSTORE_MSG_CANCEL, op->request) ==
+            0)
+      kick(c);
+    op_finish(c, op, PEERSTORE_ETIMEDOUT, 0);
+  }
+  arm_deadline(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Starting and cancelling                                             */
+
+void peerstore__op_start(peerstore_client *c, ps_op *op) {
+  peerstore__hmap_insert(&c->ops, &op->h, req_hash(op->request));
+  op->in_table = 1;
+  if (op->kind == OP_STORE)
+    c->pending_stores++;
+  if (c->state == ST_FAILED) {
+    op_untable(c, op);
+    done_push(c, op, c->fail_status);
+    return;
+  }
+  op->start = uv_now(c->loop);
+  if (op->kind != OP_WATCH && c->opts.timeout_ms > 0) {
+    op->timeout = c->opts.timeout_ms;
+    heap_place(c, op);
+  }
+  if (c->state == ST_CONNECTED)
+    send_frame(c, op);
+}
+
+void peerstore__op_cancel(ps_op *op) {
+  peerstore_client *c = op->c;
+  int was_tabled = op->in_table;
+
+  if (op->finished)
+    return;
+  op->finished = 1;
+  op_untable(c, op);
+  if (op->kind == OP_STORE)
+    c->pending_stores--;
+  if (was_tabled && (op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
+      c->state == ST_CONNECTED &&
+      peerstore__put_empty(&c->out, PEERSTORE_MSG_CANCEL, op->request) == 0)
+    kick(c);
+  /* An op on the done list is freed when the list reaches it. */
+  if (!op->on_done)
+    op_garbage(c, op);
+  if (c->closing && c->pending_stores == 0)
+    close_handles(c);
+}
+
+/* ------------------------------------------------------------------ */
 /* Writing                                                             */
 
 static void on_write(uv_write_t *req, int status) {
@@ -174,7 +330,7 @@ static void on_write(uv_write_t *req, int status) {
   peerstore__buf_end_write(&c->wbuf);
   if (status != 0) {
     if (status != UV_ECANCELED)
-      client_fail(c, status);
+      connection_lost(c, status);
     return;
   }
   if (c->out.len > c->out.off)
@@ -192,7 +348,7 @@ static void flush(peerstore_client *c) {
   r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
   if (r != 0) {
     c->writing = 0;
-    client_fail(c, r);
+    connection_lost(c, r);
   }
 }
 
@@ -234,6 +390,20 @@ static void on_idle(uv_idle_t *h) {
 /* ------------------------------------------------------------------ */
 /* Reading and dispatch                                                */
 
+static int reconnecting(const peerstore_client *c) {
+  return c->opts.reconnect != 0;
+}
+
+/* Tells the application of a change: up, or down (also when the very first
+ * attempt fails), once per change. */
+static void report(peerstore_client *c, int up, int status) {
+  if (c->reported == up || c->closing)
+    return;
+  c->reported = up;
+  if (c->opts.state_cb != NULL)
+    c->opts.state_cb(c->opts.state_arg, up, status);
+}
+
 /* The iteration consumed a record: grant more once half the window is
  * used, so the service never waits for credit while the client keeps up. */
 static void credit_consumed(peerstore_client *c, ps_op *op) {
@@ -254,6 +424,11 @@ static int on_record(peerstore_client *c, ps_op *op, const uint8_t *b,
     return PEERSTORE_EPROTO;
   if (peerstore__wire_record(b, n, &w) != 0)
     return PEERSTORE_EPROTO;
+  if (op->kind == OP_ITERATE && op->timeout > 0) {
+    /* Progress: the timeout counts from the last record.  The heap is
+     * fixed lazily (heap_place would sift on every record). */
+    op->start = uv_now(c->loop);
+  }
   op->cb.record(op->arg, &w.rec, 0);
   if (op->kind == OP_ITERATE && !op->finished && !c->closing)
     credit_consumed(c, op);
@@ -276,6 +451,16 @@ static int on_stats(peerstore_client *c, ps_op *op, const uint8_t *b,
   return 0;
 }
 
+/* A reply ending op with status.  A service that is shutting down refuses
+ * with ESHUTDOWN what a reconnecting client will simply send again. */
+static void on_end(peerstore_client *c, ps_op *op, int status,
+                   uint64_t extra) {
+  if (status == PEERSTORE_ESHUTDOWN && reconnecting(c) &&
+      op->kind != OP_ITERATE)
+    return;
+  op_finish(c, op, status, extra);
+}
+
 static int handle_frame(peerstore_client *c, const peerstore__header *h,
                         const uint8_t *b) {
   int32_t status;
@@ -293,6 +478,8 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
       if (version != PEERSTORE_PROTOCOL_VERSION)
         return PEERSTORE_EVERSION;
       c->max_value = max_value;
+      c->attempts = 0;
+      report(c, 1, 0);
       return 0;
     case PEERSTORE_MSG_ERROR:
       if (peerstore__wire_error(b, h->body_len, &status, reason,
@@ -306,7 +493,7 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
   }
   op = op_find(c, h->request);
   if (op == NULL)
-    return 0; /* cancelled: its late replies are dropped */
+    return 0; /* cancelled or timed out: its late replies are dropped */
   switch (h->type) {
   case PEERSTORE_MSG_RECORD:
     return on_record(c, op, b, h->body_len);
@@ -316,7 +503,7 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
                                                            : OP_REMOVE) ||
         peerstore__wire_status(b, h->body_len, &status, &extra) != 0)
       return PEERSTORE_EPROTO;
-    op_finish(c, op, status, extra);
+    on_end(c, op, status, extra);
     return 0;
   case PEERSTORE_MSG_ITERATE_END:
   case PEERSTORE_MSG_WATCH_END:
@@ -324,7 +511,7 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
                                                           : OP_WATCH) ||
         peerstore__wire_status(b, h->body_len, &status, NULL) != 0)
       return PEERSTORE_EPROTO;
-    op_finish(c, op, status, 0);
+    on_end(c, op, status, 0);
     return 0;
   case PEERSTORE_MSG_STATS_RESULT:
     return on_stats(c, op, b, h->body_len);
@@ -348,7 +535,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 
   (void)buf;
   if (n < 0) {
-    client_fail(c, n == UV_EOF ? PEERSTORE_ECONNRESET : (int)n);
+    connection_lost(c, n == UV_EOF ? PEERSTORE_ECONNRESET : (int)n);
     return;
   }
   c->in.len += (size_t)n;
@@ -358,7 +545,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
       break;
     peerstore__wire_header(c->in.data + c->in.off, &h);
     if (h.body_len > PEERSTORE_MSG_MAX || h.flags != 0) {
-      client_fail(c, PEERSTORE_EPROTO);
+      connection_lost(c, PEERSTORE_EPROTO);
       return;
     }
     if (avail < PEERSTORE_HEADER_SIZE + (size_t)h.body_len)
@@ -366,25 +553,25 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     c->in.off += PEERSTORE_HEADER_SIZE + h.body_len;
     r = handle_frame(c, &h, c->in.data + c->in.off - h.body_len);
     if (r != 0) {
-      client_fail(c, r);
+      connection_lost(c, r);
       return;
     }
-    /* A callback may have disconnected or failed the client. */
-    if (c->handles_closing || c->state == ST_FAILED)
+    /* A callback may have disconnected the client, or the connection
+     * may have been lost under it. */
+    if (c->handles_closing || c->state != ST_CONNECTED)
       return;
   }
   peerstore__buf_trim_input(&c->in);
 }
 
 /* ------------------------------------------------------------------ */
-/* Connect, fail, disconnect                                           */
+/* Connecting and losing the connection                                */
 
-static void on_handle_close(uv_handle_t *h) {
-  peerstore_client *c = h->data;
+static void maybe_free(peerstore_client *c) {
   ps_op *op;
   size_t i;
 
-  if (--c->handles_open > 0)
+  if (c->handles_open > 0 || c->pipe_open || c->pipe_closing)
     return;
   while ((op = c->garbage) != NULL) {
     c->garbage = op->next_done;
@@ -405,15 +592,32 @@ static void on_handle_close(uv_handle_t *h) {
   peerstore__buf_free(&c->in);
   peerstore__buf_free(&c->out);
   peerstore__buf_free(&c->wbuf);
+  peerstore__buf_free(&c->scratch);
+  free(c->heap);
   free(c->path);
   free(c);
 }
 
+static void on_handle_close(uv_handle_t *h) {
+  peerstore_client *c = h->data;
+
+  c->handles_open--;
+  maybe_free(c);
+}
+
+static void on_pipe_close(uv_handle_t *h) {
+  peerstore_client *c = h->data;
+
+  c->pipe_closing = 0;
+  maybe_free(c);
+}
+
 static void close_pipe(peerstore_client *c) {
-  if (c->pipe_closed)
+  if (!c->pipe_open)
     return;
-  c->pipe_closed = 1;
-  uv_close((uv_handle_t *)&c->pipe, on_handle_close);
+  c->pipe_open = 0;
+  c->pipe_closing = 1;
+  uv_close((uv_handle_t *)&c->pipe, on_pipe_close);
 }
 
 static void close_handles(peerstore_client *c) {
@@ -422,6 +626,8 @@ static void close_handles(peerstore_client *c) {
   c->handles_closing = 1;
   close_pipe(c);
   uv_close((uv_handle_t *)&c->idle, on_handle_close);
+  uv_close((uv_handle_t *)&c->retry, on_handle_close);
+  uv_close((uv_handle_t *)&c->deadline, on_handle_close);
 }
 
 static int op_cmp(const void *a, const void *b) {
@@ -431,68 +637,188 @@ static int op_cmp(const void *a, const void *b) {
   return x->request < y->request ? -1 : x->request > y->request;
 }
 
-/* The connection is gone: every pending operation ends with status, in
- * the order it was made, from the idle callback. */
-static void client_fail(peerstore_client *c, int status) {
+/* The tabled ops in the order they were made; NULL when out of memory or
+ * there are none. */
+static ps_op **ops_in_order(peerstore_client *c, size_t *n) {
   ps_op **all;
-  size_t i, n = 0;
+  size_t i;
 
-  if (c->state == ST_FAILED)
-    return;
-  c->state = ST_FAILED;
-  c->fail_status = status;
-  c->out.len = c->out.off = 0;
-  close_pipe(c);
-  all = malloc((c->ops.count + 1) * sizeof(*all));
+  *n = 0;
+  if (c->ops.count == 0 ||
+      (all = malloc(c->ops.count * sizeof(*all))) == NULL)
+    return NULL;
   for (i = 0; i <= c->ops.mask; i++) {
     peerstore__hnode *e = c->ops.buckets[i];
     for (; e != NULL; e = e->next)
-      if (all != NULL)
-        all[n++] = (ps_op *)e;
+      all[(*n)++] = (ps_op *)e;
   }
-  if (all == NULL) {
-    /* Out of memory now: end them unordered rather than not at all. */
-    while (c->ops.count > 0) {
-      for (i = 0; i <= c->ops.mask; i++) {
-        ps_op *op = (ps_op *)c->ops.buckets[i];
-        if (op != NULL) {
-          op_untable(c, op);
-          done_push(c, op, status);
-        }
-      }
-    }
-    return;
-  }
-  qsort(all, n, sizeof(*all), op_cmp);
+  qsort(all, *n, sizeof(*all), op_cmp);
+  return all;
+}
+
+/* Down for good: every pending operation ends with status, in the order
+ * it was made, from the idle callback; later ones fail the same way. */
+static void fail_all(peerstore_client *c, int status) {
+  ps_op **all, *op;
+  size_t i, n;
+
+  c->state = ST_FAILED;
+  c->fail_status = status;
+  all = ops_in_order(c, &n);
   for (i = 0; i < n; i++) {
     op_untable(c, all[i]);
     done_push(c, all[i], status);
   }
   free(all);
+  /* Out of memory for the array: end them unordered rather than not at
+   * all. */
+  while (c->ops.count > 0) {
+    for (i = 0; i <= c->ops.mask; i++) {
+      if ((op = (ps_op *)c->ops.buckets[i]) != NULL) {
+        op_untable(c, op);
+        done_push(c, op, status);
+      }
+    }
+  }
+}
+
+static void connect_now(peerstore_client *c);
+
+static void on_retry(uv_timer_t *t) {
+  peerstore_client *c = t->data;
+
+  /* The old pipe's close completes within a loop turn. */
+  if (c->pipe_closing) {
+    uv_timer_start(&c->retry, on_retry, 1, 0);
+    return;
+  }
+  connect_now(c);
+}
+
+static void schedule_retry(peerstore_client *c) {
+  uint64_t d = c->opts.backoff_min_ms, jitter;
+  uint32_t i;
+
+  for (i = 0; i < c->attempts && d < c->opts.backoff_max_ms; i++)
+    d *= 2;
+  if (d > c->opts.backoff_max_ms)
+    d = c->opts.backoff_max_ms;
+  if (c->attempts < 64)
+    c->attempts++;
+  /* Jitter: wait between half and all of d, so that many clients losing
+   * the same service do not come back in lockstep. */
+  c->rng ^= c->rng << 13;
+  c->rng ^= c->rng >> 7;
+  c->rng ^= c->rng << 17;
+  jitter = d > 1 ? c->rng % (d / 2 + 1) : 0;
+  c->state = ST_WAITING;
+  uv_timer_start(&c->retry, on_retry, d - jitter, 0);
+}
+
+/* The connection is gone (or could not be made).  Iterations in flight
+ * end; everything else waits for the next connection, or, without
+ * reconnecting, ends now. */
+static void connection_lost(peerstore_client *c, int status) {
+  ps_op **all;
+  size_t i, n;
+
+  if (c->state == ST_FAILED || c->state == ST_WAITING)
+    return;
+  close_pipe(c);
+  c->in.len = c->in.off = 0;
+  c->out.len = c->out.off = 0;
+  report(c, 0, status);
+  if (!reconnecting(c) || status == PEERSTORE_EVERSION || c->handles_closing) {
+    fail_all(c, status);
+    return;
+  }
+  /* An iteration the service had begun cannot be resumed: it ends.  One
+   * that never went out is sent on the next connection, like the rest. */
+  all = ops_in_order(c, &n);
+  for (i = 0; i < n; i++) {
+    if (all[i]->kind == OP_ITERATE && all[i]->sent) {
+      op_untable(c, all[i]);
+      done_push(c, all[i], PEERSTORE_EINTERRUPTED);
+    }
+    all[i]->sent = 0;
+  }
+  free(all);
+  schedule_retry(c);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
   peerstore_client *c = req->data;
+  ps_op **all;
+  size_t i, n;
 
+  if (status == UV_ECANCELED || c->handles_closing)
+    return;
   if (status != 0) {
-    if (status != UV_ECANCELED)
-      client_fail(c, status);
+    c->state = ST_CONNECTING; /* so that connection_lost acts */
+    connection_lost(c, status);
     return;
   }
-  if (c->state == ST_FAILED)
-    return;
   c->state = ST_CONNECTED;
+  c->out.len = c->out.off = 0;
+  if (peerstore__put_hello(&c->out) != 0) {
+    connection_lost(c, PEERSTORE_ENOMEM);
+    return;
+  }
+  /* Everything still waiting, in the order it was made. */
+  all = ops_in_order(c, &n);
+  if (all == NULL && c->ops.count > 0) {
+    connection_lost(c, PEERSTORE_ENOMEM);
+    return;
+  }
+  for (i = 0; i < n && c->state == ST_CONNECTED; i++)
+    send_frame(c, all[i]);
+  free(all);
+  if (c->state != ST_CONNECTED)
+    return;
   uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
   kick(c);
 }
 
-peerstore_client *peerstore_connect(uv_loop_t *loop,
-                                    const char *socket_path) {
+static void connect_now(peerstore_client *c) {
+  uv_pipe_init(c->loop, &c->pipe, 0);
+  c->pipe.data = c;
+  c->pipe_open = 1;
+  c->state = ST_CONNECTING;
+  uv_pipe_connect(&c->creq, &c->pipe, c->path, on_connect);
+}
+
+void peerstore_connect_opts_init(peerstore_connect_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->timeout_ms = 10000;
+  o->reconnect = 1;
+  o->backoff_min_ms = 5;
+  o->backoff_max_ms = 5000;
+}
+
+/* A write to a service that has just died raises SIGPIPE, whose default
+ * action would kill the application; libuv leaves that to its users.  A
+ * program that kept the default gets it ignored (the write then fails with
+ * EPIPE, which ends the connection cleanly); one that chose a handler or
+ * ignores it already is left alone. */
+static void ignore_default_sigpipe(void) {
+  struct sigaction sa;
+
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL &&
+      !(sa.sa_flags & SA_SIGINFO)) {
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+  }
+}
+
+peerstore_client *peerstore_connect_ex(uv_loop_t *loop,
+                                       const char *socket_path,
+                                       const peerstore_connect_opts *opts) {
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   peerstore_client *c;
 
   if (loop == NULL)
     return NULL;
+  ignore_default_sigpipe();
   if (socket_path == NULL) {
     if (peerstore_default_socket_path(path, sizeof(path)) != 0)
       return NULL;
@@ -504,24 +830,40 @@ peerstore_client *peerstore_connect(uv_loop_t *loop,
   if ((c = calloc(1, sizeof(*c))) == NULL)
     return NULL;
   if ((c->path = strdup(socket_path)) == NULL ||
-      peerstore__hmap_init(&c->ops) != 0 || peerstore__put_hello(&c->out)) {
-    peerstore__hmap_free(&c->ops);
-    peerstore__buf_free(&c->out);
+      peerstore__hmap_init(&c->ops) != 0) {
     free(c->path);
     free(c);
     return NULL;
   }
+  if (opts != NULL)
+    c->opts = *opts;
+  else
+    peerstore_connect_opts_init(&c->opts);
+  if (c->opts.backoff_min_ms == 0)
+    c->opts.backoff_min_ms = 1;
+  if (c->opts.backoff_max_ms < c->opts.backoff_min_ms)
+    c->opts.backoff_max_ms = c->opts.backoff_min_ms;
   c->loop = loop;
-  c->state = ST_CONNECTING;
-  uv_pipe_init(loop, &c->pipe, 0);
+  c->reported = -1;
+  c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c;
+  if (c->rng == 0)
+    c->rng = 1;
   uv_idle_init(loop, &c->idle);
-  c->pipe.data = c;
+  uv_timer_init(loop, &c->retry);
+  uv_timer_init(loop, &c->deadline);
   c->idle.data = c;
+  c->retry.data = c;
+  c->deadline.data = c;
   c->creq.data = c;
   c->wreq.data = c;
-  c->handles_open = 2;
-  uv_pipe_connect(&c->creq, &c->pipe, c->path, on_connect);
+  c->handles_open = 3;
+  connect_now(c);
   return c;
+}
+
+peerstore_client *peerstore_connect(uv_loop_t *loop,
+                                    const char *socket_path) {
+  return peerstore_connect_ex(loop, socket_path, NULL);
 }
 
 const char *peerstore_client_socket_path(const peerstore_client *c) {

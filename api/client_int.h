@@ -13,15 +13,29 @@
 
 enum ps_op_kind { OP_STORE, OP_ITERATE, OP_WATCH, OP_REMOVE, OP_STATS };
 
-enum ps_state { ST_CONNECTING, ST_CONNECTED, ST_FAILED };
+enum ps_state {
+  ST_CONNECTING, /* a connect is in progress */
+  ST_CONNECTED,  /* the socket is up; requests are written as made */
+  ST_WAITING,    /* down; a reconnect is scheduled */
+  ST_FAILED      /* down for good (reconnect off, or a fatal error) */
+};
+
+#define NO_HEAP SIZE_MAX
 
 /* Every operation, whatever its public type.  Public handles are this
  * struct behind a distinct opaque name, so the compiler keeps them apart
- * in user code. */
+ * in user code.  The encoded request follows the struct, so it can be
+ * sent again after a reconnect. */
 typedef struct ps_op {
   peerstore__hnode h; /* in the client's table, by request id */
   peerstore_client *c;
   struct ps_op *next_done; /* deferred completion or garbage list */
+  uint8_t *frame;
+  size_t frame_len;
+  size_t heap_idx;   /* in the client's deadline heap, or NO_HEAP */
+  uint64_t start;    /* loop time (ms) the op was made or last progressed */
+  uint64_t timeout;  /* ms; 0: none */
+  uint64_t deadline; /* start + timeout */
   uint32_t request;
   uint32_t consumed; /* iterate: records since the last credit grant */
   int status;        /* deferred completion status */
@@ -29,6 +43,7 @@ typedef struct ps_op {
   unsigned in_table : 1;
   unsigned finished : 1; /* final callback ran or was cancelled */
   unsigned on_done : 1;  /* queued for a deferred final callback */
+  unsigned sent : 1;     /* its request went out on this connection */
   union {
     peerstore_store_cb store;
     peerstore_record_cb record;
@@ -44,38 +59,51 @@ struct peerstore_client {
   uv_connect_t creq;
   uv_write_t wreq;
   uv_idle_t idle;
+  uv_timer_t retry;    /* reconnect backoff */
+  uv_timer_t deadline; /* the earliest operation deadline */
   char *path;
+  peerstore_connect_opts opts;
   peerstore__buf in;
-  peerstore__buf out;  /* being filled */
-  peerstore__buf wbuf; /* being written */
+  peerstore__buf out;     /* being filled */
+  peerstore__buf wbuf;    /* being written */
+  peerstore__buf scratch; /* where ops encode their request */
   peerstore__hmap ops;
+  ps_op **heap; /* ops with a deadline, earliest first */
+  size_t heap_len;
+  size_t heap_cap;
   ps_op *done_head; /* deferred final callbacks, in order */
   ps_op *done_tail;
   ps_op *garbage;   /* finished ops to free outside callbacks */
   uint32_t next_request;
   uint32_t max_value;
+  uint32_t attempts; /* failed connection attempts in a row */
   uint64_t pending_stores; /* stores whose callback is still owed */
+  uint64_t rng;
   int fail_status;
   int handles_open;
+  int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
   unsigned writing : 1;
-  unsigned closing : 1;       /* peerstore_disconnect was called */
-  unsigned sync_first : 1;    /* ... and waits for the pending stores */
-  unsigned pipe_closed : 1;
+  unsigned closing : 1;      /* peerstore_disconnect was called */
+  unsigned sync_first : 1;   /* ... and waits for the pending stores */
+  unsigned pipe_open : 1;    /* pipe initialised and not yet closed */
+  unsigned pipe_closing : 1; /* uv_close in progress */
   unsigned handles_closing : 1;
 };
 
 /* client.c */
+/* Takes the next request id, for encoding into c->scratch. */
+uint32_t peerstore__next_request(peerstore_client *c);
+/* Makes an op of kind whose encoded request is c->scratch; NULL when out
+ * of memory or the client is closing. */
 ps_op *peerstore__op_new(peerstore_client *c, enum ps_op_kind kind,
-                         size_t size, void *arg);
-/* Makes the operation known and its request (already encoded into c->out
- * by the caller) due to be sent.  On a failed connection the operation
- * ends soon with the failure status instead. */
+                         size_t size, uint32_t request, void *arg);
+/* Registers the op and sends its request (now, or once connected).  On a
+ * failed client the op ends soon with the failure status instead. */
 void peerstore__op_start(peerstore_client *c, ps_op *op);
-/* Drops the half-made op after its request could not be encoded. */
-void peerstore__op_abort(peerstore_client *c, ps_op *op);
 /* Cancels: no callback will run; tells the service for iterate/watch. */
 void peerstore__op_cancel(ps_op *op);
+void peerstore__op_set_timeout(ps_op *op, uint64_t ms);
 /* Returns 1 if the client takes no new operations. */
 int peerstore__client_closed(const peerstore_client *c);
 

@@ -45,18 +45,15 @@ static ps_op *filter_op(peerstore_client *c, enum ps_op_kind kind,
                         size_t size, uint16_t type, const char *subsystem,
                         const peerstore_peer_id *peer, const char *key,
                         void *arg) {
-  ps_op *op;
+  uint32_t req;
 
   if (!filter_ok(c, subsystem, key))
     return NULL;
-  if ((op = peerstore__op_new(c, kind, size, arg)) == NULL)
+  req = peerstore__next_request(c);
+  if (peerstore__put_filter(&c->scratch, type, req, subsystem, peer, key,
+                            PEERSTORE_CREDIT_WINDOW) != 0)
     return NULL;
-  if (peerstore__put_filter(&c->out, type, op->request, subsystem, peer, key,
-                            PEERSTORE_CREDIT_WINDOW) != 0) {
-    peerstore__op_abort(c, op);
-    return NULL;
-  }
-  return op;
+  return peerstore__op_new(c, kind, size, req, arg);
 }
 
 peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
@@ -66,20 +63,19 @@ peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
                                     enum peerstore_store_option option,
                                     peerstore_store_cb cb, void *arg) {
   ps_op *op;
+  uint32_t req;
 
   if (!filter_ok(c, subsystem, key) || key == NULL || peer == NULL ||
       (value == NULL && size > 0) || size > PEERSTORE_VALUE_MAX_HARD ||
       (option != PEERSTORE_MULTIPLE && option != PEERSTORE_REPLACE))
     return NULL;
-  op = peerstore__op_new(c, OP_STORE, sizeof(peerstore_store_op), arg);
-  if (op == NULL)
+  req = peerstore__next_request(c);
+  if (peerstore__put_store(&c->scratch, req, subsystem, peer, key, value,
+                           size, expiry, (uint8_t)option) != 0 ||
+      (op = peerstore__op_new(c, OP_STORE, sizeof(peerstore_store_op), req,
+                              arg)) == NULL)
     return NULL;
   op->cb.store = cb;
-  if (peerstore__put_store(&c->out, op->request, subsystem, peer, key, value,
-                           size, expiry, (uint8_t)option) != 0) {
-    peerstore__op_abort(c, op);
-    return NULL;
-  }
   peerstore__op_start(c, op);
   return (peerstore_store_op *)op;
 }
@@ -87,6 +83,11 @@ peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
 void peerstore_store_cancel(peerstore_store_op *op) {
   if (op != NULL)
     peerstore__op_cancel(&op->op);
+}
+
+void peerstore_store_set_timeout(peerstore_store_op *op, uint64_t ms) {
+  if (op != NULL)
+    peerstore__op_set_timeout(&op->op, ms);
 }
 
 peerstore_iterate_op *peerstore_iterate(peerstore_client *c,
@@ -110,6 +111,11 @@ peerstore_iterate_op *peerstore_iterate(peerstore_client *c,
 void peerstore_iterate_cancel(peerstore_iterate_op *op) {
   if (op != NULL)
     peerstore__op_cancel(&op->op);
+}
+
+void peerstore_iterate_set_timeout(peerstore_iterate_op *op, uint64_t ms) {
+  if (op != NULL)
+    peerstore__op_set_timeout(&op->op, ms);
 }
 
 peerstore_watch_op *peerstore_watch(peerstore_client *c, const char *subsystem,
@@ -149,20 +155,24 @@ peerstore_remove_op *peerstore_remove(peerstore_client *c,
   return (peerstore_remove_op *)op;
 }
 
+void peerstore_remove_set_timeout(peerstore_remove_op *op, uint64_t ms) {
+  if (op != NULL)
+    peerstore__op_set_timeout(&op->op, ms);
+}
+
 peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
                                     void *arg) {
   ps_op *op;
+  uint32_t req;
 
   if (c == NULL || cb == NULL || peerstore__client_closed(c))
     return NULL;
-  if ((op = peerstore__op_new(c, OP_STATS, sizeof(peerstore_stats_op), arg)) ==
-      NULL)
+  req = peerstore__next_request(c);
+  if (peerstore__put_empty(&c->scratch, PEERSTORE_MSG_STATS, req) != 0 ||
+      (op = peerstore__op_new(c, OP_STATS, sizeof(peerstore_stats_op), req,
+                              arg)) == NULL)
     return NULL;
   op->cb.stats = cb;
-  if (peerstore__put_empty(&c->out, PEERSTORE_MSG_STATS, op->request) != 0) {
-    peerstore__op_abort(c, op);
-    return NULL;
-  }
   peerstore__op_start(c, op);
   return (peerstore_stats_op *)op;
 }

@@ -93,7 +93,8 @@ enum peerstore_store_option {
   XX(EOVERFLOW, -30001, "watcher fell behind; its watch was ended")        \
   XX(EVERSION, -30002, "protocol version not supported by the peer")       \
   XX(ELIMIT, -30003, "service limit reached")                              \
-  XX(EPLUGIN, -30004, "storage plugin failed")
+  XX(EPLUGIN, -30004, "storage plugin failed")                             \
+  XX(EINTERRUPTED, -30005, "connection lost; the operation was cut short")
 
 typedef enum {
 #define PEERSTORE_ERR_DEF(name, val, msg) PEERSTORE_##name = (val),
@@ -155,6 +156,43 @@ PEERSTORE_EXTERN peerstore_client *peerstore_connect(uv_loop_t *loop,
 PEERSTORE_EXTERN void peerstore_disconnect(peerstore_client *c,
                                            int sync_first);
 
+/* Called when the connection comes up (up = 1, status = 0) and when it
+ * goes down (up = 0, status = why).  While it is down the client keeps
+ * trying to reconnect; once it is up again, every watch is registered
+ * again and every store, remove and stats request not yet answered is
+ * sent again (stores are idempotent, DESIGN.md section 1).  Stores made
+ * while it was down reach watchers only after it is up; notifications of
+ * stores by others while it was down are lost, so a watcher should re-read
+ * what it watches when it sees up = 1 after a down. */
+typedef void (*peerstore_state_cb)(void *arg, int up, int status);
+
+typedef struct peerstore_connect_opts {
+  /* Default timeout of store, iterate and remove, in milliseconds; 0: no
+   * timeout.  A store or remove times out when its answer has not come
+   * within it; an iteration when no record has come for that long. */
+  uint64_t timeout_ms;
+  /* 1: reconnect after losing the service.  0: a lost connection ends
+   * every pending operation with the error and later calls fail too. */
+  int reconnect;
+  /* Delay before reconnecting: starts at the minimum, doubles with each
+   * failed attempt up to the maximum, with random jitter (ms). */
+  uint64_t backoff_min_ms;
+  uint64_t backoff_max_ms;
+  peerstore_state_cb state_cb; /* may be NULL */
+  void *state_arg;
+  void *reserved[8]; /* zero; room to grow without breaking the ABI */
+} peerstore_connect_opts;
+
+/* Fills opts with the defaults: timeout 10 s, reconnect on, backoff from
+ * 5 ms to 5 s, no state callback. */
+PEERSTORE_EXTERN void peerstore_connect_opts_init(peerstore_connect_opts *o);
+
+/* peerstore_connect with options (NULL: the defaults, which are also what
+ * peerstore_connect uses). */
+PEERSTORE_EXTERN peerstore_client *peerstore_connect_ex(
+    uv_loop_t *loop, const char *socket_path,
+    const peerstore_connect_opts *opts);
+
 /* The path this client connects to (after the default rule). */
 PEERSTORE_EXTERN const char *peerstore_client_socket_path(
     const peerstore_client *c);
@@ -183,6 +221,13 @@ PEERSTORE_EXTERN peerstore_store_op *peerstore_store(
 /* Its callback will not run.  The store itself may still be applied. */
 PEERSTORE_EXTERN void peerstore_store_cancel(peerstore_store_op *op);
 
+/* Sets this operation's timeout in ms from when it was made (0: none),
+ * instead of the client's default.  A timed-out operation ends with
+ * PEERSTORE_ETIMEDOUT and nothing runs for it afterwards; a timed-out
+ * store may still have been applied. */
+PEERSTORE_EXTERN void peerstore_store_set_timeout(peerstore_store_op *op,
+                                                  uint64_t ms);
+
 /* Reports every unexpired record of subsystem that matches peer and key
  * (NULL: any), oldest store first, then ends with rec == NULL.  Records
  * stored after the iteration began are not reported.  The service sends
@@ -193,6 +238,11 @@ PEERSTORE_EXTERN peerstore_iterate_op *peerstore_iterate(
 
 /* No further callback runs for op, not even the final one. */
 PEERSTORE_EXTERN void peerstore_iterate_cancel(peerstore_iterate_op *op);
+
+/* As peerstore_store_set_timeout; for an iteration the time counts from
+ * the last record received. */
+PEERSTORE_EXTERN void peerstore_iterate_set_timeout(peerstore_iterate_op *op,
+                                                    uint64_t ms);
 
 /* Reports every store (by any client) that matches the filter, in the order
  * the service applied them, from the moment the service received the watch
@@ -227,6 +277,10 @@ typedef struct peerstore_stats_op peerstore_stats_op;
 PEERSTORE_EXTERN peerstore_stats_op *peerstore_stats(peerstore_client *c,
                                                      peerstore_stats_cb cb,
                                                      void *arg);
+
+/* As peerstore_store_set_timeout. */
+PEERSTORE_EXTERN void peerstore_remove_set_timeout(peerstore_remove_op *op,
+                                                   uint64_t ms);
 
 /* ------------------------------------------------------------------ */
 /* Peer ids in text                                                    */

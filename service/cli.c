@@ -330,6 +330,11 @@ static void on_record(void *arg, const peerstore_record *rec, int status) {
 
   if (rec != NULL) {
     print_record(c, rec);
+    if (ferror(stdout)) {
+      /* The reader went away (SIGPIPE is ignored by libpeerstore). */
+      finish(c, EXIT_OK);
+      return;
+    }
     c->seen++;
     if (c->count_limit > 0 && c->seen >= c->count_limit)
       finish(c, EXIT_OK);
@@ -450,6 +455,7 @@ int main(int argc, char **argv) {
   static const char *commands[] = {"store",  "get",   "iterate", "watch",
                                    "remove", "stats", "peer"};
   cli c;
+  peerstore_connect_opts copts;
   const char *file = NULL, *socket_path = NULL, *value_arg = NULL;
   double timeout_s = 10;
   char *end;
@@ -549,7 +555,12 @@ int main(int argc, char **argv) {
   }
 
   uv_loop_init(&c.loop);
-  c.client = peerstore_connect(&c.loop, socket_path);
+  /* A one-shot tool fails fast rather than waiting for a service to come
+   * back; the timeout below bounds the rest. */
+  peerstore_connect_opts_init(&copts);
+  copts.reconnect = 0;
+  copts.timeout_ms = 0;
+  c.client = peerstore_connect_ex(&c.loop, socket_path, &copts);
   if (c.client == NULL) {
     fprintf(stderr, "peerstore: bad socket path\n");
     free(c.value);

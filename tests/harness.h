@@ -17,6 +17,9 @@ typedef struct harness_svc {
  * fresh temporary directory, with extra arguments (NULL-terminated, may be
  * NULL), and waits until it is listening.  Returns 0 or -1. */
 int harness_start(harness_svc *s, const char *const *extra);
+/* Starts the service again on the same socket and directory, after
+ * harness_kill (so with the sqlite plugin, on the same database). */
+int harness_restart(harness_svc *s, const char *const *extra);
 /* SIGTERM, wait; returns the exit status, or -1 if it did not exit
  * normally (0 if it was already gone through harness_kill).  Removes the
  * directory. */

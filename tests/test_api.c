@@ -612,6 +612,18 @@ static void test_expiry_and_remove(void **state) {
   peerstore_disconnect(c, 0);
 }
 
+static peerstore_client *conn_no_reconnect(fx *f, const char *path) {
+  peerstore_connect_opts o;
+  peerstore_client *c;
+
+  peerstore_connect_opts_init(&o);
+  o.reconnect = 0;
+  c = peerstore_connect_ex(&f->loop, path, &o);
+  assert_non_null(c);
+  return c;
+}
+
+/* Without reconnecting, an absent service fails everything at once. */
 static void test_no_service(void **state) {
   fx *f = *state;
   char path[400];
@@ -620,8 +632,7 @@ static void test_no_service(void **state) {
   got s = {0}, w = {0};
 
   snprintf(path, sizeof(path), "%s/absent", f->svc.dir);
-  c = peerstore_connect(&f->loop, path);
-  assert_non_null(c);
+  c = conn_no_reconnect(f, path);
   assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
                                   PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
                                   store_cb, &s));
@@ -641,10 +652,76 @@ static void test_no_service(void **state) {
   peerstore_disconnect(c, 0);
 }
 
-/* The service going away ends the pending work with an error. */
+typedef struct states {
+  int downs;
+  int ups;
+  int last_status;
+} states;
+
+static void state_cb(void *arg, int up, int status) {
+  states *st = arg;
+
+  if (up)
+    st->ups++;
+  else
+    st->downs++;
+  st->last_status = status;
+}
+
+/* With reconnecting (the default), an absent service is reported down
+ * and requests time out; watches wait. */
+static void test_timeouts_without_service(void **state) {
+  fx *f = *state;
+  char path[400];
+  peerstore_connect_opts o;
+  peerstore_client *c;
+  peerstore_peer_id p = peer_n(1);
+  peerstore_store_op *sop;
+  got s1 = {0}, s2 = {0}, it = {0}, w = {0}, r = {0};
+  states st = {0};
+  uint64_t t0;
+
+  snprintf(path, sizeof(path), "%s/absent", f->svc.dir);
+  peerstore_connect_opts_init(&o);
+  o.timeout_ms = 200;
+  o.state_cb = state_cb;
+  o.state_arg = &st;
+  c = peerstore_connect_ex(&f->loop, path, &o);
+  assert_non_null(c);
+  t0 = uv_now(&f->loop);
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s1));
+  /* Per call: a longer timeout, and none at all. */
+  sop = peerstore_store(c, "ss", &p, "k", "v", 1, PEERSTORE_EXPIRY_NEVER,
+                        PEERSTORE_REPLACE, store_cb, &s2);
+  assert_non_null(sop);
+  peerstore_store_set_timeout(sop, 600);
+  assert_non_null(peerstore_iterate(c, "ss", NULL, NULL, record_cb, &it));
+  assert_non_null(peerstore_remove(c, "ss", NULL, NULL, remove_cb, &r));
+  assert_non_null(peerstore_watch(c, "ss", NULL, NULL, record_cb, &w));
+  assert_int_equal(harness_run_until(&f->loop, &s1.ended, TIMEOUT), 0);
+  assert_int_equal(s1.status, PEERSTORE_ETIMEDOUT);
+  assert_true(uv_now(&f->loop) - t0 >= 200);
+  assert_int_equal(harness_run_until(&f->loop, &it.ended, TIMEOUT), 0);
+  assert_int_equal(it.status, PEERSTORE_ETIMEDOUT);
+  assert_int_equal(harness_run_until(&f->loop, &r.ended, TIMEOUT), 0);
+  assert_int_equal(r.status, PEERSTORE_ETIMEDOUT);
+  assert_int_equal(s2.ended, 0);
+  assert_int_equal(harness_run_until(&f->loop, &s2.ended, TIMEOUT), 0);
+  assert_int_equal(s2.status, PEERSTORE_ETIMEDOUT);
+  assert_true(uv_now(&f->loop) - t0 >= 600);
+  assert_int_equal(w.calls, 0); /* watches have no timeout */
+  assert_int_equal(st.downs, 1);
+  assert_int_equal(st.ups, 0);
+  assert_int_equal(st.last_status, PEERSTORE_ENOENT);
+  peerstore_disconnect(c, 0);
+}
+
+/* Without reconnecting, the service going away ends the pending work. */
 static void test_service_dies(void **state) {
   fx *f = *state;
-  peerstore_client *c = conn(f);
+  peerstore_client *c = conn_no_reconnect(f, f->svc.socket_path);
   got w = {0};
 
   assert_non_null(peerstore_watch(c, "ss", NULL, NULL, record_cb, &w));
@@ -653,6 +730,93 @@ static void test_service_dies(void **state) {
   harness_kill(&f->svc, SIGKILL);
   assert_int_equal(harness_run_until(&f->loop, &w.ended, TIMEOUT), 0);
   assert_int_equal(w.status, PEERSTORE_ECONNRESET);
+  peerstore_disconnect(c, 0);
+}
+
+typedef struct killer {
+  fx *f;
+  int records;
+  int ended;
+  int status;
+} killer;
+
+/* Kills the service in the middle of an iteration. */
+static void kill_in_iteration(void *arg, const peerstore_record *rec,
+                              int status) {
+  killer *k = arg;
+
+  if (rec == NULL) {
+    k->ended++;
+    k->status = status;
+    return;
+  }
+  if (++k->records == 1)
+    harness_kill(&k->f->svc, SIGKILL);
+}
+
+/* The service dies and comes back: the client reconnects by itself,
+ * reports down and up, ends the iteration in flight with EINTERRUPTED,
+ * sends the store made while down, and its watch works again. */
+static void test_reconnect(void **state) {
+  fx *f = *state;
+  peerstore_connect_opts o;
+  peerstore_client *c, *other;
+  peerstore_peer_id p = peer_n(2);
+  got w = {0}, s = {0}, g;
+  states st = {0};
+  killer k = {f, 0, 0, 0};
+  int i;
+
+  peerstore_connect_opts_init(&o);
+  o.state_cb = state_cb;
+  o.state_arg = &st;
+  c = peerstore_connect_ex(&f->loop, f->svc.socket_path, &o);
+  assert_non_null(c);
+  assert_non_null(peerstore_watch(c, "ss", &p, "k", record_cb, &w));
+  /* Enough records that the iteration is still going when it is cut. */
+  for (i = 0; i < 3000; i++) {
+    char key[16];
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_non_null(peerstore_store(c, "big", &p, key, "v", 1,
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    NULL, NULL));
+  }
+  assert_int_equal(store_wait(f, c, "ss", 2, "k", "before", PEERSTORE_REPLACE),
+                   0);
+  assert_int_equal(st.ups, 1);
+  assert_int_equal(w.records, 1);
+
+  assert_non_null(peerstore_iterate(c, "big", NULL, NULL, kill_in_iteration,
+                                    &k));
+  assert_int_equal(harness_run_until(&f->loop, &k.ended, TIMEOUT), 0);
+  assert_int_equal(k.status, PEERSTORE_EINTERRUPTED);
+  assert_true(k.records < 3000);
+  assert_int_equal(st.downs, 1);
+
+  /* Made while the service is down: sent once it is back. */
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "while-down", 10,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE,
+                                  store_cb, &s));
+  assert_int_equal(harness_restart(&f->svc, NULL), 0);
+  assert_int_equal(harness_run_until(&f->loop, &s.ended, TIMEOUT), 0);
+  assert_int_equal(s.status, 0);
+  assert_int_equal(st.ups, 2);
+
+  /* The watch was registered again: another client's store reaches it. */
+  other = conn(f);
+  assert_int_equal(store_wait(f, other, "ss", 2, "k", "after",
+                              PEERSTORE_MULTIPLE),
+                   0);
+  assert_int_equal(harness_run_until_ge(&f->loop, &w.records, 3, TIMEOUT), 0);
+  assert_string_equal(w.values[w.records - 1], "after");
+  assert_int_equal(w.ended, 0);
+  /* The store made while down is there, before the later one (a memory
+   * service lost "before"; a database kept it). */
+  iterate_wait(f, other, "ss", &p, "k", &g);
+  assert_true(g.records >= 2);
+  assert_string_equal(g.values[g.records - 2], "while-down");
+  assert_string_equal(g.values[g.records - 1], "after");
+  peerstore_disconnect(other, 0);
   peerstore_disconnect(c, 0);
 }
 
@@ -692,7 +856,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_expiry_and_remove, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_no_service, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_timeouts_without_service, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_service_dies, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
       cmocka_unit_test(test_strerror),
   };
   return cmocka_run_group_tests_name("api", tests, NULL, NULL);
