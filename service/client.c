@@ -23,6 +23,18 @@ size_t client_queued(const client *c) {
   return (c->out.len - c->out.off) + c->wbuf.len;
 }
 
+int client_busy(const client *c) {
+  return client_queued(c) > c->srv->cfg->output_soft_limit ||
+         c->inflight >= c->srv->cfg->max_inflight;
+}
+
+/* Below half of both limits: room to take requests again, with hysteresis
+ * so that a client at the edge is not paused and resumed per request. */
+static int client_has_room(const client *c) {
+  return client_queued(c) <= c->srv->cfg->output_soft_limit / 2 &&
+         c->inflight <= c->srv->cfg->max_inflight / 2;
+}
+
 void client_ref(client *c) { c->refs++; }
 
 void client_unref(client *c) {
@@ -112,14 +124,13 @@ void client_flush(client *c) {
   client_unref(c);
 }
 
-static void resume(client *c) {
+void client_resume(client *c) {
   server *s = c->srv;
   siter *it, *next;
 
   if (c->closing)
     return;
-  if (!c->reading && !s->stopping &&
-      client_queued(c) <= s->cfg->output_soft_limit / 2) {
+  if (!c->reading && !s->stopping && client_has_room(c)) {
     start_reading(c);
     /* Frames read before the pause are still waiting in the buffer. */
     c->in_backlog = 1;
@@ -144,11 +155,41 @@ static void on_write(uv_write_t *req, int status) {
     }
     return;
   }
+  c->stall_since = 0;
   if (c->out.len > c->out.off)
     client_output_ready(c);
-  resume(c);
+  client_resume(c);
   if (c->srv->stopping)
     server_kick(c->srv);
+}
+
+void client_check_stalled(server *s) {
+  uint64_t now = uv_now(s->loop);
+  client *c, *next;
+  size_t q;
+
+  for (c = s->clients; c != NULL; c = next) {
+    next = c->next;
+    if (!c->writing) {
+      c->stall_since = 0;
+      continue;
+    }
+    q = uv_stream_get_write_queue_size((uv_stream_t *)&c->pipe);
+    if (c->stall_since == 0 || q != c->stall_queue) {
+      c->stall_since = now;
+      c->stall_queue = q;
+      continue;
+    }
+    if (now - c->stall_since >= s->cfg->write_timeout_ms) {
+      s->stats.stalled++;
+      LOG_WARN("client %llu (uid %u pid %d) has not read for %llu s "
+               "(%zu bytes queued); disconnecting",
+               (unsigned long long)c->id, (unsigned)c->uid, (int)c->pid,
+               (unsigned long long)((now - c->stall_since) / 1000),
+               client_queued(c));
+      client_close(c);
+    }
+  }
 }
 
 /* ------------------------------------------------------------------ */
@@ -208,15 +249,17 @@ void client_process_input(client *c) {
     }
     if (avail < PEERSTORE_HEADER_SIZE)
       break;
-    if (frames == FRAMES_PER_WAKEUP ||
-        client_queued(c) > s->cfg->output_soft_limit) {
-      /* Leave the rest for later: another turn, or the output draining. */
-      if (frames == FRAMES_PER_WAKEUP && !c->in_backlog) {
+    if (frames == FRAMES_PER_WAKEUP || client_busy(c)) {
+      /* Leave the rest for later: another turn, or until the client's
+       * output drains and its requests complete (client_resume). */
+      if (client_busy(c)) {
+        if (c->reading) {
+          uv_read_stop((uv_stream_t *)&c->pipe);
+          c->reading = 0;
+        }
+      } else if (!c->in_backlog) {
         c->in_backlog = 1;
         server_kick(s);
-      } else if (c->reading && client_queued(c) > s->cfg->output_soft_limit) {
-        uv_read_stop((uv_stream_t *)&c->pipe);
-        c->reading = 0;
       }
       break;
     }

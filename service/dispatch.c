@@ -40,6 +40,7 @@ static sreq *sreq_new(client *c, uint32_t request) {
   r->c = c;
   r->request = request;
   client_ref(c);
+  c->inflight++;
   c->srv->inflight++;
   return r;
 }
@@ -48,6 +49,8 @@ static void sreq_done(sreq *r) {
   server *s = r->c->srv;
 
   s->inflight--;
+  if (--r->c->inflight <= s->cfg->max_inflight / 2)
+    client_resume(r->c);
   client_unref(r->c);
   if (s->n_free_reqs < SREQ_FREE_MAX && !s->done) {
     r->next_free = s->free_reqs;
@@ -398,6 +401,7 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("notifications", s->stats.notifications);
   STAT("watch_overflows", s->stats.overflows);
   STAT("protocol_errors", s->stats.protocol_errors);
+  STAT("clients_stalled", s->stats.stalled);
   STAT("clients_total", s->stats.clients_total);
   STAT("purged", s->stats.purged);
   STAT("max_value_size", s->cfg->max_value_size);

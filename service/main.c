@@ -24,6 +24,8 @@ static void usage(FILE *f) {
 "      --max-value-size N   largest value accepted (default: 1M)\n"
 "      --purge-interval S   seconds between purges of expired records (60)\n"
 "  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
+"  -o, --option NAME=VALUE  any setting of the config file's [peerstored]\n"
+"                           section (max_clients, write_timeout, ...)\n"
 "      --ready-fd FD        write \"READY\\n\" to FD once listening\n"
 "  -h, --help               show this help\n"
 "  -V, --version            show the version\n"
@@ -53,6 +55,7 @@ int main(int argc, char **argv) {
       {"purge-interval", required_argument, NULL, OPT_PURGE},
       {"log-level", required_argument, NULL, 'l'},
       {"ready-fd", required_argument, NULL, OPT_READY},
+      {"option", required_argument, NULL, 'o'},
       {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, 'V'},
       {NULL, 0, NULL, 0}};
@@ -65,7 +68,7 @@ int main(int argc, char **argv) {
   uv_loop_t loop;
   int ch, r;
 
-  while ((ch = getopt_long(argc, argv, "s:P:D:d:c:m:l:hV", opts, NULL)) !=
+  while ((ch = getopt_long(argc, argv, "s:P:D:d:c:m:l:o:hV", opts, NULL)) !=
          -1) {
     const char *name = NULL;
     switch (ch) {
@@ -79,6 +82,7 @@ int main(int argc, char **argv) {
     case OPT_PURGE: name = "purge_interval"; break;
     case OPT_READY: name = "ready_fd"; break;
     case 'c': config_file = optarg; break;
+    case 'o': name = "="; break;
     case 'h': usage(stdout); return 0;
     case 'V': printf("peerstored %s\n", PACKAGE_VERSION); return 0;
     default: usage(stderr); return 1;
@@ -101,7 +105,16 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (i = 0; i < nflags; i++) {
-    if (strcmp(flags[i].name, "ready_fd") == 0) {
+    if (strcmp(flags[i].name, "=") == 0) {
+      /* NAME=VALUE, split in place: optarg points into argv. */
+      char *eq = strchr(flags[i].value, '=');
+      if (eq != NULL && eq != flags[i].value) {
+        *eq = '\0';
+        if (config_set(&cfg, flags[i].value, eq + 1) == 0)
+          continue;
+        *eq = '=';
+      }
+    } else if (strcmp(flags[i].name, "ready_fd") == 0) {
       long fd = strtol(flags[i].value, &end, 10);
       if (*flags[i].value != '\0' && *end == '\0' && fd >= 0 && fd < 65536) {
         cfg.ready_fd = (int)fd;
@@ -110,7 +123,8 @@ int main(int argc, char **argv) {
     } else if (config_set(&cfg, flags[i].name, flags[i].value) == 0) {
       continue;
     }
-    fprintf(stderr, "peerstored: bad value for --%s: %s\n", flags[i].name,
+    fprintf(stderr, "peerstored: bad value for --%s: %s\n",
+            strcmp(flags[i].name, "=") == 0 ? "option" : flags[i].name,
             flags[i].value);
     config_free(&cfg);
     return 1;

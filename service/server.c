@@ -226,6 +226,8 @@ static void on_signal(uv_signal_t *h, int signum) {
   server_stop(s);
 }
 
+static void on_housekeeping(uv_timer_t *t) { client_check_stalled(t->data); }
+
 static void on_stop_timer(uv_timer_t *t) {
   server *s = t->data;
 
@@ -248,6 +250,7 @@ static void release(server *s) {
   uv_close((uv_handle_t *)&s->idle, NULL);
   uv_close((uv_handle_t *)&s->purge_timer, NULL);
   uv_close((uv_handle_t *)&s->stop_timer, NULL);
+  uv_close((uv_handle_t *)&s->housekeeping, NULL);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
   plugin_unload(&s->plugin);
@@ -274,6 +277,8 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   s->purge_timer.data = s;
   uv_timer_init(loop, &s->stop_timer);
   s->stop_timer.data = s;
+  uv_timer_init(loop, &s->housekeeping);
+  s->housekeeping.data = s;
   uv_signal_init(loop, &s->sigint);
   s->sigint.data = s;
   uv_signal_init(loop, &s->sigterm);
@@ -287,6 +292,10 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
   uv_timer_start(&s->purge_timer, on_purge_timer, cfg->purge_interval_ms,
                  cfg->purge_interval_ms);
+  /* Stall checks need a resolution of a fraction of the deadline. */
+  uv_timer_start(&s->housekeeping, on_housekeeping,
+                 cfg->write_timeout_ms < 4000 ? cfg->write_timeout_ms / 4 : 1000,
+                 cfg->write_timeout_ms < 4000 ? cfg->write_timeout_ms / 4 : 1000);
   if (cfg->ready_fd >= 0) {
     if (write(cfg->ready_fd, "READY\n", 6) != 6)
       LOG_WARN("cannot write to ready fd %d", cfg->ready_fd);
@@ -308,6 +317,7 @@ void server_stop(server *s) {
     unlink(s->cfg->socket_path);
   }
   uv_timer_stop(&s->purge_timer);
+  uv_timer_stop(&s->housekeeping);
   uv_signal_stop(&s->sigint);
   uv_signal_stop(&s->sigterm);
   /* Watches and iterations would never finish by themselves: end them

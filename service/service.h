@@ -38,6 +38,8 @@ typedef struct config {
   size_t watch_output_limit; /* end a watch that would queue beyond */
   uint32_t max_clients;
   uint32_t max_watches;      /* per client */
+  uint32_t max_inflight;     /* plugin requests per client before pausing */
+  uint64_t write_timeout_ms; /* a client not reading for this long goes */
   int log_level;
   int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
   /* Every key of the config file, for plugin options. */
@@ -139,6 +141,9 @@ struct client {
   uint64_t discard;     /* bytes of an oversized body still to skip */
   uint32_t discard_request;
   uint32_t refs;        /* the handle + plugin requests in flight */
+  uint32_t inflight;    /* plugin requests outstanding */
+  size_t stall_queue;   /* write queue size when last seen unchanged */
+  uint64_t stall_since; /* loop ms since it has not moved; 0: moving */
   uint32_t n_watches;
   watch *watches;
   siter *iters;
@@ -158,6 +163,7 @@ typedef struct server_stats {
   uint64_t notifications;
   uint64_t overflows;
   uint64_t protocol_errors;
+  uint64_t stalled;
   uint64_t clients_total;
   uint64_t purged;
 } server_stats;
@@ -171,6 +177,7 @@ struct server {
   uv_signal_t sigterm;
   uv_timer_t purge_timer;
   uv_timer_t stop_timer;
+  uv_timer_t housekeeping; /* once a second: clients that stopped reading */
   uv_idle_t idle;
   client *clients;
   client *flush_list;
@@ -210,6 +217,13 @@ void client_close(client *c);
 void client_ref(client *c);
 void client_unref(client *c);
 void client_flush(client *c);
+/* Reads and dispatches again once the client is below its limits. */
+void client_resume(client *c);
+/* 1 while the client may not send more requests: too much queued output
+ * or too many requests in flight. */
+int client_busy(const client *c);
+/* Closes clients whose output has not moved for write_timeout_ms. */
+void client_check_stalled(server *s);
 /* Dispatches whole frames from the input buffer, at most a batch. */
 void client_process_input(client *c);
 

@@ -182,10 +182,32 @@ static void test_kill9_after_acks(void **state) {
   assert_int_equal(after.records, n);
 }
 
+/* A client far ahead of the database is paced (its requests are read
+ * only as others complete), not failed. */
+static void test_inflight_limit_paces(void **state) {
+  fx *f = *state;
+  peerstore_client *c;
+  run r = {0}, after;
+
+  assert_int_equal(harness_stop(&f->svc), 0);
+  f->args[4] = "-o";
+  f->args[5] = "max_inflight=16";
+  f->args[6] = NULL;
+  assert_int_equal(harness_start(&f->svc, f->args), 0);
+  c = peerstore_connect(&f->loop, f->svc.socket_path);
+  store_many(f, c, 5000, &r);
+  assert_int_equal(r.failed, 0);
+  peerstore_disconnect(c, 0);
+  count_all(f, &after);
+  assert_int_equal(after.records, 5000);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_clean_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(test_kill9_after_acks, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_inflight_limit_paces, setup,
+                                      teardown),
   };
   return cmocka_run_group_tests_name("durability", tests, NULL, NULL);
 }

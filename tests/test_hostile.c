@@ -358,26 +358,42 @@ static void test_dies_mid_request(void **state) {
   peerstore__buf_free(&b);
 }
 
-/* Floods requests without reading replies; returns the socket. */
+/* Floods requests without reading replies until the service stops
+ * reading them (its output for us is over its limit) or 100,000 were
+ * sent; returns the socket. */
 static int flood_without_reading(fx *f) {
   peerstore__buf b = {0};
-  int fd, i;
+  struct pollfd pfd;
+  int fd, i, sent = 0;
+  ssize_t r;
 
   fd = harness_raw_connect(f->svc.socket_path);
   send_hello(fd, PEERSTORE_PROTOCOL_VERSION);
-  /* Each reply is ~250 bytes: 100,000 of them are far more than the
-   * service's output limit plus both socket buffers.  Once the service
-   * stops reading us, our sends stop too (non-blocking). */
-  for (i = 0; i < 100000; i++) {
-    b.len = 0;
+  /* Batches of 4,096 requests (12 bytes each, ~250 bytes each reply). */
+  for (i = 0; i < 4096; i++)
     assert_int_equal(peerstore__put_empty(&b, PEERSTORE_MSG_STATS,
                                           (uint32_t)i + 1),
                      0);
-    if (send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT) !=
-        (ssize_t)b.len)
+  pfd.fd = fd;
+  pfd.events = POLLOUT;
+  while (sent < 100000) {
+    /* Not writable for a second: the service has stopped reading us. */
+    if (poll(&pfd, 1, 1000) <= 0)
       break;
+    r = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (r <= 0)
+      continue;
+    sent += (int)(r / 12);
+    if ((size_t)r < b.len) {
+      /* Finish the frame that was cut, blocking if need be. */
+      size_t rest = 12 - (size_t)r % 12;
+      if (rest < 12)
+        send_all(fd, b.data + r, rest);
+    }
   }
-  assert_true(i < 100000);
+  /* 4 MiB of output at ~250 bytes a reply is some 17,000 requests. */
+  assert_true(sent > 17000);
+  assert_true(sent < 100000);
   peerstore__buf_free(&b);
   return fd;
 }
@@ -485,6 +501,68 @@ static void test_watcher_never_reads(void **state) {
   peerstore_disconnect(w, 0);
 }
 
+typedef struct poller {
+  fx *f;
+  peerstore_client *c;
+  uv_timer_t t;
+  int64_t stalled;
+  int done;
+  int asking;
+  int closed;
+} poller;
+
+static void stalled_cb(void *arg, int status, const peerstore_stat *st,
+                       size_t n) {
+  poller *p = arg;
+  size_t i;
+
+  p->asking = 0;
+  assert_int_equal(status, 0);
+  for (i = 0; i < n; i++)
+    if (strcmp(st[i].name, "clients_stalled") == 0)
+      p->stalled = (int64_t)st[i].value;
+  p->done = p->stalled > 0;
+}
+
+static void poll_stats(uv_timer_t *t) {
+  poller *p = t->data;
+
+  if (!p->asking && !p->done) {
+    p->asking = 1;
+    assert_non_null(peerstore_stats(p->c, stalled_cb, p));
+  }
+}
+
+static void timer_closed(uv_handle_t *h) { ((poller *)h->data)->closed = 1; }
+
+/* A client that stops reading altogether is disconnected after the
+ * configured deadline, and the service says so in its counters. */
+static void test_stalled_client_disconnected(void **state) {
+  fx *f = *state;
+  const char *args[] = {"-o", "write_timeout=1", NULL};
+  poller p;
+  int fd;
+
+  peerstore_disconnect(f->bystander, 0);
+  assert_int_equal(harness_stop(&f->svc), 0);
+  assert_int_equal(harness_start(&f->svc, args), 0);
+  bystander_connect(f);
+  fd = flood_without_reading(f);
+  memset(&p, 0, sizeof(p));
+  p.f = f;
+  p.c = peerstore_connect(&f->loop, f->svc.socket_path);
+  uv_timer_init(&f->loop, &p.t);
+  p.t.data = &p;
+  uv_timer_start(&p.t, poll_stats, 100, 100);
+  (void)harness_run_until(&f->loop, &p.done, 10000);
+  /* The timer lives on this stack frame: see its close through. */
+  uv_close((uv_handle_t *)&p.t, timer_closed);
+  assert_int_equal(harness_run_until(&f->loop, &p.closed, 10000), 0);
+  assert_int_equal(p.stalled, 1);
+  peerstore_disconnect(p.c, 0);
+  close(fd);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_random_bytes, setup, teardown),
@@ -499,6 +577,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_watcher_never_reads, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_stop_with_stuck_client, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_stalled_client_disconnected, setup,
                                       teardown),
   };
 
