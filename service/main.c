@@ -1,6 +1,7 @@
 /* main.c - peerstored: options, the loop, and exit status. */
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,23 @@ typedef struct flag {
   const char *name;
   const char *value;
 } flag;
+
+/* Each client is a descriptor: the usual soft limit of 1024 would refuse
+ * clients long before max_clients.  Raise it as far as the hard limit
+ * allows. */
+static void raise_fd_limit(uint32_t max_clients) {
+  struct rlimit rl;
+  rlim_t want = (rlim_t)max_clients + 64;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+    return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+                    ? want
+                    : rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    LOG_WARN("cannot raise the open file limit to %llu",
+             (unsigned long long)want);
+}
 
 int main(int argc, char **argv) {
   static const struct option opts[] = {
@@ -140,6 +158,7 @@ int main(int argc, char **argv) {
   log_set_level(cfg.log_level);
   /* A client that vanishes mid-write must not kill the service. */
   signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit(cfg.max_clients);
 
   uv_loop_init(&loop);
   r = server_start(&srv, &loop, &cfg);

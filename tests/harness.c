@@ -192,6 +192,21 @@ int harness_drain(uv_loop_t *loop, unsigned timeout_ms) {
   return u.timed_out ? -1 : 0;
 }
 
+long harness_rss_kb(const harness_svc *s) {
+  char path[64], line[256];
+  long kb = -1;
+  FILE *f;
+
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)s->pid);
+  if ((f = fopen(path, "r")) == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+      break;
+  fclose(f);
+  return kb;
+}
+
 int harness_raw_connect(const char *path) {
   struct sockaddr_un sa;
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

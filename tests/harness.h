@@ -39,6 +39,9 @@ int harness_run_until_ge(uv_loop_t *loop, const int *counter, int target,
  * timeout_ms. */
 int harness_drain(uv_loop_t *loop, unsigned timeout_ms);
 
+/* The service's resident memory in KiB, or -1. */
+long harness_rss_kb(const harness_svc *s);
+
 /* Connects a blocking raw socket to path; returns the fd or -1. */
 int harness_raw_connect(const char *path);
 

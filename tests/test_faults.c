@@ -1,0 +1,500 @@
+/* test_faults.c - faults from outside: the service killed under a storm of
+ * stores, clients killed mid-request, a thousand clients at once, SIGTERM
+ * under load, and clients that consume slowly or not at all, with the
+ * service's memory checked against its stated bounds. */
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "peerstore.h"
+#include "wire.h"
+
+#define TIMEOUT 60000
+
+typedef struct fx {
+  harness_svc svc;
+  uv_loop_t loop;
+  char db[400];
+  const char *args[8];
+} fx;
+
+static int setup_with(void **state, int sqlite) {
+  fx *f = calloc(1, sizeof(*f));
+
+  assert_non_null(f);
+  assert_int_equal(uv_loop_init(&f->loop), 0);
+  if (sqlite) {
+    /* The database lives in the service's own directory, so it survives
+     * a restart on the same socket and is removed with it. */
+    f->args[0] = "--plugin";
+    f->args[1] = "sqlite";
+    f->args[2] = "--database";
+    f->args[3] = f->db;
+    f->args[4] = NULL;
+    assert_int_equal(harness_start(&f->svc, NULL), 0);
+    snprintf(f->db, sizeof(f->db), "%s/data.db", f->svc.dir);
+    harness_kill(&f->svc, SIGTERM);
+    assert_int_equal(harness_restart(&f->svc, f->args), 0);
+  } else {
+    assert_int_equal(harness_start(&f->svc, NULL), 0);
+  }
+  *state = f;
+  return 0;
+}
+
+static int setup_memory(void **state) { return setup_with(state, 0); }
+static int setup_sqlite(void **state) { return setup_with(state, 1); }
+
+static int teardown(void **state) {
+  fx *f = *state;
+
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&f->loop), 0);
+  assert_int_equal(harness_stop(&f->svc), 0);
+  free(f);
+  return 0;
+}
+
+static peerstore_peer_id peer_n(uint32_t n) {
+  peerstore_peer_id p;
+  memset(&p, 0, sizeof(p));
+  memcpy(p.bytes, &n, sizeof(n));
+  return p;
+}
+
+/* ------------------------------------------------------------------ */
+/* Counting helpers                                                    */
+
+typedef struct tally {
+  int acks;
+  int ok;
+  int failed;
+  int target; /* kill the service when acks reach this (0: never) */
+  fx *f;
+  int restarted;
+} tally;
+
+static void ack_cb(void *arg, int status) {
+  tally *t = arg;
+
+  t->acks++;
+  if (status == 0)
+    t->ok++;
+  else
+    t->failed++;
+  if (t->target > 0 && t->acks == t->target && t->f != NULL) {
+    /* Mid-storm: kill, and bring it back at once; the clients are left
+     * to notice and reconnect by themselves. */
+    harness_kill(&t->f->svc, SIGKILL);
+    assert_int_equal(harness_restart(&t->f->svc, t->f->args), 0);
+    t->restarted = 1;
+  }
+}
+
+typedef struct counted {
+  int ended;
+  int status;
+  int records;
+} counted;
+
+static void count_cb(void *arg, const peerstore_record *rec, int status) {
+  counted *k = arg;
+
+  if (rec != NULL) {
+    k->records++;
+    return;
+  }
+  k->ended = 1;
+  k->status = status;
+}
+
+static int count_records(fx *f, const char *ss) {
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  counted k = {0};
+
+  assert_non_null(peerstore_iterate(c, ss, NULL, NULL, count_cb, &k));
+  assert_int_equal(harness_run_until(&f->loop, &k.ended, TIMEOUT), 0);
+  assert_int_equal(k.status, 0);
+  peerstore_disconnect(c, 0);
+  return k.records;
+}
+
+typedef struct stat_q {
+  const char *name;
+  int64_t value;
+  int done;
+} stat_q;
+
+static void stat_cb(void *arg, int status, const peerstore_stat *st,
+                    size_t n) {
+  stat_q *q = arg;
+  size_t i;
+
+  assert_int_equal(status, 0);
+  for (i = 0; i < n; i++)
+    if (strcmp(st[i].name, q->name) == 0)
+      q->value = (int64_t)st[i].value;
+  q->done = 1;
+}
+
+static int64_t stat_value(fx *f, peerstore_client *c, const char *name) {
+  stat_q q = {name, -1, 0};
+
+  assert_non_null(peerstore_stats(c, stat_cb, &q));
+  assert_int_equal(harness_run_until(&f->loop, &q.done, TIMEOUT), 0);
+  return q.value;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+/* Several clients store; the sqlite-backed service is killed with
+ * SIGKILL in the middle and restarted.  The clients reconnect by
+ * themselves and finish: every store is acknowledged, every acknowledged
+ * store is there, and none is there twice. */
+static void test_kill9_during_storm(void **state) {
+  fx *f = *state;
+  enum { CLIENTS = 4, EACH = 3000 };
+  peerstore_client *c[CLIENTS];
+  tally t = {0};
+  char key[32], value[32];
+  int i, j;
+
+  t.target = CLIENTS * EACH / 3;
+  t.f = f;
+  for (i = 0; i < CLIENTS; i++) {
+    c[i] = peerstore_connect(&f->loop, f->svc.socket_path);
+    assert_non_null(c[i]);
+  }
+  for (j = 0; j < EACH; j++) {
+    for (i = 0; i < CLIENTS; i++) {
+      peerstore_peer_id p = peer_n((uint32_t)i);
+      snprintf(key, sizeof(key), "key-%d", j);
+      snprintf(value, sizeof(value), "%d/%d", i, j);
+      assert_non_null(peerstore_store(c[i], "storm", &p, key, value,
+                                      strlen(value), PEERSTORE_EXPIRY_NEVER,
+                                      PEERSTORE_MULTIPLE, ack_cb, &t));
+    }
+  }
+  assert_int_equal(
+      harness_run_until_ge(&f->loop, &t.acks, CLIENTS * EACH, TIMEOUT), 0);
+  assert_int_equal(t.restarted, 1);
+  assert_int_equal(t.failed, 0);
+  assert_int_equal(t.ok, CLIENTS * EACH);
+  for (i = 0; i < CLIENTS; i++)
+    peerstore_disconnect(c[i], 0);
+  /* One record per (client, key): nothing lost, nothing doubled. */
+  assert_int_equal(count_records(f, "storm"), CLIENTS * EACH);
+}
+
+/* A child process that is killed while it stores and while it iterates
+ * leaves the service serving everyone else, with its data whole. */
+static void test_client_killed_mid_request(void **state) {
+  fx *f = *state;
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  tally t = {0};
+  char key[32];
+  pid_t pid;
+  int i, st, round;
+
+  for (i = 0; i < 20000; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)(i % 100));
+    snprintf(key, sizeof(key), "key-%d", i / 100);
+    assert_non_null(peerstore_store(c, "base", &p, key, "v", 1,
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_REPLACE, ack_cb, &t));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, 20000, TIMEOUT),
+                   0);
+  for (round = 0; round < 2; round++) {
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+      /* The child: a fresh loop, a big iteration (round 0) or a big burst
+       * of stores (round 1), killed by the parent while it runs. */
+      uv_loop_t loop;
+      peerstore_client *cc;
+      counted k = {0};
+      uv_loop_init(&loop);
+      cc = peerstore_connect(&loop, f->svc.socket_path);
+      if (round == 0) {
+        peerstore_iterate(cc, "base", NULL, NULL, count_cb, &k);
+      } else {
+        for (i = 0; i < 50000; i++) {
+          peerstore_peer_id p = peer_n((uint32_t)i);
+          peerstore_store(cc, "child", &p, "k", "v", 1,
+                          PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, NULL,
+                          NULL);
+        }
+      }
+      uv_run(&loop, UV_RUN_DEFAULT);
+      _exit(0);
+    }
+    /* Let it get going, then kill it: a bounded wait on our own loop. */
+    {
+      int never = 0;
+      (void)harness_run_until(&f->loop, &never, 30);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+  }
+  assert_true(harness_alive(&f->svc));
+  assert_int_equal(count_records(f, "base"), 20000);
+  peerstore_disconnect(c, 0);
+}
+
+static void watch_count_cb(void *arg, const peerstore_record *rec,
+                           int status) {
+  int *n = arg;
+  (void)status;
+  if (rec != NULL)
+    ++*n;
+}
+
+/* A thousand clients connected at once, each watching its own peer and
+ * storing under it: every one hears exactly its own store. */
+static void test_thousand_clients(void **state) {
+  fx *f = *state;
+  enum { N = 1000 };
+  peerstore_client **c = calloc(N, sizeof(*c));
+  int *heard = calloc(N, sizeof(*heard));
+  int everything = 0, i, total;
+  tally t = {0};
+  peerstore_client *all;
+
+  assert_non_null(c);
+  assert_non_null(heard);
+  all = peerstore_connect(&f->loop, f->svc.socket_path);
+  assert_non_null(peerstore_watch(all, "many", NULL, NULL, watch_count_cb,
+                                  &everything));
+  for (i = 0; i < N; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)i);
+    c[i] = peerstore_connect(&f->loop, f->svc.socket_path);
+    assert_non_null(c[i]);
+    assert_non_null(peerstore_watch(c[i], "many", &p, NULL, watch_count_cb,
+                                    &heard[i]));
+  }
+  /* A round trip on each proves its watch is registered. */
+  for (i = 0; i < N; i++)
+    assert_non_null(peerstore_remove(c[i], "nothing", NULL, NULL, NULL, NULL));
+  {
+    tally sync = {0};
+    for (i = 0; i < N; i++)
+      assert_non_null(peerstore_store(c[i], "sync", &(peerstore_peer_id){0},
+                                      "k", "v", 1, PEERSTORE_EXPIRY_NEVER,
+                                      PEERSTORE_REPLACE, ack_cb, &sync));
+    assert_int_equal(harness_run_until_ge(&f->loop, &sync.acks, N, TIMEOUT),
+                     0);
+  }
+  for (i = 0; i < N; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)i);
+    assert_non_null(peerstore_store(c[i], "many", &p, "k", "v", 1,
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    ack_cb, &t));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, N, TIMEOUT), 0);
+  assert_int_equal(t.failed, 0);
+  assert_int_equal(harness_run_until_ge(&f->loop, &everything, N, TIMEOUT),
+                   0);
+  for (i = 0, total = 0; i < N; i++) {
+    assert_int_equal(heard[i], 1);
+    total += heard[i];
+  }
+  assert_int_equal(total, N);
+  for (i = 0; i < N; i++)
+    peerstore_disconnect(c[i], 0);
+  peerstore_disconnect(all, 0);
+  free(c);
+  free(heard);
+}
+
+/* SIGTERM while stores are in flight: each gets an answer (applied, or
+ * refused because the service is stopping), the service exits 0, and
+ * every acknowledged store is in the database afterwards. */
+static void test_sigterm_under_load(void **state) {
+  fx *f = *state;
+  enum { N = 20000 };
+  peerstore_connect_opts o;
+  peerstore_client *c;
+  tally t = {0};
+  char key[32];
+  int i, st;
+
+  peerstore_connect_opts_init(&o);
+  o.reconnect = 0; /* see the answers of this service, not a next one */
+  c = peerstore_connect_ex(&f->loop, f->svc.socket_path, &o);
+  for (i = 0; i < N; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)i);
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_non_null(peerstore_store(c, "term", &p, key, "v", 1,
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_REPLACE, ack_cb, &t));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, N / 10, TIMEOUT),
+                   0);
+  kill(f->svc.pid, SIGTERM);
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, N, TIMEOUT), 0);
+  assert_true(t.ok >= N / 10);
+  assert_int_equal(waitpid(f->svc.pid, &st, 0), f->svc.pid);
+  f->svc.pid = 0;
+  assert_true(WIFEXITED(st));
+  assert_int_equal(WEXITSTATUS(st), 0);
+  peerstore_disconnect(c, 0);
+  assert_int_equal(harness_restart(&f->svc, f->args), 0);
+  assert_int_equal(count_records(f, "term"), t.ok);
+}
+
+/* A client that asks for a huge iteration and reads nothing: the service
+ * produces only up to its output limit (4 MiB), not the result set. */
+static void test_iteration_memory_bounded(void **state) {
+  fx *f = *state;
+  enum { N = 1000000 };
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  peerstore__buf b = {0};
+  uint8_t value[64];
+  tally t = {0};
+  char key[16];
+  long before, after;
+  int i, fd;
+
+  memset(value, 7, sizeof(value));
+  for (i = 0; i < N; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)(i / 100));
+    snprintf(key, sizeof(key), "k%d", i % 100);
+    assert_non_null(peerstore_store(c, "million", &p, key, value,
+                                    sizeof(value), PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_REPLACE, ack_cb, &t));
+    if (i % 100000 == 99999)
+      assert_int_equal(
+          harness_run_until_ge(&f->loop, &t.acks, i + 1, TIMEOUT), 0);
+  }
+  assert_int_equal(t.failed, 0);
+  before = harness_rss_kb(&f->svc);
+
+  fd = harness_raw_connect(f->svc.socket_path);
+  assert_int_equal(peerstore__put_hello(&b), 0);
+  /* Credit for every record: only the output limit holds it back. */
+  assert_int_equal(peerstore__put_filter(&b, PEERSTORE_MSG_ITERATE, 1,
+                                         "million", NULL, NULL, N),
+                   0);
+  assert_int_equal(send(fd, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
+  peerstore__buf_free(&b);
+  /* The memory plugin yields synchronously, so once the service counts
+   * the iteration it has produced all it will until the client reads. */
+  for (i = 0; i < 500 && stat_value(f, c, "iterations_active") != 1; i++) {
+    int never = 0;
+    (void)harness_run_until(&f->loop, &never, 10);
+  }
+  assert_int_equal(stat_value(f, c, "iterations_active"), 1);
+  after = harness_rss_kb(&f->svc);
+  /* Stated bound: the 4 MiB output limit, plus one batch of records and
+   * allocator slack; a buffered result set would be ~100 MiB. */
+  print_message("service RSS %ld KiB before, %ld KiB with the iteration "
+                "stalled\n", before, after);
+  assert_true(after - before < 16 * 1024);
+  close(fd);
+  peerstore_disconnect(c, 0);
+}
+
+/* One client watches everything and never reads; another stores 100,000
+ * records.  The stores all succeed (the writer never waits for the
+ * watcher), the watch ends with an overflow instead of queueing without
+ * bound, and the service's memory grows by the records, not by the
+ * notifications nobody reads. */
+static void test_watcher_never_reads_100k(void **state) {
+  fx *f = *state;
+  enum { N = 100000 };
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  peerstore__buf b = {0};
+  tally t = {0};
+  char key[16];
+  uint8_t value[64];
+  long before, after;
+  int i, fd;
+
+  memset(value, 9, sizeof(value));
+  fd = harness_raw_connect(f->svc.socket_path);
+  assert_int_equal(peerstore__put_hello(&b), 0);
+  assert_int_equal(peerstore__put_filter(&b, PEERSTORE_MSG_WATCH, 1, "flood",
+                                         NULL, NULL, 0),
+                   0);
+  assert_int_equal(send(fd, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
+  peerstore__buf_free(&b);
+  for (i = 0; i < 500 && stat_value(f, c, "watches") != 1; i++) {
+    int never = 0;
+    (void)harness_run_until(&f->loop, &never, 10);
+  }
+  assert_int_equal(stat_value(f, c, "watches"), 1);
+  before = harness_rss_kb(&f->svc);
+  for (i = 0; i < N; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)(i / 100));
+    snprintf(key, sizeof(key), "k%d", i % 100);
+    assert_non_null(peerstore_store(c, "flood", &p, key, value, sizeof(value),
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    ack_cb, &t));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, N, TIMEOUT), 0);
+  assert_int_equal(t.failed, 0);
+  assert_int_equal(stat_value(f, c, "watch_overflows"), 1);
+  assert_int_equal(stat_value(f, c, "watches"), 0);
+  after = harness_rss_kb(&f->svc);
+  print_message("service RSS %ld KiB before, %ld KiB after 100,000 stores "
+                "with a stuck watcher (watch limit 1 MiB)\n", before, after);
+  /* The records themselves (~260 bytes each here) plus the 1 MiB watch
+   * limit, plus allocator slack; the unread notifications alone would
+   * add 14 MiB more if they were kept. */
+  assert_true(after - before < (N * 300 + 6 * 1024 * 1024) / 1024);
+  close(fd);
+  peerstore_disconnect(c, 0);
+}
+
+static int setup_small_watch_limit(void **state) {
+  fx *f;
+
+  setup_with(state, 0);
+  f = *state;
+  f->args[0] = "-o";
+  f->args[1] = "watch_output_limit=1M";
+  f->args[2] = NULL;
+  harness_kill(&f->svc, SIGTERM);
+  return harness_restart(&f->svc, f->args);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_kill9_during_storm, setup_sqlite,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_client_killed_mid_request,
+                                      setup_memory, teardown),
+      cmocka_unit_test_setup_teardown(test_thousand_clients, setup_memory,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_sigterm_under_load, setup_sqlite,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(test_iteration_memory_bounded,
+                                      setup_memory, teardown),
+      cmocka_unit_test_setup_teardown(test_watcher_never_reads_100k,
+                                      setup_small_watch_limit, teardown),
+  };
+  struct rlimit rl;
+
+  /* A thousand clients need more descriptors than the usual soft limit. */
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  signal(SIGPIPE, SIG_IGN);
+  return cmocka_run_group_tests_name("faults", tests, NULL, NULL);
+}
