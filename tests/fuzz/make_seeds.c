@@ -1,0 +1,61 @@
+/* make_seeds.c - writes the seed corpus of the fuzz targets: well-formed
+ * client streams built with the real encoders (`make fuzz-seeds`). */
+#include <stdio.h>
+#include <string.h>
+
+#include "wire.h"
+
+static void save(const char *dir, const char *name, const peerstore__buf *b) {
+  char path[512];
+  FILE *f;
+
+  snprintf(path, sizeof(path), "%s/%s", dir, name);
+  if ((f = fopen(path, "wb")) == NULL ||
+      fwrite(b->data, 1, b->len, f) != b->len) {
+    perror(path);
+    return;
+  }
+  fclose(f);
+}
+
+int main(int argc, char **argv) {
+  const char *dir = argc > 1 ? argv[1] : ".";
+  peerstore__buf b = {0};
+  peerstore_peer_id p;
+  peerstore_record r;
+  uint64_t rev = 7;
+
+  memset(&p, 0x11, sizeof(p));
+  memset(&r, 0, sizeof(r));
+  r.subsystem = "ss";
+  r.peer = p;
+  r.key = "key";
+  r.value = "value";
+  r.value_size = 5;
+  r.expiry = PEERSTORE_EXPIRY_NEVER;
+  r.revision = 1;
+
+  peerstore__put_hello(&b);
+  save(dir, "hello", &b);
+  peerstore__put_store(&b, 1, "ss", &p, "key", "value", 5,
+                       PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE);
+  peerstore__put_store(&b, 2, "ss", &p, "key", "other", 5, 1000,
+                       PEERSTORE_REPLACE);
+  save(dir, "hello-store", &b);
+  peerstore__put_filter(&b, PEERSTORE_MSG_WATCH, 3, "ss", &p, NULL, 0);
+  peerstore__put_filter(&b, PEERSTORE_MSG_ITERATE, 4, "ss", NULL, "key", 2);
+  peerstore__put_u32(&b, PEERSTORE_MSG_CREDIT, 4, 10);
+  peerstore__put_empty(&b, PEERSTORE_MSG_CANCEL, 3);
+  peerstore__put_filter(&b, PEERSTORE_MSG_REMOVE, 5, "ss", &p, "key", 0);
+  peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 6);
+  save(dir, "session", &b);
+  b.len = 0;
+  peerstore__put_record(&b, 1, &r);
+  peerstore__put_status(&b, PEERSTORE_MSG_STORE_RESULT, 1, 0, &rev);
+  peerstore__put_status(&b, PEERSTORE_MSG_ITERATE_END, 4, 0, NULL);
+  peerstore__put_error(&b, 0, PEERSTORE_EPROTO, "bad");
+  peerstore__put_welcome(&b, 1024);
+  save(dir, "replies", &b);
+  peerstore__buf_free(&b);
+  return 0;
+}
