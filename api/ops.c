@@ -23,6 +23,14 @@ struct peerstore_stats_op {
   ps_op op;
 };
 
+uint32_t peerstore_record_writer(const peerstore_record *rec) {
+  /* Records reach callbacks only from inside a decoded RECORD frame. */
+  const peerstore__wrec *w =
+      (const peerstore__wrec *)(const void *)((const char *)rec -
+                                              offsetof(peerstore__wrec, rec));
+  return w->writer;
+}
+
 /* 1 if s is a string of 1..max bytes (reading at most max + 1). */
 static int str_ok(const char *s, size_t max) {
   size_t n;

@@ -49,6 +49,8 @@ extern "C" {
  * peerstore_store() return NULL. */
 #define PEERSTORE_VALUE_MAX_HARD (64 * 1024 * 1024)
 #define PEERSTORE_EXPIRY_NEVER UINT64_MAX
+/* The writer of a record stored before writers were recorded. */
+#define PEERSTORE_WRITER_UNKNOWN UINT32_MAX
 
 typedef struct peerstore_peer_id {
   uint8_t bytes[PEERSTORE_PEER_ID_SIZE];
@@ -129,6 +131,12 @@ typedef struct peerstore_store_op peerstore_store_op;
 typedef struct peerstore_iterate_op peerstore_iterate_op;
 typedef struct peerstore_watch_op peerstore_watch_op;
 typedef struct peerstore_remove_op peerstore_remove_op;
+
+/* The uid of the client whose store wrote rec (the service reads it from
+ * the socket), or PEERSTORE_WRITER_UNKNOWN for records kept from before
+ * writers were recorded.  Only for records handed to an iterate or watch
+ * callback, during that callback. */
+PEERSTORE_EXTERN uint32_t peerstore_record_writer(const peerstore_record *rec);
 
 /* ------------------------------------------------------------------ */
 /* Connection                                                          */

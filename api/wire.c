@@ -268,6 +268,7 @@ int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out) {
 
   rd_triple(&r, out);
   out->rec.revision = rd_u64(&r);
+  out->writer = rd_u32(&r);
   rd_value(&r, &out->rec);
   return rd_end(&r);
 }
@@ -457,11 +458,11 @@ int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
 }
 
 int peerstore__put_record(peerstore__buf *b, uint32_t req,
-                          const peerstore_record *rec) {
+                          const peerstore_record *rec, uint32_t writer) {
   size_t ssn = strlen(rec->subsystem), kn = strlen(rec->key);
   uint8_t *p =
       frame_begin(b, PEERSTORE_MSG_RECORD, req,
-                  2 + ssn + 32 + 2 + kn + 8 + 8 + 4 + rec->value_size);
+                  2 + ssn + 32 + 2 + kn + 8 + 8 + 4 + 4 + rec->value_size);
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
@@ -470,6 +471,7 @@ int peerstore__put_record(peerstore__buf *b, uint32_t req,
   p = wr_str(p, rec->key, kn);
   p = wr_u64(p, rec->expiry);
   p = wr_u64(p, rec->revision);
+  p = wr_u32(p, writer);
   p = wr_u32(p, (uint32_t)rec->value_size);
   return frame_end(b, wr_bytes(p, rec->value, rec->value_size));
 }

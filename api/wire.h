@@ -18,7 +18,7 @@
  * inside.  A filter is: u8 which (bit 0: peer follows, bit 1: key follows),
  * string subsystem, [32-byte peer], [string key].  A record is: string
  * subsystem, 32-byte peer, string key, u64 expiry, u64 revision, u32
- * value_len, value bytes.
+ * writer (uid of the client that stored it), u32 value_len, value bytes.
  */
 #ifndef PEERSTORE_WIRE_H
 #define PEERSTORE_WIRE_H
@@ -28,7 +28,7 @@
 
 #include "peerstore.h"
 
-#define PEERSTORE_PROTOCOL_VERSION 1
+#define PEERSTORE_PROTOCOL_VERSION 2
 #define PEERSTORE_PROTOCOL_MAGIC 0x50535452u /* "PSTR" */
 #define PEERSTORE_HEADER_SIZE 12
 /* Everything of a STORE or RECORD but the value, rounded up. */
@@ -119,6 +119,7 @@ typedef struct peerstore__wrec {
   char subsystem[PEERSTORE_SUBSYSTEM_MAX + 1];
   char key[PEERSTORE_KEY_MAX + 1];
   peerstore_record rec; /* its strings point at the arrays above */
+  uint32_t writer;      /* RECORD only */
   uint8_t option;       /* STORE only */
 } peerstore__wrec;
 
@@ -160,7 +161,7 @@ int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
                           const char *ss, const peerstore_peer_id *peer,
                           const char *key, uint32_t credit);
 int peerstore__put_record(peerstore__buf *b, uint32_t req,
-                          const peerstore_record *rec);
+                          const peerstore_record *rec, uint32_t writer);
 /* An empty frame (CANCEL, STATS). */
 int peerstore__put_empty(peerstore__buf *b, uint16_t type, uint32_t req);
 int peerstore__put_u32(peerstore__buf *b, uint16_t type, uint32_t req,

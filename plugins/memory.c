@@ -70,6 +70,7 @@ struct mrec {
   size_t heap_idx; /* NOT_IN_HEAP for records that never expire */
   size_t value_size;
   uint32_t refs; /* cursor pins + dead predecessors pointing here */
+  uint32_t writer;
   uint32_t dead;
   uint8_t value[];
 };
@@ -446,7 +447,7 @@ static void mem_close(void *instance) {
 }
 
 static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
-                            size_t size, uint64_t expiry) {
+                            size_t size, uint64_t expiry, uint32_t writer) {
   struct mrec *r = malloc(sizeof(*r) + size);
 
   if (r == NULL)
@@ -457,6 +458,7 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->value_size = size;
   r->refs = 0;
   r->dead = 0;
+  r->writer = writer;
   if (size > 0)
     memcpy(r->value, value, size);
   if (expiry != PEERSTORE_EXPIRY_NEVER)
@@ -470,11 +472,12 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
 /* MULTIPLE with a value already under the triple: a new revision and
  * expiry, moved to the tails.  A pinned record is replaced by a copy so
  * that cursors resting on it keep their place. */
-static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry) {
+static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry,
+                                uint32_t writer) {
   struct mrec *n;
 
   if (r->refs > 0) {
-    n = rec_new(m, r->t, r->value, r->value_size, expiry);
+    n = rec_new(m, r->t, r->value, r->value_size, expiry, writer);
     if (n != NULL)
       rec_remove(m, r);
     return n;
@@ -482,6 +485,7 @@ static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry) {
   rec_detach(r);
   heap_del(m, r);
   r->expiry = expiry;
+  r->writer = writer;
   if (expiry != PEERSTORE_EXPIRY_NEVER)
     heap_push(m, r);
   r->revision = ++m->revision;
@@ -490,7 +494,7 @@ static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry) {
 }
 
 static int mem_store(void *instance, const peerstore_record *rec,
-                     enum peerstore_store_option option,
+                     uint32_t writer, enum peerstore_store_option option,
                      peerstore_plugin_store_cb cb, void *arg) {
   mem *m = instance;
   struct ss_node *ss = NULL;
@@ -518,7 +522,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
     for (old = t->l.first; old != NULL; old = old->next[L_TRIPLE]) {
       if (old->value_size == rec->value_size &&
           memcmp(old->value, rec->value, rec->value_size) == 0) {
-        r = rec_refresh(m, old, rec->expiry);
+        r = rec_refresh(m, old, rec->expiry, writer);
         if (r == NULL)
           goto fail;
         goto done;
@@ -526,7 +530,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
     }
   }
   /* Create first, then drop the others, so a failed REPLACE loses nothing. */
-  r = rec_new(m, t, rec->value, rec->value_size, rec->expiry);
+  r = rec_new(m, t, rec->value, rec->value_size, rec->expiry, writer);
   if (r == NULL)
     goto fail;
   if (option == PEERSTORE_REPLACE) {
@@ -616,7 +620,7 @@ static int mem_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
       break;
     if (!r->dead && r->expiry > c->now) {
       rec_view(r, &view);
-      rec_cb(arg, &view);
+      rec_cb(arg, &view, r->writer);
       sent++;
     }
     /* Move the pin forward before dropping the old one, which may free a

@@ -39,7 +39,9 @@
 extern "C" {
 #endif
 
-#define PEERSTORE_PLUGIN_ABI 1
+/* 2: records carry the uid of their writer. */
+#define PEERSTORE_PLUGIN_ABI 2
+
 
 enum peerstore_log_level {
   PEERSTORE_LOG_ERROR = 0,
@@ -73,9 +75,10 @@ typedef struct peerstore_plugin_filter {
 /* rec is the record as stored, with its revision; NULL when status != 0. */
 typedef void (*peerstore_plugin_store_cb)(void *arg, int status,
                                           const peerstore_record *rec);
-/* Yields one record; borrowed for the call. */
+/* Yields one record and the uid that wrote it; borrowed for the call. */
 typedef void (*peerstore_plugin_record_cb)(void *arg,
-                                           const peerstore_record *rec);
+                                           const peerstore_record *rec,
+                                           uint32_t writer);
 /* Ends one iterate_next: status 0 and more == 0 means the iteration is
  * complete. */
 typedef void (*peerstore_plugin_next_cb)(void *arg, int status, int more);
@@ -96,8 +99,10 @@ typedef struct peerstore_plugin_ops {
 
   /* Applies one store (DESIGN.md section 1): REPLACE drops the other values
    * under the triple; MULTIPLE with a byte-identical value refreshes that
-   * record's expiry and gives it a new revision.  cb runs exactly once. */
-  int (*store)(void *instance, const peerstore_record *rec,
+   * record's expiry and gives it a new revision.  writer is the uid of the
+   * client that stored it, kept with the record (a refresh updates it).
+   * cb runs exactly once. */
+  int (*store)(void *instance, const peerstore_record *rec, uint32_t writer,
                enum peerstore_store_option option,
                peerstore_plugin_store_cb cb, void *arg);
 

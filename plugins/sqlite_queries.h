@@ -15,7 +15,8 @@ static const char *const sqlite_filter_where[F_COUNT] = {
  * revision to continue after, the snapshot's last revision, now, and a
  * row limit. */
 #define SQLITE_ITERATE_SQL                                                     \
-  "SELECT revision, subsystem, peer, key, value, expiry FROM records "        \
+  "SELECT revision, subsystem, peer, key, value, expiry, writer "           \
+  "FROM records "                                                             \
   "WHERE %s AND revision > ? AND revision <= ? AND expiry > ? "               \
   "ORDER BY revision LIMIT ?"
 

@@ -1,7 +1,7 @@
 /* Generated from the SQL files in schema/ by make; do not edit. */
 extern const char peerstore_sqlite_schema[];
 const char peerstore_sqlite_schema[] =
-  "-- peerstore.sql - the SQLite plugin's schema, version 2 (the current one).\n"
+  "-- peerstore.sql - the SQLite plugin's schema, version 3 (the current one).\n"
   "-- Compiled into the plugin at build time; run once on an empty database.\n"
   "-- The plugin sets PRAGMA user_version and application_id itself.\n"
   "\n"
@@ -16,14 +16,16 @@ const char peerstore_sqlite_schema[] =
   "-- One row per record.  The revision is the rowid: the table itself is in\n"
   "-- stored order.  Subsystem and key are BLOBs so that any byte but NUL\n"
   "-- round-trips exactly; expiry is microseconds since the epoch, with\n"
-  "-- 9223372036854775807 meaning never.\n"
+  "-- 9223372036854775807 meaning never; writer is the uid of the client that\n"
+  "-- stored the record (-1: not known, for records from before version 3).\n"
   "CREATE TABLE records (\n"
   "  revision INTEGER PRIMARY KEY,\n"
   "  subsystem BLOB NOT NULL,\n"
   "  peer BLOB NOT NULL,\n"
   "  key BLOB NOT NULL,\n"
   "  value BLOB NOT NULL,\n"
-  "  expiry INTEGER NOT NULL\n"
+  "  expiry INTEGER NOT NULL,\n"
+  "  writer INTEGER NOT NULL DEFAULT -1\n"
   ");\n"
   "\n"
   "-- One index per filter.  SQLite appends the rowid to every index entry,\n"
@@ -75,4 +77,13 @@ const char peerstore_sqlite_migrate_1_2[] =
   "CREATE INDEX records_by_triple ON records (subsystem, peer, key);\n"
   "CREATE INDEX records_by_expiry ON records (expiry)\n"
   "  WHERE expiry < 9223372036854775807;\n"
+  ;
+extern const char peerstore_sqlite_migrate_2_3[];
+const char peerstore_sqlite_migrate_2_3[] =
+  "-- migrate-2-3.sql - from schema version 2 to 3, run in one transaction.\n"
+  "--\n"
+  "-- Version 3 records the uid of each record's writer.  Records stored\n"
+  "-- before are marked as written by an unknown uid (-1).\n"
+  "\n"
+  "ALTER TABLE records ADD COLUMN writer INTEGER NOT NULL DEFAULT -1;\n"
   ;

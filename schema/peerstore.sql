@@ -1,4 +1,4 @@
--- peerstore.sql - the SQLite plugin's schema, version 2 (the current one).
+-- peerstore.sql - the SQLite plugin's schema, version 3 (the current one).
 -- Compiled into the plugin at build time; run once on an empty database.
 -- The plugin sets PRAGMA user_version and application_id itself.
 
@@ -13,14 +13,16 @@ INSERT INTO meta (name, value) VALUES ('revision', 0);
 -- One row per record.  The revision is the rowid: the table itself is in
 -- stored order.  Subsystem and key are BLOBs so that any byte but NUL
 -- round-trips exactly; expiry is microseconds since the epoch, with
--- 9223372036854775807 meaning never.
+-- 9223372036854775807 meaning never; writer is the uid of the client that
+-- stored the record (-1: not known, for records from before version 3).
 CREATE TABLE records (
   revision INTEGER PRIMARY KEY,
   subsystem BLOB NOT NULL,
   peer BLOB NOT NULL,
   key BLOB NOT NULL,
   value BLOB NOT NULL,
-  expiry INTEGER NOT NULL
+  expiry INTEGER NOT NULL,
+  writer INTEGER NOT NULL DEFAULT -1
 );
 
 -- One index per filter.  SQLite appends the rowid to every index entry,

@@ -247,7 +247,11 @@ static void print_record(cli *c, const peerstore_record *r) {
       printf("null");
     else
       printf("%" PRIu64, r->expiry);
-    printf(",\"revision\":%" PRIu64 "}\n", r->revision);
+    printf(",\"revision\":%" PRIu64, r->revision);
+    if (peerstore_record_writer(r) == PEERSTORE_WRITER_UNKNOWN)
+      printf(",\"writer\":null}\n");
+    else
+      printf(",\"writer\":%" PRIu32 "}\n", peerstore_record_writer(r));
   } else if (strcmp(c->command, "get") == 0) {
     if (c->hex)
       print_hex(stdout, r->value, r->value_size);
@@ -266,7 +270,11 @@ static void print_record(cli *c, const peerstore_record *r) {
       printf("\tnever");
     else
       printf("\t%" PRIu64, r->expiry);
-    printf("\t%" PRIu64 "\n", r->revision);
+    printf("\t%" PRIu64, r->revision);
+    if (peerstore_record_writer(r) == PEERSTORE_WRITER_UNKNOWN)
+      printf("\t-\n");
+    else
+      printf("\t%" PRIu32 "\n", peerstore_record_writer(r));
   }
   fflush(stdout);
 }

@@ -113,7 +113,7 @@ static void store_done(void *arg, int status, const peerstore_record *rec) {
     c->srv->stats.stores++;
     revision = rec->revision;
     /* Watchers hear of a store before its writer does. */
-    watch_notify(c->srv, rec);
+    watch_notify(c->srv, rec, (uint32_t)c->uid);
   }
   reply_status(c, PEERSTORE_MSG_STORE_RESULT, r->request, status, &revision);
   sreq_done(r);
@@ -159,6 +159,7 @@ static int on_store(client *c, const peerstore__header *h, const uint8_t *b) {
   if ((r = sreq_new(c, h->request)) == NULL)
     return PEERSTORE_ENOMEM;
   st = s->plugin.desc->ops->store(s->plugin.instance, &w.rec,
+                                  (uint32_t)c->uid,
                                   (enum peerstore_store_option)w.option,
                                   store_done, r);
   if (st != 0)
@@ -206,14 +207,15 @@ void iter_end_all(client *c, int status) {
   }
 }
 
-static void iter_rec(void *arg, const peerstore_record *rec) {
+static void iter_rec(void *arg, const peerstore_record *rec,
+                     uint32_t writer) {
   siter *it = arg;
   client *c = it->c;
 
   /* Expired records never reach a client, whatever the plugin does. */
   if (it->ended || c->closing || rec->expiry <= it->now)
     return;
-  if (peerstore__put_record(&c->out, it->request, rec) != 0) {
+  if (peerstore__put_record(&c->out, it->request, rec, writer) != 0) {
     iter_end(it, PEERSTORE_ENOMEM, 0);
     return;
   }

@@ -245,6 +245,6 @@ int watch_add(server *s, client *c, uint32_t request,
 int watch_cancel(client *c, uint32_t request);
 /* Ends all of c's watches with status (0: silently, for a closing client). */
 void watch_end_all(client *c, int status);
-void watch_notify(server *s, const peerstore_record *rec);
+void watch_notify(server *s, const peerstore_record *rec, uint32_t writer);
 
 #endif /* PEERSTORED_SERVICE_H */

@@ -124,7 +124,8 @@ typedef struct note {
   int ready;
 } note;
 
-static void deliver(server *s, watch *w, note *n, const peerstore_record *r) {
+static void deliver(server *s, watch *w, note *n, const peerstore_record *r,
+                    uint32_t writer) {
   client *c = w->c;
   uint8_t *p;
 
@@ -132,7 +133,7 @@ static void deliver(server *s, watch *w, note *n, const peerstore_record *r) {
     return;
   if (!n->ready) {
     n->frame->len = n->frame->off = 0;
-    if (peerstore__put_record(n->frame, 0, r) != 0) {
+    if (peerstore__put_record(n->frame, 0, r, writer) != 0) {
       watch_end(w, PEERSTORE_ENOMEM);
       return;
     }
@@ -164,18 +165,19 @@ static void deliver(server *s, watch *w, note *n, const peerstore_record *r) {
 }
 
 static void notify_bucket(server *s, uint64_t h, int want_peer, int want_key,
-                          note *n, const peerstore_record *rec) {
+                          note *n, const peerstore_record *rec,
+                          uint32_t writer) {
   peerstore__hnode *e = peerstore__hmap_bucket(&s->watch_index, h), *next;
 
   for (; e != NULL; e = next) {
     watch *w = (watch *)e;
     next = e->next; /* deliver may end w */
     if (e->hash == h && filter_matches(&w->f, want_peer, want_key, rec))
-      deliver(s, w, n, rec);
+      deliver(s, w, n, rec, writer);
   }
 }
 
-void watch_notify(server *s, const peerstore_record *rec) {
+void watch_notify(server *s, const peerstore_record *rec, uint32_t writer) {
   note n;
   uint64_t hs, hp;
 
@@ -185,10 +187,10 @@ void watch_notify(server *s, const peerstore_record *rec) {
   n.ready = 0;
   hs = h_ss(rec->subsystem);
   hp = h_peer(hs, &rec->peer);
-  notify_bucket(s, hs, 0, 0, &n, rec);
-  notify_bucket(s, hp, 1, 0, &n, rec);
-  notify_bucket(s, h_key(hs, rec->key), 0, 1, &n, rec);
-  notify_bucket(s, h_key(hp, rec->key), 1, 1, &n, rec);
+  notify_bucket(s, hs, 0, 0, &n, rec, writer);
+  notify_bucket(s, hp, 1, 0, &n, rec, writer);
+  notify_bucket(s, h_key(hs, rec->key), 0, 1, &n, rec, writer);
+  notify_bucket(s, h_key(hp, rec->key), 1, 1, &n, rec, writer);
   if (s->note.cap > (1u << 20))
     peerstore__buf_free(&s->note);
 }

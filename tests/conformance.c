@@ -37,6 +37,7 @@ typedef struct result {
   char keys[MAXREC][32];
   uint64_t revisions[MAXREC];
   uint64_t expiries[MAXREC];
+  uint32_t writers[MAXREC];
 } result;
 
 static void env_log(void *ctx, enum peerstore_log_level level,
@@ -109,9 +110,12 @@ static void store_cb(void *arg, int status, const peerstore_record *rec) {
   }
 }
 
-static uint64_t put(fx *f, const char *ss, uint8_t peer, const char *key,
-                    const char *value, uint64_t expiry,
-                    enum peerstore_store_option opt) {
+/* The writer every helper store claims. */
+#define WRITER 4242
+
+static uint64_t put_as(fx *f, const char *ss, uint8_t peer, const char *key,
+                       const char *value, uint64_t expiry,
+                       enum peerstore_store_option opt, uint32_t writer) {
   result r = {0};
   peerstore_record rec = {0};
 
@@ -121,10 +125,17 @@ static uint64_t put(fx *f, const char *ss, uint8_t peer, const char *key,
   rec.value = value;
   rec.value_size = strlen(value);
   rec.expiry = expiry;
-  assert_int_equal(f->ops->store(f->inst, &rec, opt, store_cb, &r), 0);
+  assert_int_equal(f->ops->store(f->inst, &rec, writer, opt, store_cb, &r),
+                   0);
   assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
   assert_int_equal(r.status, 0);
   return r.revision;
+}
+
+static uint64_t put(fx *f, const char *ss, uint8_t peer, const char *key,
+                    const char *value, uint64_t expiry,
+                    enum peerstore_store_option opt) {
+  return put_as(f, ss, peer, key, value, expiry, opt, WRITER);
 }
 
 static uint64_t put_never(fx *f, const char *ss, uint8_t peer,
@@ -133,7 +144,7 @@ static uint64_t put_never(fx *f, const char *ss, uint8_t peer,
   return put(f, ss, peer, key, value, PEERSTORE_EXPIRY_NEVER, opt);
 }
 
-static void rec_cb(void *arg, const peerstore_record *rec) {
+static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
   result *r = arg;
 
   if (r->n < MAXREC) {
@@ -142,6 +153,7 @@ static void rec_cb(void *arg, const peerstore_record *rec) {
     snprintf(r->keys[r->n], sizeof(r->keys[0]), "%s", rec->key);
     r->revisions[r->n] = rec->revision;
     r->expiries[r->n] = rec->expiry;
+    r->writers[r->n] = writer;
   }
   r->n++;
 }
@@ -282,6 +294,14 @@ static void test_replace_multiple(void **state) {
   assert_string_equal(r.values[1], "a");
   assert_int_equal(r.revisions[1], r3);
   assert_int_equal(r.expiries[1], 5000);
+  assert_int_equal(r.writers[0], WRITER);
+  /* A refresh by someone else makes them the record's writer. */
+  put_as(f, "ss", 1, "k", "a", 5000, PEERSTORE_MULTIPLE, 7);
+  all(f, "ss", &p, "k", 0, 100, &r);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[1], "a");
+  assert_int_equal(r.writers[1], 7);
+  assert_int_equal(r.writers[0], WRITER);
   /* An empty value is a value like any other. */
   put_never(f, "ss", 1, "k", "", PEERSTORE_MULTIPLE);
   put_never(f, "ss", 1, "k", "", PEERSTORE_MULTIPLE);

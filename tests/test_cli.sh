@@ -82,7 +82,7 @@ check "get stdin value" 0 "piped" ps get -s ss -p $P2 -k stdin
 check "iterate by peer" 0 "bin
 file
 stdin" sh -c "'$CLI' -S '$sock' iterate -s ss -p $P2 | cut -f2"
-check "iterate json" 0 '{"subsystem":"ss","peer":"'$P1B32'","peer_hex":"'$P1'","key":"addr","value":"quic","value_hex":"71756963","size":4,"expiry":null,"revision":3}' \
+check "iterate json" 0 '{"subsystem":"ss","peer":"'$P1B32'","peer_hex":"'$P1'","key":"addr","value":"quic","value_hex":"71756963","size":4,"expiry":null,"revision":3,"writer":'"$(id -u)"'}' \
   ps iterate --json -s ss -k addr
 check "json binary value" 0 '"value_hex":"00ff10"' sh -c "'$CLI' -S '$sock' iterate -j -s ss -k bin | grep -o '\"value_hex\":\"[0-9a-f]*\"'"
 check "expired record hidden" 0 "" ps store -s ss -p $P1 -k old -e @1 gone
@@ -165,7 +165,7 @@ check "plugin by path" 0 "" ps store -s ss -p $P1 -k k v
 kill -TERM $svc; wait $svc; svc=
 "$PEERSTORED" --socket "$sock" --plugin badabi --plugin-dir "$plugins" 2>"$dir/plugin.log"
 rc=$?
-[ $rc = 1 ] && grep -q "plugin ABI 1001, this service needs 1" "$dir/plugin.log" && ok "plugin ABI checked" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
+[ $rc = 1 ] && grep -q "plugin ABI 1002, this service needs 2" "$dir/plugin.log" && ok "plugin ABI checked" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
 [ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
 # The sqlite plugin, when it was built.
 sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}

@@ -120,6 +120,7 @@ typedef struct res {
   int n;
   char values[16][32];
   uint64_t revisions[16];
+  uint32_t writers[16];
 } res;
 
 static void store_cb(void *arg, int status, const peerstore_record *rec) {
@@ -141,20 +142,22 @@ static int put(inst *in, const char *key, const char *value,
   rec.value = value;
   rec.value_size = strlen(value);
   rec.expiry = PEERSTORE_EXPIRY_NEVER;
-  assert_int_equal(desc->ops->store(in->p, &rec, opt, store_cb, &r), 0);
+  assert_int_equal(desc->ops->store(in->p, &rec, 1000, opt, store_cb, &r),
+                   0);
   assert_int_equal(harness_run_until(&in->loop, &r.done, TIMEOUT), 0);
   if (revision != NULL)
     *revision = r.revision;
   return r.status;
 }
 
-static void rec_cb(void *arg, const peerstore_record *rec) {
+static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
   res *r = arg;
 
   if (r->n < 16) {
     snprintf(r->values[r->n], sizeof(r->values[0]), "%.*s",
              (int)rec->value_size, (const char *)rec->value);
     r->revisions[r->n] = rec->revision;
+    r->writers[r->n] = writer;
   }
   r->n++;
 }
@@ -247,7 +250,7 @@ static void test_reopen_keeps_records_and_revisions(void **state) {
   assert_int_equal(put(&in, "k", "a", PEERSTORE_MULTIPLE, &r1), 0);
   assert_int_equal(put(&in, "k", "b", PEERSTORE_MULTIPLE, &r2), 0);
   inst_close(&in);
-  assert_int_equal(sql_int("PRAGMA user_version"), 2);
+  assert_int_equal(sql_int("PRAGMA user_version"), 3);
   assert_int_equal(sql_int("PRAGMA application_id"), 0x50535452);
   assert_int_equal(
       sql_int("SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
@@ -256,6 +259,7 @@ static void test_reopen_keeps_records_and_revisions(void **state) {
   assert_int_equal(list(&in, "ss", &r), 0);
   assert_int_equal(r.n, 2);
   assert_string_equal(r.values[0], "a");
+  assert_int_equal(r.writers[0], 1000);
   assert_int_equal(r.revisions[1], r2);
   /* Revisions go on from where they were, never reused. */
   assert_int_equal(put(&in, "k", "c", PEERSTORE_REPLACE, &r3), 0);
@@ -279,6 +283,8 @@ static void test_migrate_v1(void **state) {
   assert_string_equal(r.values[0], "tcp:1");
   assert_string_equal(r.values[1], "udp:2");
   assert_string_equal(r.values[2], "tcp:3");
+  /* Who wrote them was not recorded in version 1. */
+  assert_int_equal(r.writers[0], PEERSTORE_WRITER_UNKNOWN);
   assert_true(r.revisions[0] < r.revisions[1]);
   assert_true(r.revisions[1] < r.revisions[2]);
   assert_int_equal(list(&in, "dht", &r), 0);
@@ -288,7 +294,7 @@ static void test_migrate_v1(void **state) {
   assert_int_equal(put(&in, "k", "new", PEERSTORE_REPLACE, &rev), 0);
   assert_int_equal(rev, 5);
   inst_close(&in);
-  assert_int_equal(sql_int("PRAGMA user_version"), 2);
+  assert_int_equal(sql_int("PRAGMA user_version"), 3);
   assert_int_equal(
       sql_int("SELECT count(*) FROM sqlite_master WHERE name = 'peerstoredata'"),
       0);

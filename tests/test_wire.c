@@ -208,10 +208,11 @@ static void test_record_roundtrip(void **state) {
   r.value_size = 5;
   r.expiry = 5;
   r.revision = 0x0102030405060708ull;
-  assert_int_equal(peerstore__put_record(&b, 3, &r), 0);
+  assert_int_equal(peerstore__put_record(&b, 3, &r, 1000), 0);
   body = body_of(&b, PEERSTORE_MSG_RECORD, 3, &n);
   assert_int_equal(peerstore__wire_record(body, n, &w), 0);
   assert_int_equal(w.rec.revision, r.revision);
+  assert_int_equal(w.writer, 1000);
   assert_int_equal(w.rec.expiry, 5);
   assert_memory_equal(w.rec.value, "value", 5);
   for (cut = 0; cut < n; cut++)

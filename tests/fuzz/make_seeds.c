@@ -50,7 +50,7 @@ int main(int argc, char **argv) {
   peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 6);
   save(dir, "session", &b);
   b.len = 0;
-  peerstore__put_record(&b, 1, &r);
+  peerstore__put_record(&b, 1, &r, 1000);
   peerstore__put_status(&b, PEERSTORE_MSG_STORE_RESULT, 1, 0, &rev);
   peerstore__put_status(&b, PEERSTORE_MSG_ITERATE_END, 4, 0, NULL);
   peerstore__put_error(&b, 0, PEERSTORE_EPROTO, "bad");
