@@ -728,7 +728,10 @@ static void connection_lost(peerstore_client *c, int status) {
   c->in.len = c->in.off = 0;
   c->out.len = c->out.off = 0;
   report(c, 0, status);
-  if (!reconnecting(c) || status == PEERSTORE_EVERSION || c->handles_closing) {
+  /* Retrying cannot help a client the service does not speak to or does
+   * not admit. */
+  if (!reconnecting(c) || status == PEERSTORE_EVERSION ||
+      status == PEERSTORE_EACCES || c->handles_closing) {
     fail_all(c, status);
     return;
   }

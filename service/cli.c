@@ -307,7 +307,6 @@ static int status_exit(int status) {
   case PEERSTORE_ECONNRESET:
   case PEERSTORE_EPIPE:
   case PEERSTORE_ENOTCONN:
-  case PEERSTORE_EACCES:
   case PEERSTORE_ESHUTDOWN:
     return EXIT_CONNECT;
   default:

@@ -328,6 +328,15 @@ void client_accept(server *s) {
   s->clients = c;
   s->n_clients++;
   s->stats.clients_total++;
+  if ((s->cfg->allow_uids.n > 0 || s->cfg->allow_gids.n > 0) &&
+      !config_id_match(&s->cfg->allow_uids, &s->cfg->allow_gids, c->uid,
+                       c->gid)) {
+    LOG_WARN("refusing uid %u gid %u pid %d: not in allow_uids/allow_gids",
+             (unsigned)c->uid, (unsigned)c->gid, (int)c->pid);
+    s->stats.refused++;
+    client_fail(c, PEERSTORE_EACCES, "not allowed to use this service");
+    return;
+  }
   if (s->n_clients > s->cfg->max_clients) {
     LOG_WARN("client limit (%u) reached; refusing uid %u pid %d",
              (unsigned)s->cfg->max_clients, (unsigned)c->uid, (int)c->pid);

@@ -7,6 +7,9 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +29,135 @@ void config_defaults(config *cfg) {
   cfg->write_timeout_ms = 60 * 1000;
   cfg->log_level = PEERSTORE_LOG_INFO;
   cfg->ready_fd = -1;
+  cfg->socket_gid = -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Access lists                                                        */
+
+static int resolve_user(const char *s, uint32_t *out) {
+  struct passwd *pw;
+  char *end;
+  unsigned long v;
+
+  if (strcmp(s, "self") == 0) {
+    *out = (uint32_t)getuid();
+    return 0;
+  }
+  v = strtoul(s, &end, 10);
+  if (*s != '\0' && *end == '\0' && v < UINT32_MAX) {
+    *out = (uint32_t)v;
+    return 0;
+  }
+  if ((pw = getpwnam(s)) == NULL)
+    return -1;
+  *out = (uint32_t)pw->pw_uid;
+  return 0;
+}
+
+static int resolve_group(const char *s, uint32_t *out) {
+  struct group *gr;
+  char *end;
+  unsigned long v;
+
+  if (strcmp(s, "self") == 0) {
+    *out = (uint32_t)getgid();
+    return 0;
+  }
+  v = strtoul(s, &end, 10);
+  if (*s != '\0' && *end == '\0' && v < UINT32_MAX) {
+    *out = (uint32_t)v;
+    return 0;
+  }
+  if ((gr = getgrnam(s)) == NULL)
+    return -1;
+  *out = (uint32_t)gr->gr_gid;
+  return 0;
+}
+
+static int idlist_add(idlist *l, uint32_t id) {
+  uint32_t *n = realloc(l->ids, (l->n + 1) * sizeof(*n));
+
+  if (n == NULL)
+    return -1;
+  n[l->n++] = id;
+  l->ids = n;
+  return 0;
+}
+
+/* Parses "a, b, @g, self" into users and groups; with gids NULL, every
+ * entry is read by kind (users when kind_group is 0, groups when 1). */
+static int parse_ids(const char *v, idlist *uids, idlist *gids,
+                     int kind_group) {
+  char *copy = strdup(v), *tok, *save = NULL;
+  int r = 0;
+
+  if (copy == NULL)
+    return -1;
+  for (tok = strtok_r(copy, ", \t", &save); tok != NULL && r == 0;
+       tok = strtok_r(NULL, ", \t", &save)) {
+    uint32_t id;
+    int group = kind_group;
+    if (gids != NULL && tok[0] == '@') {
+      group = 1;
+      tok++;
+    }
+    if (group)
+      r = resolve_group(tok, &id) || idlist_add(gids ? gids : uids, id);
+    else
+      r = resolve_user(tok, &id) || idlist_add(uids, id);
+  }
+  free(copy);
+  return r ? -1 : 0;
+}
+
+static int idlist_has(const idlist *l, uint32_t id) {
+  size_t i;
+
+  for (i = 0; i < l->n; i++)
+    if (l->ids[i] == id)
+      return 1;
+  return 0;
+}
+
+int config_id_match(const idlist *uids, const idlist *gids, uint32_t uid,
+                    uint32_t gid) {
+  return idlist_has(uids, uid) || idlist_has(gids, gid);
+}
+
+const write_rule *config_write_rule(const config *cfg, const char *ss) {
+  size_t i;
+
+  for (i = 0; i < cfg->n_write_rules; i++)
+    if (strcmp(cfg->write_rules[i].subsystem, ss) == 0)
+      return &cfg->write_rules[i];
+  return NULL;
+}
+
+int config_finish(config *cfg) {
+  size_t i;
+
+  for (i = 0; i < cfg->n_entries; i++) {
+    config_entry *e = &cfg->entries[i];
+    write_rule *r;
+
+    if (strcmp(e->section, "write") != 0)
+      continue;
+    r = realloc(cfg->write_rules,
+                (cfg->n_write_rules + 1) * sizeof(*cfg->write_rules));
+    if (r == NULL)
+      return -1;
+    cfg->write_rules = r;
+    r = &cfg->write_rules[cfg->n_write_rules++];
+    memset(r, 0, sizeof(*r));
+    r->subsystem = strdup(e->name);
+    if (r->subsystem == NULL || parse_ids(e->value, &r->uids, &r->gids, 0)) {
+      fprintf(stderr, "peerstored: [write] %s = %s: unknown user or group\n",
+              e->name, e->value);
+      return -1;
+    }
+  }
+  return 0;
 }
 
 int config_parse_size(const char *s, uint64_t *out) {
@@ -88,6 +220,17 @@ int config_set(config *cfg, const char *name, const char *v) {
     if (*v == '\0' || *end != '\0' || m > 0777)
       return -1;
     cfg->socket_mode = (unsigned)m;
+    return 0;
+  }
+  if (strcmp(name, "allow_uids") == 0)
+    return parse_ids(v, &cfg->allow_uids, NULL, 0);
+  if (strcmp(name, "allow_gids") == 0)
+    return parse_ids(v, &cfg->allow_gids, NULL, 1);
+  if (strcmp(name, "socket_group") == 0) {
+    uint32_t gid;
+    if (resolve_group(v, &gid) != 0)
+      return -1;
+    cfg->socket_gid = (int)gid;
     return 0;
   }
   if (strcmp(name, "log_level") == 0) {
@@ -209,6 +352,14 @@ void config_free(config *cfg) {
     free(cfg->entries[i].value);
   }
   free(cfg->entries);
+  for (i = 0; i < cfg->n_write_rules; i++) {
+    free(cfg->write_rules[i].subsystem);
+    free(cfg->write_rules[i].uids.ids);
+    free(cfg->write_rules[i].gids.ids);
+  }
+  free(cfg->write_rules);
+  free(cfg->allow_uids.ids);
+  free(cfg->allow_gids.ids);
   free(cfg->socket_path);
   free(cfg->plugin);
   free(cfg->plugin_dir);

@@ -74,6 +74,21 @@ static void reply_status(client *c, uint16_t type, uint32_t request,
   client_output_ready(c);
 }
 
+/* Store and remove in a subsystem with a [write] rule are for the users
+ * and groups it lists. */
+static int may_write(client *c, const char *subsystem) {
+  const write_rule *r = config_write_rule(c->srv->cfg, subsystem);
+
+  if (r == NULL || config_id_match(&r->uids, &r->gids, (uint32_t)c->uid,
+                                   (uint32_t)c->gid))
+    return 1;
+  c->srv->stats.refused++;
+  LOG_WARN("client %llu: uid %u gid %u may not write subsystem '%s'",
+           (unsigned long long)c->id, (unsigned)c->uid, (unsigned)c->gid,
+           subsystem);
+  return 0;
+}
+
 static void filter_to_plugin(const peerstore__filter *f,
                              peerstore_plugin_filter *pf) {
   pf->subsystem = f->subsystem;
@@ -148,6 +163,12 @@ static int on_store(client *c, const peerstore__header *h, const uint8_t *b) {
     return PEERSTORE_EPROTO;
   if (w.rec.value_size > s->cfg->max_value_size) {
     dispatch_store_too_big(c, h->request);
+    return 0;
+  }
+  if (!may_write(c, w.rec.subsystem)) {
+    uint64_t zero = 0;
+    reply_status(c, PEERSTORE_MSG_STORE_RESULT, h->request, PEERSTORE_EACCES,
+                 &zero);
     return 0;
   }
   if (s->stopping) {
@@ -374,6 +395,12 @@ static int on_remove(client *c, const peerstore__header *h,
 
   if (peerstore__wire_filter(b, h->body_len, &f, NULL) != 0)
     return PEERSTORE_EPROTO;
+  if (!may_write(c, f.subsystem)) {
+    uint64_t zero = 0;
+    reply_status(c, PEERSTORE_MSG_REMOVE_RESULT, h->request,
+                 PEERSTORE_EACCES, &zero);
+    return 0;
+  }
   if ((r = sreq_new(c, h->request)) == NULL)
     return PEERSTORE_ENOMEM;
   filter_to_plugin(&f, &pf);
@@ -386,7 +413,7 @@ static int on_remove(client *c, const peerstore__header *h,
 static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   server *s = c->srv;
   uint64_t records = 0, revision = 0;
-  peerstore_stat st[16];
+  peerstore_stat st[32];
   size_t n = 0;
 
   (void)b;
@@ -404,6 +431,7 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("watch_overflows", s->stats.overflows);
   STAT("protocol_errors", s->stats.protocol_errors);
   STAT("clients_stalled", s->stats.stalled);
+  STAT("refused", s->stats.refused);
   STAT("clients_total", s->stats.clients_total);
   STAT("purged", s->stats.purged);
   STAT("max_value_size", s->cfg->max_value_size);

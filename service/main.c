@@ -147,6 +147,10 @@ int main(int argc, char **argv) {
     config_free(&cfg);
     return 1;
   }
+  if (config_finish(&cfg) != 0) {
+    config_free(&cfg);
+    return 1;
+  }
   if (cfg.socket_path == NULL) {
     if (peerstore_default_socket_path(path, sizeof(path)) != 0 ||
         (cfg.socket_path = strdup(path)) == NULL) {

@@ -117,6 +117,9 @@ static int listen_socket(server *s) {
   umask(old);
   if (r == 0 && chmod(path, s->cfg->socket_mode) != 0)
     r = uv_translate_sys_error(errno);
+  if (r == 0 && s->cfg->socket_gid >= 0 &&
+      chown(path, (uid_t)-1, (gid_t)s->cfg->socket_gid) != 0)
+    r = uv_translate_sys_error(errno);
   if (r == 0)
     r = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
   if (r != 0) {

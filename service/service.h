@@ -26,6 +26,19 @@ typedef struct config_entry {
   char *value;
 } config_entry;
 
+/* uids or gids, from a list like "alice, 1001, self". */
+typedef struct idlist {
+  uint32_t *ids;
+  size_t n;
+} idlist;
+
+/* [write] SUBSYSTEM = users and @groups that may store and remove in it. */
+typedef struct write_rule {
+  char *subsystem;
+  idlist uids;
+  idlist gids;
+} write_rule;
+
 typedef struct config {
   char *socket_path;
   char *plugin;
@@ -42,6 +55,11 @@ typedef struct config {
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
   int log_level;
   int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
+  int socket_gid;            /* -1: leave the socket's group alone */
+  idlist allow_uids;         /* both empty: admit whoever can connect */
+  idlist allow_gids;
+  write_rule *write_rules;
+  size_t n_write_rules;
   /* Every key of the config file, for plugin options. */
   config_entry *entries;
   size_t n_entries;
@@ -59,6 +77,14 @@ int config_parse_size(const char *s, uint64_t *out);
 const char *config_get(const config *cfg, const char *section,
                        const char *name);
 void config_free(config *cfg);
+/* Builds the [write] rules from the file's entries; 0, or -1 after
+ * printing which entry is wrong. */
+int config_finish(config *cfg);
+/* 1 if uid or gid is in the lists (uid in uids, gid in gids). */
+int config_id_match(const idlist *uids, const idlist *gids, uint32_t uid,
+                    uint32_t gid);
+/* The rule for subsystem, or NULL when anyone admitted may write it. */
+const write_rule *config_write_rule(const config *cfg, const char *ss);
 
 /* ------------------------------------------------------------------ */
 /* Logging (log.c)                                                     */
@@ -164,6 +190,7 @@ typedef struct server_stats {
   uint64_t overflows;
   uint64_t protocol_errors;
   uint64_t stalled;
+  uint64_t refused; /* clients and writes refused by access rules */
   uint64_t clients_total;
   uint64_t purged;
 } server_stats;

@@ -196,6 +196,42 @@ if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
     && ok "sqlite: not-a-database refused, file untouched" || not_ok "sqlite: garbage file (rc $rc): $(cat "$dir/open.log")"
 fi
 
+# Access control: needs a second user, so only as root with setpriv.
+if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1; then
+  # Everything the other user runs must be reachable by it.
+  chmod 711 "$dir"
+  as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; }
+  as_nobody "$CLI" --help >/dev/null 2>&1 || { echo "# nobody cannot run $CLI; skipping access tests"; nobody_ok=no; }
+  if [ "${nobody_ok:-yes}" = yes ]; then
+    cat >"$dir/acl.ini" <<CONF
+[peerstored]
+socket_mode = 0666
+socket_group = nogroup
+[write]
+transport = self, @daemon
+CONF
+    start_service -c "$dir/acl.ini"
+    [ "$(stat -c %G "$sock")" = nogroup ] && ok "socket_group applied" || not_ok "socket_group: $(stat -c %G "$sock")"
+    check "acl: owner writes a guarded subsystem" 0 "" ps store -s transport -p $P1 -k k mine
+    check "acl: other uid may not (exit 4)" 4 "" as_nobody "$CLI" -S "$sock" store -s transport -p $P1 -k k theirs
+    grep -q "permission denied" "$dir/err" && ok "acl: refusal named" || not_ok "acl: refusal text: $(cat "$dir/err")"
+    check "acl: other uid may not remove either" 4 "" as_nobody "$CLI" -S "$sock" remove -s transport
+    check "acl: other uid reads" 0 "mine" as_nobody "$CLI" -S "$sock" get -s transport -p $P1 -k k
+    check "acl: other uid writes an open subsystem" 0 "" as_nobody "$CLI" -S "$sock" store -s open -p $P1 -k k theirs
+    check "acl: writer recorded" 0 '"writer":65534}' sh -c "'$CLI' -S '$sock' iterate -j -s open | grep -o '\"writer\":[0-9]*}'"
+    grep -q "uid 65534 gid 65534 may not write subsystem 'transport'" "$dir/service.log" && ok "acl: refusal logged with uid and subsystem" || not_ok "acl: no log line"
+    kill -TERM $svc; wait $svc; svc=
+    start_service -o socket_mode=0666 -o allow_uids=self
+    check "acl: admitted uid" 0 "" ps store -s s -p $P1 -k k v
+    check "acl: other uid refused at connect (exit 4)" 4 "" as_nobody "$CLI" -S "$sock" stats
+    grep -q "refusing uid 65534" "$dir/service.log" && ok "acl: connection refusal logged" || not_ok "acl: no connection log line"
+    kill -TERM $svc; wait $svc; svc=
+    start_service -o socket_mode=0666 -o allow_gids=nogroup
+    check "acl: admitted by group" 0 "" as_nobody "$CLI" -S "$sock" store -s s -p $P1 -k k v
+    kill -TERM $svc; wait $svc; svc=
+  fi
+fi
+
 "$PEERSTORED" --bogus 2>/dev/null
 [ $? = 1 ] && ok "service: bad flag exit 1" || not_ok "service: bad flag"
 
