@@ -35,33 +35,15 @@ void config_defaults(config *cfg) {
 /* ------------------------------------------------------------------ */
 /* Access lists                                                        */
 
-static int resolve_user(const char *s, uint32_t *out) {
+/* A user (group != 0: a group) by name, number or "self". */
+static int resolve_id(const char *s, int group, uint32_t *out) {
   struct passwd *pw;
-  char *end;
-  unsigned long v;
-
-  if (strcmp(s, "self") == 0) {
-    *out = (uint32_t)getuid();
-    return 0;
-  }
-  v = strtoul(s, &end, 10);
-  if (*s != '\0' && *end == '\0' && v < UINT32_MAX) {
-    *out = (uint32_t)v;
-    return 0;
-  }
-  if ((pw = getpwnam(s)) == NULL)
-    return -1;
-  *out = (uint32_t)pw->pw_uid;
-  return 0;
-}
-
-static int resolve_group(const char *s, uint32_t *out) {
   struct group *gr;
   char *end;
   unsigned long v;
 
   if (strcmp(s, "self") == 0) {
-    *out = (uint32_t)getgid();
+    *out = group ? (uint32_t)getgid() : (uint32_t)getuid();
     return 0;
   }
   v = strtoul(s, &end, 10);
@@ -69,9 +51,15 @@ static int resolve_group(const char *s, uint32_t *out) {
     *out = (uint32_t)v;
     return 0;
   }
-  if ((gr = getgrnam(s)) == NULL)
-    return -1;
-  *out = (uint32_t)gr->gr_gid;
+  if (group) {
+    if ((gr = getgrnam(s)) == NULL)
+      return -1;
+    *out = (uint32_t)gr->gr_gid;
+  } else {
+    if ((pw = getpwnam(s)) == NULL)
+      return -1;
+    *out = (uint32_t)pw->pw_uid;
+  }
   return 0;
 }
 
@@ -102,10 +90,8 @@ static int parse_ids(const char *v, idlist *uids, idlist *gids,
       group = 1;
       tok++;
     }
-    if (group)
-      r = resolve_group(tok, &id) || idlist_add(gids ? gids : uids, id);
-    else
-      r = resolve_user(tok, &id) || idlist_add(uids, id);
+    r = resolve_id(tok, group, &id) ||
+        idlist_add(group && gids ? gids : uids, id);
   }
   free(copy);
   return r ? -1 : 0;
@@ -228,7 +214,7 @@ int config_set(config *cfg, const char *name, const char *v) {
     return parse_ids(v, &cfg->allow_gids, NULL, 1);
   if (strcmp(name, "socket_group") == 0) {
     uint32_t gid;
-    if (resolve_group(v, &gid) != 0)
+    if (resolve_id(v, 1, &gid) != 0)
       return -1;
     cfg->socket_gid = (int)gid;
     return 0;
