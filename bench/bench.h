@@ -1,0 +1,47 @@
+/* bench.h - shared pieces of the benchmark program. */
+#ifndef PEERSTORE_BENCH_H
+#define PEERSTORE_BENCH_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "harness.h"
+#include "peerstore.h"
+
+#define PEERS 1000
+#define KEYS 100
+#define VALUE_SIZE 64
+
+typedef struct bench_opts {
+  const char *sync_mode; /* NORMAL or FULL, for the sqlite figures */
+  int records;           /* W2's record count (default 100,000) */
+  double seconds;        /* time budget of open-ended loops */
+  int big;               /* also run W3 at 1,000,000 records */
+  char dir[256];         /* scratch directory */
+} bench_opts;
+
+extern bench_opts bench;
+
+double bench_now(void);
+void bench_die(const char *what);
+/* Record i of the W2 set: peer i / KEYS, key "key-(i % KEYS)". */
+void bench_record(int i, peerstore_peer_id *p, char *key, size_t keylen);
+/* Prints one row: figure, value and unit, the limit it is compared with,
+ * and the ratio (higher is better unless lower_better). */
+void bench_row(const char *figure, double value, const char *unit,
+               const char *limit_name, double limit, int lower_better);
+/* A row without a limit to compare with. */
+void bench_fact(const char *figure, double value, const char *unit);
+
+/* limits.c: the machine's raw limits, measured in this run. */
+double limit_pingpong_blocking(void);   /* round trips/s */
+double limit_pingpong_libuv(void);      /* round trips/s */
+double limit_stream_per_message(void);  /* messages/s */
+double limit_sqlite_inserts(int n, int rows_per_tx); /* rows/s */
+double limit_hash_inserts(int n);       /* inserts/s */
+
+/* workloads.c: through a real peerstored. */
+void workloads_memory(void);
+void workloads_sqlite(void);
+
+#endif

@@ -1,0 +1,439 @@
+/* workloads.c - the fixed workloads, through a real peerstored, each
+ * printed beside the limit it is compared with (see bench/README.md). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+/* ------------------------------------------------------------------ */
+/* Plumbing                                                            */
+
+typedef struct ctx {
+  uv_loop_t loop;
+  peerstore_client *c;
+  int acks;
+  int failed;
+  int done;
+  int count;
+  int limit;
+  double deadline;
+} ctx;
+
+static void ctx_open(ctx *x, harness_svc *svc) {
+  memset(x, 0, sizeof(*x));
+  uv_loop_init(&x->loop);
+  x->c = peerstore_connect(&x->loop, svc->socket_path);
+  if (x->c == NULL)
+    bench_die("connect");
+}
+
+static void ctx_close(ctx *x) {
+  peerstore_disconnect(x->c, 0);
+  uv_run(&x->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&x->loop);
+}
+
+static void ack_cb(void *arg, int status) {
+  ctx *x = arg;
+
+  x->acks++;
+  if (status != 0)
+    x->failed++;
+}
+
+static void store_one(ctx *x, int i, const void *value, size_t size,
+                      peerstore_store_cb cb) {
+  peerstore_peer_id p;
+  char key[32];
+
+  bench_record(i, &p, key, sizeof(key));
+  if (peerstore_store(x->c, "bench", &p, key, value, size,
+                      PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, cb,
+                      x) == NULL)
+    bench_die("store refused");
+}
+
+static void wait_for(ctx *x, int *counter, int target) {
+  if (harness_run_until_ge(&x->loop, counter, target, 600000) != 0)
+    bench_die("timed out");
+}
+
+/* W2: n stores issued at once; stores per second. */
+static double pipelined(harness_svc *svc, int n) {
+  static uint8_t value[VALUE_SIZE];
+  ctx x;
+  double t0;
+  int i;
+
+  ctx_open(&x, svc);
+  t0 = bench_now();
+  for (i = 0; i < n; i++) {
+    value[0] = (uint8_t)i;
+    store_one(&x, i, value, sizeof(value), ack_cb);
+  }
+  wait_for(&x, &x.acks, n);
+  if (x.failed)
+    bench_die("pipelined stores failed");
+  t0 = n / (bench_now() - t0);
+  ctx_close(&x);
+  return t0;
+}
+
+static void seq_cb(void *arg, int status) {
+  static uint8_t value[VALUE_SIZE];
+  ctx *x = arg;
+
+  if (status != 0)
+    bench_die("sequential store failed");
+  x->acks++;
+  if (x->acks < x->limit && bench_now() < x->deadline)
+    store_one(x, x->acks, value, sizeof(value), seq_cb);
+  else
+    x->done = 1;
+}
+
+/* Each store awaited before the next; stores per second. */
+static double sequential(harness_svc *svc, int n) {
+  static uint8_t value[VALUE_SIZE];
+  ctx x;
+  double t0, r;
+
+  ctx_open(&x, svc);
+  x.limit = n;
+  t0 = bench_now();
+  x.deadline = t0 + bench.seconds;
+  store_one(&x, 0, value, sizeof(value), seq_cb);
+  wait_for(&x, &x.done, 1);
+  r = x.acks / (bench_now() - t0);
+  ctx_close(&x);
+  return r;
+}
+
+static long status_kb(const harness_svc *s, const char *field) {
+  char path[64], line[256], fmt[64];
+  long kb = -1;
+  FILE *f;
+
+  snprintf(path, sizeof(path), "/proc/%d/status", (int)s->pid);
+  snprintf(fmt, sizeof(fmt), "%s: %%ld kB", field);
+  if ((f = fopen(path, "r")) == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (sscanf(line, fmt, &kb) == 1)
+      break;
+  fclose(f);
+  return kb;
+}
+
+/* Resets the process's peak RSS (VmHWM) to its current RSS. */
+static void reset_peak(const harness_svc *s) {
+  char path[64];
+  FILE *f;
+
+  snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)s->pid);
+  if ((f = fopen(path, "w")) != NULL) {
+    fputs("5", f);
+    fclose(f);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* W1: store-watch chain                                               */
+
+typedef struct chain {
+  ctx x;
+  peerstore_peer_id p;
+  int n;
+  int target;
+} chain;
+
+static void chain_store(chain *ch) {
+  uint32_t v = (uint32_t)ch->n;
+
+  if (peerstore_store(ch->x.c, "chain", &ch->p, "k", &v, sizeof(v),
+                      PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, NULL,
+                      NULL) == NULL)
+    bench_die("store refused");
+}
+
+static void chain_cb(void *arg, const peerstore_record *rec, int status) {
+  chain *ch = arg;
+
+  if (rec == NULL)
+    bench_die(peerstore_strerror(status));
+  if (++ch->n < ch->target)
+    chain_store(ch);
+  else
+    ch->x.done = 1;
+}
+
+static double w1_chain(harness_svc *svc, int n) {
+  chain ch;
+  double t0, r;
+
+  memset(&ch, 0, sizeof(ch));
+  ctx_open(&ch.x, svc);
+  ch.target = n;
+  if (peerstore_watch(ch.x.c, "chain", &ch.p, "k", chain_cb, &ch) == NULL)
+    bench_die("watch");
+  t0 = bench_now();
+  chain_store(&ch);
+  wait_for(&ch.x, &ch.x.done, 1);
+  r = n / (bench_now() - t0);
+  ctx_close(&ch.x);
+  return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* W3: iterations                                                      */
+
+typedef struct iter {
+  ctx *x;
+  int records;
+  int ended;
+} iter;
+
+static void iter_cb(void *arg, const peerstore_record *rec, int status) {
+  iter *it = arg;
+
+  if (rec != NULL) {
+    it->records++;
+    return;
+  }
+  if (status != 0)
+    bench_die(peerstore_strerror(status));
+  it->x->done++;
+}
+
+/* n iterations at once, filtered by peer (by_peer) or key; returns
+ * iterations per second and the records they returned. */
+static double iterate_many(harness_svc *svc, int n, int by_peer,
+                           long *records) {
+  iter *its = calloc((size_t)n, sizeof(*its));
+  ctx x;
+  double t0, r;
+  int i;
+
+  ctx_open(&x, svc);
+  t0 = bench_now();
+  for (i = 0; i < n; i++) {
+    peerstore_peer_id p;
+    char key[32];
+    bench_record(by_peer ? i * KEYS : i, &p, key, sizeof(key));
+    its[i].x = &x;
+    if (peerstore_iterate(x.c, "bench", by_peer ? &p : NULL,
+                          by_peer ? NULL : key, iter_cb, &its[i]) == NULL)
+      bench_die("iterate refused");
+  }
+  wait_for(&x, &x.done, n);
+  r = n / (bench_now() - t0);
+  for (i = 0, *records = 0; i < n; i++)
+    *records += its[i].records;
+  ctx_close(&x);
+  free(its);
+  return r;
+}
+
+static double iterate_all(harness_svc *svc, long *records) {
+  iter it = {0};
+  ctx x;
+  double t0, r;
+
+  ctx_open(&x, svc);
+  it.x = &x;
+  t0 = bench_now();
+  if (peerstore_iterate(x.c, "bench", NULL, NULL, iter_cb, &it) == NULL)
+    bench_die("iterate refused");
+  wait_for(&x, &x.done, 1);
+  r = it.records / (bench_now() - t0);
+  *records = it.records;
+  ctx_close(&x);
+  return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* W4: fan-out                                                         */
+
+#define FANOUT 50
+
+typedef struct fan {
+  ctx writer;
+  uv_loop_t *loop;
+  peerstore_client *watchers[FANOUT];
+  peerstore_peer_id p;
+  double *lat;
+  int nlat;
+  int stores;
+  int target;
+} fan;
+
+static void fan_store(fan *f) {
+  double now = bench_now();
+
+  if (peerstore_store(f->writer.c, "fan", &f->p, "k", &now, sizeof(now),
+                      PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, NULL,
+                      NULL) == NULL)
+    bench_die("store refused");
+}
+
+static void fan_cb(void *arg, const peerstore_record *rec, int status) {
+  fan *f = arg;
+  double sent;
+
+  if (rec == NULL)
+    bench_die(peerstore_strerror(status));
+  memcpy(&sent, rec->value, sizeof(sent));
+  f->lat[f->nlat++] = bench_now() - sent;
+  /* The next store once every watcher has this one. */
+  if (f->nlat % FANOUT == 0) {
+    if (++f->stores < f->target)
+      fan_store(f);
+    else
+      f->writer.done = 1;
+  }
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void w4_fanout(harness_svc *svc, int n, double *rate, double *p50,
+                      double *p99) {
+  fan f;
+  double t0;
+  int i;
+
+  memset(&f, 0, sizeof(f));
+  ctx_open(&f.writer, svc);
+  f.target = n;
+  f.lat = calloc((size_t)n * FANOUT, sizeof(*f.lat));
+  for (i = 0; i < FANOUT; i++) {
+    f.watchers[i] = peerstore_connect(&f.writer.loop, svc->socket_path);
+    if (peerstore_watch(f.watchers[i], "fan", &f.p, "k", fan_cb, &f) == NULL)
+      bench_die("watch");
+  }
+  /* A round trip on every watcher: their watches are registered. */
+  for (i = 0; i < FANOUT; i++)
+    peerstore_remove(f.watchers[i], "none", NULL, NULL, NULL, NULL);
+  {
+    int never = 0;
+    (void)harness_run_until(&f.writer.loop, &never, 200);
+  }
+  t0 = bench_now();
+  fan_store(&f);
+  wait_for(&f.writer, &f.writer.done, 1);
+  *rate = f.nlat / (bench_now() - t0);
+  qsort(f.lat, (size_t)f.nlat, sizeof(*f.lat), cmp_double);
+  *p50 = f.lat[f.nlat / 2];
+  *p99 = f.lat[(size_t)f.nlat * 99 / 100];
+  for (i = 0; i < FANOUT; i++)
+    peerstore_disconnect(f.watchers[i], 0);
+  free(f.lat);
+  ctx_close(&f.writer);
+}
+
+/* ------------------------------------------------------------------ */
+/* The memory plugin                                                   */
+
+void workloads_memory(void) {
+  double pingpong = limit_pingpong_libuv(), stream = limit_stream_per_message();
+  double hash = limit_hash_inserts(bench.records);
+  double w1, w2, w3, rate, p50, p99, per_peer, per_key;
+  long before, after, peak, n, recs;
+  harness_svc svc;
+
+  bench_row("limit: ping-pong, blocking", limit_pingpong_blocking(),
+            "rt/s", "-", 0, 0);
+  if (harness_start(&svc, NULL) != 0)
+    bench_die("cannot start peerstored");
+  w1 = w1_chain(&svc, 10000);
+  bench_row("W1 store-watch chain", w1, "rt/s", "libuv ping-pong", pingpong,
+            0);
+  before = status_kb(&svc, "VmRSS");
+  w2 = pipelined(&svc, bench.records);
+  bench_row("W2 pipelined stores", w2, "/s", "stream, 1 write/msg", stream,
+            0);
+  bench_row("W2 pipelined stores", w2, "/s", "hash table inserts", hash, 0);
+  after = status_kb(&svc, "VmRSS");
+  bench_fact("W5 service memory per record", (after - before) * 1024.0 /
+                                                 bench.records,
+             "B");
+  reset_peak(&svc);
+  before = status_kb(&svc, "VmRSS");
+  w3 = iterate_all(&svc, &n);
+  peak = status_kb(&svc, "VmHWM");
+  bench_fact("W3 iterate (ss), records", w3, "rec/s");
+  bench_fact("W5 peak over W3 (service)", (double)(peak - before), "KiB");
+  per_peer = iterate_many(&svc, PEERS, 1, &recs);
+  bench_fact("W3 iterate (ss, peer) x 1,000", per_peer, "it/s");
+  per_key = iterate_many(&svc, KEYS, 0, &recs);
+  bench_fact("W3 iterate (ss, key) x 100", per_key, "it/s");
+  w4_fanout(&svc, 1000, &rate, &p50, &p99);
+  bench_fact("W4 fan-out 50 watchers", rate, "notif/s");
+  bench_fact("W4 latency median", p50 * 1e6, "us");
+  bench_fact("W4 latency p99", p99 * 1e6, "us");
+  harness_stop(&svc);
+
+  if (bench.big) {
+    /* The same filters over ten times the records: the cost per returned
+     * record must not grow with the store. */
+    double r100k_peer = per_peer * KEYS, r100k_key = per_key * PEERS;
+    int saved = bench.records;
+
+    if (harness_start(&svc, NULL) != 0)
+      bench_die("cannot start peerstored");
+    bench.records = 1000000;
+    (void)pipelined(&svc, bench.records);
+    bench.records = saved;
+    w3 = iterate_all(&svc, &n);
+    bench_fact("W3 iterate (ss) at 1M, records", w3, "rec/s");
+    per_peer = iterate_many(&svc, PEERS, 1, &recs) * (recs / PEERS);
+    bench_row("W3 (ss, peer) records/s at 1M", per_peer, "rec/s",
+              "same at 100k", r100k_peer, 0);
+    per_key = iterate_many(&svc, KEYS, 0, &recs) * (recs / (double)KEYS);
+    bench_row("W3 (ss, key) records/s at 1M", per_key, "rec/s",
+              "same at 100k", r100k_key, 0);
+    harness_stop(&svc);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* The sqlite plugin                                                   */
+
+static int start_sqlite(harness_svc *svc, const char *db, const char *conf) {
+  const char *args[8] = {"--plugin", "sqlite", "--database", db, "-c", conf,
+                         NULL};
+  return harness_start(svc, args);
+}
+
+void workloads_sqlite(void) {
+  double raw_batch = limit_sqlite_inserts(bench.records, 1000);
+  double raw_row = limit_sqlite_inserts(bench.records, 1);
+  char db[300], conf[300];
+  harness_svc svc;
+  struct stat st;
+  double w2;
+  FILE *f;
+
+  snprintf(db, sizeof(db), "%s/service.db", bench.dir);
+  snprintf(conf, sizeof(conf), "%s/bench.ini", bench.dir);
+  if ((f = fopen(conf, "w")) == NULL)
+    bench_die("cannot write config");
+  fprintf(f, "[plugin]\nsynchronous = %s\n", bench.sync_mode);
+  fclose(f);
+  if (start_sqlite(&svc, db, conf) != 0)
+    bench_die("cannot start peerstored with the sqlite plugin");
+  w2 = pipelined(&svc, bench.records);
+  bench_row("sqlite: W2 pipelined stores", w2, "/s",
+            "raw inserts, 1000 rows/tx", raw_batch, 0);
+  bench_row("sqlite: sequential stores", sequential(&svc, bench.records),
+            "/s", "raw inserts, 1 row/tx", raw_row, 0);
+  harness_stop(&svc); /* checkpoints: the file holds everything */
+  if (stat(db, &st) == 0)
+    bench_fact("W5 database bytes per record",
+               (double)st.st_size / bench.records, "B");
+}
