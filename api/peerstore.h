@@ -271,6 +271,10 @@ PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_remove_cb cb, void *arg);
 
+/* As peerstore_store_set_timeout. */
+PEERSTORE_EXTERN void peerstore_remove_set_timeout(peerstore_remove_op *op,
+                                                   uint64_t ms);
+
 /* Service counters, for monitoring and the CLI's "stats". */
 typedef struct peerstore_stat {
   const char *name;
@@ -285,10 +289,6 @@ typedef struct peerstore_stats_op peerstore_stats_op;
 PEERSTORE_EXTERN peerstore_stats_op *peerstore_stats(peerstore_client *c,
                                                      peerstore_stats_cb cb,
                                                      void *arg);
-
-/* As peerstore_store_set_timeout. */
-PEERSTORE_EXTERN void peerstore_remove_set_timeout(peerstore_remove_op *op,
-                                                   uint64_t ms);
 
 /* ------------------------------------------------------------------ */
 /* Peer ids in text                                                    */

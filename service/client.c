@@ -7,9 +7,11 @@
  * Output: replies are appended to c->out and written by the server's idle
  * callback once per loop turn, so a burst of requests costs one write.
  * While one write is in flight, new output collects in c->out.  When a
- * client's queued output passes the soft limit its requests are no longer
- * read (backpressure) until the queue halves; watches are bounded
- * separately in watch.c.
+ * client's queued output passes the soft limit, or it has max_inflight
+ * requests waiting for the plugin, its requests are no longer read
+ * (backpressure) until both are below half; watches are bounded
+ * separately in watch.c, and a client whose output does not move for
+ * write_timeout is disconnected (client_check_stalled).
  */
 #include <stdlib.h>
 #include <string.h>
