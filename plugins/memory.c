@@ -16,6 +16,11 @@
  *
  * Expiring records are also kept in a min-heap on expiry, so a purge costs
  * time in the number of expired records, not the size of the store.
+ *
+ * Memory matters here (a store can hold millions of records): a triple
+ * keeps only the head of its list, since it rarely holds more than a few
+ * values and appending may walk them, and record fields are no wider than
+ * their limits need.
  */
 #include <stdarg.h>
 #include <stdlib.h>
@@ -56,7 +61,7 @@ struct key_node {
 
 struct triple {
   peerstore__hnode h;
-  struct mlist l;
+  struct mrec *first; /* its values, oldest first; no tail pointer */
   struct peer_node *pn;
   struct key_node *kn;
 };
@@ -67,15 +72,15 @@ struct mrec {
   struct triple *t; /* dangling once dead: never followed then */
   uint64_t revision;
   uint64_t expiry;
-  size_t heap_idx; /* NOT_IN_HEAP for records that never expire */
-  size_t value_size;
-  uint32_t refs; /* cursor pins + dead predecessors pointing here */
+  uint32_t heap_idx; /* NOT_IN_HEAP for records that never expire */
+  uint32_t value_size; /* at most PEERSTORE_VALUE_MAX_HARD */
   uint32_t writer;
-  uint32_t dead;
+  uint32_t refs : 31; /* cursor pins + dead predecessors pointing here */
+  uint32_t dead : 1;
   uint8_t value[];
 };
 
-#define NOT_IN_HEAP SIZE_MAX
+#define NOT_IN_HEAP UINT32_MAX
 
 typedef struct mem {
   peerstore__hmap ss;
@@ -106,7 +111,7 @@ static int heap_less(const struct mrec *a, const struct mrec *b) {
 
 static void heap_set(mem *m, size_t i, struct mrec *r) {
   m->heap[i] = r;
-  r->heap_idx = i;
+  r->heap_idx = (uint32_t)i;
 }
 
 static void heap_up(mem *m, size_t i) {
@@ -260,7 +265,7 @@ static struct triple *triple_find(mem *m, struct peer_node *pn,
  * Any argument may be NULL. */
 static void groups_gc(mem *m, struct ss_node *ss, struct peer_node *pn,
                       struct key_node *kn, struct triple *t) {
-  if (t != NULL && t->l.first == NULL) {
+  if (t != NULL && t->first == NULL) {
     peerstore__hmap_remove(&m->triples, &t->h);
     free(t);
   }
@@ -278,16 +283,15 @@ static void groups_gc(mem *m, struct ss_node *ss, struct peer_node *pn,
   }
 }
 
+/* The list head of one of the three groups with a tail (not L_TRIPLE). */
 static struct mlist *rec_list(struct triple *t, int l) {
   switch (l) {
   case L_SS:
     return &t->pn->ss->l;
   case L_PEER:
     return &t->pn->l;
-  case L_KEY:
-    return &t->kn->l;
   default:
-    return &t->l;
+    return &t->kn->l;
   }
 }
 
@@ -295,9 +299,18 @@ static struct mlist *rec_list(struct triple *t, int l) {
 /* Records                                                             */
 
 static void rec_append(struct mrec *r) {
+  struct mrec **pp = &r->t->first, *prev = NULL;
   int l;
 
-  for (l = 0; l < L_COUNT; l++) {
+  /* The triple's list: walk its few values to the end. */
+  while (*pp != NULL) {
+    prev = *pp;
+    pp = &prev->next[L_TRIPLE];
+  }
+  *pp = r;
+  r->prev[L_TRIPLE] = prev;
+  r->next[L_TRIPLE] = NULL;
+  for (l = 0; l < L_TRIPLE; l++) {
     struct mlist *ls = rec_list(r->t, l);
     r->next[l] = NULL;
     r->prev[l] = ls->last;
@@ -312,7 +325,13 @@ static void rec_append(struct mrec *r) {
 static void rec_detach(struct mrec *r) {
   int l;
 
-  for (l = 0; l < L_COUNT; l++) {
+  if (r->prev[L_TRIPLE] != NULL)
+    r->prev[L_TRIPLE]->next[L_TRIPLE] = r->next[L_TRIPLE];
+  else
+    r->t->first = r->next[L_TRIPLE];
+  if (r->next[L_TRIPLE] != NULL)
+    r->next[L_TRIPLE]->prev[L_TRIPLE] = r->prev[L_TRIPLE];
+  for (l = 0; l < L_TRIPLE; l++) {
     struct mlist *ls = rec_list(r->t, l);
     if (r->prev[l] != NULL)
       r->prev[l]->next[l] = r->next[l];
@@ -431,7 +450,7 @@ static void mem_close(void *instance) {
   for (i = 0; i <= m->triples.mask; i++) {
     peerstore__hnode *e = m->triples.buckets[i];
     for (; e != NULL; e = e->next) {
-      struct mrec *r = ((struct triple *)e)->l.first, *next;
+      struct mrec *r = ((struct triple *)e)->first, *next;
       for (; r != NULL; r = next) {
         next = r->next[L_TRIPLE];
         free(r);
@@ -455,7 +474,7 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->t = t;
   r->expiry = expiry;
   r->heap_idx = NOT_IN_HEAP;
-  r->value_size = size;
+  r->value_size = (uint32_t)size;
   r->refs = 0;
   r->dead = 0;
   r->writer = writer;
@@ -519,7 +538,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
     goto fail;
 
   if (option == PEERSTORE_MULTIPLE) {
-    for (old = t->l.first; old != NULL; old = old->next[L_TRIPLE]) {
+    for (old = t->first; old != NULL; old = old->next[L_TRIPLE]) {
       if (old->value_size == rec->value_size &&
           memcmp(old->value, rec->value, rec->value_size) == 0) {
         r = rec_refresh(m, old, rec->expiry, writer);
@@ -534,7 +553,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
   if (r == NULL)
     goto fail;
   if (option == PEERSTORE_REPLACE) {
-    for (old = t->l.first; old != r; old = next) {
+    for (old = t->first; old != r; old = next) {
       next = old->next[L_TRIPLE];
       rec_remove(m, old);
     }
@@ -550,8 +569,9 @@ fail:
   return 0;
 }
 
-/* The list a filter selects, or NULL if nothing can match. */
-static struct mlist *filter_list(mem *m, const peerstore_plugin_filter *f,
+/* The head of the list a filter selects (its first-record pointer), or
+ * NULL if nothing can match. */
+static struct mrec **filter_list(mem *m, const peerstore_plugin_filter *f,
                                  int *which) {
   struct ss_node *ss = ss_find(m, f->subsystem, 0);
   struct peer_node *pn = NULL;
@@ -567,34 +587,34 @@ static struct mlist *filter_list(mem *m, const peerstore_plugin_filter *f,
   if (pn != NULL && kn != NULL) {
     t = triple_find(m, pn, kn, 0);
     *which = L_TRIPLE;
-    return t ? &t->l : NULL;
+    return t ? &t->first : NULL;
   }
   if (pn != NULL) {
     *which = L_PEER;
-    return &pn->l;
+    return &pn->l.first;
   }
   if (kn != NULL) {
     *which = L_KEY;
-    return &kn->l;
+    return &kn->l.first;
   }
   *which = L_SS;
-  return &ss->l;
+  return &ss->l.first;
 }
 
 static int mem_iterate_open(void *instance, const peerstore_plugin_filter *f,
                             uint64_t now, peerstore_plugin_cursor **out) {
   mem *m = instance;
   peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
-  struct mlist *ls;
+  struct mrec **head;
 
   if (c == NULL)
     return PEERSTORE_ENOMEM;
   c->m = m;
   c->now = now;
   c->max_revision = m->revision;
-  ls = filter_list(m, f, &c->list);
-  if (ls != NULL && ls->first != NULL) {
-    c->next = ls->first;
+  head = filter_list(m, f, &c->list);
+  if (head != NULL && *head != NULL) {
+    c->next = *head;
     c->next->refs++;
   }
   *out = c;
@@ -646,13 +666,13 @@ static int mem_remove(void *instance, const peerstore_plugin_filter *f,
                       peerstore_plugin_count_cb cb, void *arg) {
   mem *m = instance;
   int which;
-  struct mlist *ls = filter_list(m, f, &which);
+  struct mrec **head = filter_list(m, f, &which);
   uint64_t n = 0;
 
-  while (ls != NULL && ls->first != NULL) {
-    /* The list itself may be freed with its last record. */
-    int last = ls->first == ls->last;
-    rec_remove_gc(m, ls->first);
+  while (head != NULL && *head != NULL) {
+    /* The list's node is freed with its last record. */
+    int last = (*head)->next[which] == NULL;
+    rec_remove_gc(m, *head);
     n++;
     if (last)
       break;
