@@ -39,6 +39,7 @@ double limit_pingpong_libuv(void);      /* round trips/s */
 double limit_stream_per_message(void);  /* messages/s */
 double limit_sqlite_inserts(int n, int rows_per_tx); /* rows/s */
 double limit_hash_inserts(int n);       /* inserts/s */
+void bench_make_db(const char *path, int n);
 
 /* workloads.c: through a real peerstored. */
 void workloads_memory(void);
