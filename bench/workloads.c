@@ -112,22 +112,6 @@ static double sequential(harness_svc *svc, int n) {
   return r;
 }
 
-static long status_kb(const harness_svc *s, const char *field) {
-  char path[64], line[256], fmt[64];
-  long kb = -1;
-  FILE *f;
-
-  snprintf(path, sizeof(path), "/proc/%d/status", (int)s->pid);
-  snprintf(fmt, sizeof(fmt), "%s: %%ld kB", field);
-  if ((f = fopen(path, "r")) == NULL)
-    return -1;
-  while (fgets(line, sizeof(line), f) != NULL)
-    if (sscanf(line, fmt, &kb) == 1)
-      break;
-  fclose(f);
-  return kb;
-}
-
 /* Resets the process's peak RSS (VmHWM) to its current RSS. */
 static void reset_peak(const harness_svc *s) {
   char path[64];
@@ -367,19 +351,19 @@ void workloads_memory(void) {
   w1 = w1_chain(&svc, 10000);
   bench_row("W1 store-watch chain", w1, "rt/s", "libuv ping-pong", pingpong,
             0);
-  before = status_kb(&svc, "VmRSS");
+  before = harness_status_kb(&svc, "VmRSS");
   w2 = pipelined(&svc, bench.records);
   bench_row("W2 pipelined stores", w2, "/s", "stream, 1 write/msg", stream,
             0);
   bench_row("W2 pipelined stores", w2, "/s", "hash table inserts", hash, 0);
-  after = status_kb(&svc, "VmRSS");
+  after = harness_status_kb(&svc, "VmRSS");
   bench_fact("W5 service memory per record", (after - before) * 1024.0 /
                                                  bench.records,
              "B");
   reset_peak(&svc);
-  before = status_kb(&svc, "VmRSS");
+  before = harness_status_kb(&svc, "VmRSS");
   w3 = iterate_all(&svc, &n);
-  peak = status_kb(&svc, "VmHWM");
+  peak = harness_status_kb(&svc, "VmHWM");
   bench_fact("W3 iterate (ss), records", w3, "rec/s");
   bench_fact("W5 peak over W3 (service)", (double)(peak - before), "KiB");
   per_peer = iterate_many(&svc, PEERS, 1, &recs);

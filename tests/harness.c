@@ -192,19 +192,24 @@ int harness_drain(uv_loop_t *loop, unsigned timeout_ms) {
   return u.timed_out ? -1 : 0;
 }
 
-long harness_rss_kb(const harness_svc *s) {
-  char path[64], line[256];
+long harness_status_kb(const harness_svc *s, const char *field) {
+  char path[64], line[256], fmt[64];
   long kb = -1;
   FILE *f;
 
   snprintf(path, sizeof(path), "/proc/%d/status", (int)s->pid);
+  snprintf(fmt, sizeof(fmt), "%s: %%ld kB", field);
   if ((f = fopen(path, "r")) == NULL)
     return -1;
   while (fgets(line, sizeof(line), f) != NULL)
-    if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+    if (sscanf(line, fmt, &kb) == 1)
       break;
   fclose(f);
   return kb;
+}
+
+long harness_rss_kb(const harness_svc *s) {
+  return harness_status_kb(s, "VmRSS");
 }
 
 int harness_raw_connect(const char *path) {

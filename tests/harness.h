@@ -39,6 +39,8 @@ int harness_run_until_ge(uv_loop_t *loop, const int *counter, int target,
  * timeout_ms. */
 int harness_drain(uv_loop_t *loop, unsigned timeout_ms);
 
+/* A "kB" line of the service's /proc status (VmRSS, VmHWM, ...), or -1. */
+long harness_status_kb(const harness_svc *s, const char *field);
 /* The service's resident memory in KiB, or -1. */
 long harness_rss_kb(const harness_svc *s);
 
