@@ -39,6 +39,18 @@ static int client_has_room(const client *c) {
 
 void client_ref(client *c) { c->refs++; }
 
+void client_set_backlog(client *c, int on) {
+  if (c->in_backlog == (unsigned)(on != 0))
+    return;
+  c->in_backlog = on != 0;
+  if (on) {
+    c->srv->n_backlog++;
+    server_kick(c->srv);
+  } else {
+    c->srv->n_backlog--;
+  }
+}
+
 void client_unref(client *c) {
   if (--c->refs > 0)
     return;
@@ -63,6 +75,7 @@ void client_close(client *c) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   s->n_clients--;
+  client_set_backlog(c, 0);
   watch_end_all(c, 0);
   iter_end_all(c, 0);
   LOG_DEBUG("client %llu closed", (unsigned long long)c->id);
@@ -135,8 +148,7 @@ void client_resume(client *c) {
   if (!c->reading && !s->stopping && client_has_room(c)) {
     start_reading(c);
     /* Frames read before the pause are still waiting in the buffer. */
-    c->in_backlog = 1;
-    server_kick(s);
+    client_set_backlog(c, 1);
   }
   for (it = c->iters; it != NULL; it = next) {
     next = it->next;
@@ -259,9 +271,8 @@ void client_process_input(client *c) {
           uv_read_stop((uv_stream_t *)&c->pipe);
           c->reading = 0;
         }
-      } else if (!c->in_backlog) {
-        c->in_backlog = 1;
-        server_kick(s);
+      } else {
+        client_set_backlog(c, 1);
       }
       break;
     }

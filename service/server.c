@@ -138,10 +138,10 @@ static int listen_socket(server *s) {
 static int all_quiet(server *s) {
   client *c;
 
-  if (s->inflight > 0)
+  if (s->inflight > 0 || s->n_backlog > 0)
     return 0;
   for (c = s->clients; c != NULL; c = c->next)
-    if (c->writing || c->out.len > 0 || c->in_backlog)
+    if (c->writing || c->out.len > 0)
       return 0;
   return 1;
 }
@@ -152,11 +152,12 @@ static void on_idle(uv_idle_t *h) {
   server *s = h->data;
   client *c, *next;
 
-  /* Leftover input first: it may queue output to flush below. */
-  for (c = s->clients; c != NULL; c = next) {
+  /* Leftover input first: it may queue output to flush below.  Only
+   * scanned when some client has any, so a busy turn stays O(output). */
+  for (c = s->n_backlog > 0 ? s->clients : NULL; c != NULL; c = next) {
     next = c->next;
-    if (c->in_backlog && !c->closing) {
-      c->in_backlog = 0;
+    if (c->in_backlog) {
+      client_set_backlog(c, 0);
       client_process_input(c);
     }
   }
@@ -165,9 +166,8 @@ static void on_idle(uv_idle_t *h) {
     c->in_flush = 0;
     client_flush(c);
   }
-  for (c = s->clients; c != NULL; c = c->next)
-    if (c->in_backlog)
-      return; /* stay active: more input next turn */
+  if (s->n_backlog > 0)
+    return; /* stay active: more input next turn */
   uv_idle_stop(h);
   if (s->stopping && !s->done && all_quiet(s))
     finish_stop(s);

@@ -211,6 +211,7 @@ struct server {
   uint32_t n_clients;
   uint32_t n_watches;
   uint32_t n_iters;
+  uint32_t n_backlog; /* clients with whole frames left for the idle turn */
   uint64_t next_client_id;
   uint64_t inflight; /* plugin requests outstanding */
   uint64_t started_ms;
@@ -251,6 +252,9 @@ void client_resume(client *c);
 int client_busy(const client *c);
 /* Closes clients whose output has not moved for write_timeout_ms. */
 void client_check_stalled(server *s);
+/* Marks (on) or clears the client as having frames left to dispatch on
+ * the next idle turn. */
+void client_set_backlog(client *c, int on);
 /* Dispatches whole frames from the input buffer, at most a batch. */
 void client_process_input(client *c);
 
