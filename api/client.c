@@ -338,18 +338,16 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 static void flush(peerstore_client *c) {
-  uv_buf_t b;
   int r;
 
   if (c->state != ST_CONNECTED || c->writing || c->out.len == c->out.off)
     return;
-  b = peerstore__buf_begin_write(&c->out, &c->wbuf);
-  c->writing = 1;
-  r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
-  if (r != 0) {
-    c->writing = 0;
+  r = peerstore__buf_flush((uv_stream_t *)&c->pipe, &c->out, &c->wbuf,
+                           &c->wreq, on_write);
+  if (r == 1)
+    c->writing = 1;
+  else if (r < 0)
     connection_lost(c, r);
-  }
 }
 
 /* ------------------------------------------------------------------ */

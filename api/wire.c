@@ -84,15 +84,34 @@ void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
                      (unsigned)(in->cap - in->len));
 }
 
-uv_buf_t peerstore__buf_begin_write(peerstore__buf *out,
-                                    peerstore__buf *wbuf) {
-  peerstore__buf tmp = *wbuf;
+int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
+                         peerstore__buf *wbuf, uv_write_t *req,
+                         uv_write_cb cb) {
+  peerstore__buf tmp;
+  uv_buf_t b;
+  int n;
 
+  b = uv_buf_init((char *)out->data + out->off,
+                  (unsigned)(out->len - out->off));
+  n = uv_try_write(s, &b, 1);
+  if (n == (int)b.len) {
+    out->len = out->off = 0;
+    if (out->cap > BUF_KEEP)
+      peerstore__buf_free(out);
+    return 0;
+  }
+  if (n < 0 && n != UV_EAGAIN)
+    return n;
+  if (n > 0)
+    out->off += (size_t)n;
+  tmp = *wbuf;
   *wbuf = *out;
   *out = tmp;
   out->len = out->off = 0;
-  return uv_buf_init((char *)wbuf->data + wbuf->off,
-                     (unsigned)(wbuf->len - wbuf->off));
+  b = uv_buf_init((char *)wbuf->data + wbuf->off,
+                  (unsigned)(wbuf->len - wbuf->off));
+  n = uv_write(req, s, &b, 1, cb);
+  return n == 0 ? 1 : n;
 }
 
 void peerstore__buf_end_write(peerstore__buf *wbuf) {

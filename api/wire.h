@@ -89,10 +89,18 @@ void peerstore__buf_trim_input(peerstore__buf *in);
  * Sets out->len to 0 when out of memory, which libuv reports as ENOBUFS. */
 void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
                                uv_buf_t *out);
-/* Output is double-buffered: begin_write moves what was queued in out to
- * wbuf (out is then empty, for new output) and returns it for uv_write;
- * end_write resets wbuf once written, releasing it if it grew large. */
-uv_buf_t peerstore__buf_begin_write(peerstore__buf *out, peerstore__buf *wbuf);
+/* Sends what out holds.  First straight to the socket: when the kernel
+ * takes it all, no request is queued, and libuv makes neither the
+ * completion callback nor the epoll_ctl call it does after every finished
+ * uv_write (one syscall in two on a notification's path).  What the
+ * kernel does not take moves to wbuf (output is double-buffered: out is
+ * then empty, for new output) and is written by req; cb then runs and
+ * calls end_write, which resets wbuf, releasing it if it grew large.
+ * Returns 0 when all went out, 1 when req is in flight, or a libuv error.
+ * Must not be called while req is in flight. */
+int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
+                         peerstore__buf *wbuf, uv_write_t *req,
+                         uv_write_cb cb);
 void peerstore__buf_end_write(peerstore__buf *wbuf);
 
 /* ------------------------------------------------------------------ */

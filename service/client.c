@@ -109,6 +109,14 @@ void client_fail(client *c, int status, const char *why) {
 static void on_write(uv_write_t *req, int status);
 static void start_reading(client *c);
 
+/* What was queued reached the kernel: whatever waited for room goes on. */
+static void output_drained(client *c) {
+  c->stall_since = 0;
+  client_resume(c);
+  if (c->srv->stopping)
+    server_kick(c->srv);
+}
+
 void client_output_ready(client *c) {
   if (c->in_flush || c->closing)
     return;
@@ -120,21 +128,22 @@ void client_output_ready(client *c) {
 }
 
 void client_flush(client *c) {
-  uv_buf_t b;
   int r;
 
   if (c->closing || c->writing || c->out.len == c->out.off) {
     client_unref(c); /* the flush list's reference */
     return;
   }
-  b = peerstore__buf_begin_write(&c->out, &c->wbuf);
-  c->writing = 1;
-  r = uv_write(&c->wreq, (uv_stream_t *)&c->pipe, &b, 1, on_write);
-  if (r != 0) {
-    c->writing = 0;
+  r = peerstore__buf_flush((uv_stream_t *)&c->pipe, &c->out, &c->wbuf,
+                           &c->wreq, on_write);
+  if (r == 1) {
+    c->writing = 1;
+  } else if (r < 0) {
     LOG_DEBUG("client %llu: write failed: %s", (unsigned long long)c->id,
               uv_strerror(r));
     client_close(c);
+  } else {
+    output_drained(c);
   }
   client_unref(c);
 }
@@ -169,12 +178,9 @@ static void on_write(uv_write_t *req, int status) {
     }
     return;
   }
-  c->stall_since = 0;
   if (c->out.len > c->out.off)
     client_output_ready(c);
-  client_resume(c);
-  if (c->srv->stopping)
-    server_kick(c->srv);
+  output_drained(c);
 }
 
 void client_check_stalled(server *s) {
