@@ -5,7 +5,7 @@
  * runs this program pinned to one CPU and unpinned.
  *
  * Usage: bench [--sync NORMAL|FULL] [--records N] [--seconds S] [--big]
- *              [--only memory|sqlite]
+ *              [--only memory|sqlite|fanout]
  */
 #include <sched.h>
 #include <stdio.h>
@@ -54,6 +54,17 @@ void bench_fact(const char *figure, double value, const char *unit) {
   bench_row(figure, value, unit, "-", 0, 0);
 }
 
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+void bench_percentiles(double *v, size_t n, double *p50, double *p99) {
+  qsort(v, n, sizeof(*v), cmp_double);
+  *p50 = v[n / 2];
+  *p99 = v[n * 99 / 100];
+}
+
 int main(int argc, char **argv) {
   const char *only = NULL;
   cpu_set_t cpus;
@@ -73,7 +84,7 @@ int main(int argc, char **argv) {
       bench.big = 1;
     else {
       fprintf(stderr, "usage: bench [--sync NORMAL|FULL] [--records N] "
-                      "[--seconds S] [--big] [--only memory|sqlite]\n");
+                      "[--seconds S] [--big] [--only memory|sqlite|fanout]\n");
       return 2;
     }
   }
@@ -100,6 +111,8 @@ int main(int argc, char **argv) {
     workloads_memory();
   if (only == NULL || strcmp(only, "sqlite") == 0)
     workloads_sqlite();
+  if (only != NULL && strcmp(only, "fanout") == 0)
+    workloads_fanout();
 
   snprintf(cmd, sizeof(cmd), "rm -rf '%s'", bench.dir);
   if (system(cmd) != 0)

@@ -11,6 +11,7 @@
 #define PEERS 1000
 #define KEYS 100
 #define VALUE_SIZE 64
+#define FANOUT 50 /* W4's watchers */
 
 typedef struct bench_opts {
   const char *sync_mode; /* NORMAL or FULL, for the sqlite figures */
@@ -30,6 +31,8 @@ void bench_record(int i, peerstore_peer_id *p, char *key, size_t keylen);
  * and the ratio (higher is better unless lower_better). */
 void bench_row(const char *figure, double value, const char *unit,
                const char *limit_name, double limit, int lower_better);
+/* Sorts v and picks its median and 99th percentile. */
+void bench_percentiles(double *v, size_t n, double *p50, double *p99);
 /* A row without a limit to compare with. */
 void bench_fact(const char *figure, double value, const char *unit);
 
@@ -39,10 +42,13 @@ double limit_pingpong_libuv(void);      /* round trips/s */
 double limit_stream_per_message(void);  /* messages/s */
 double limit_sqlite_inserts(int n, int rows_per_tx); /* rows/s */
 double limit_hash_inserts(int n);       /* inserts/s */
+/* n messages relayed to FANOUT sockets; latency of each copy, seconds. */
+void limit_fanout(int n, double *p50, double *p99);
 void bench_make_db(const char *path, int n);
 
 /* workloads.c: through a real peerstored. */
 void workloads_memory(void);
+void workloads_fanout(void); /* W4 alone */
 void workloads_sqlite(void);
 
 #endif

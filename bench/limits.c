@@ -2,10 +2,12 @@
  * the same machine in the same run: what the kernel's Unix sockets, libuv,
  * SQLite and an in-process hash table can do with no peerstore in between.
  */
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -173,6 +175,85 @@ double limit_stream_per_message(void) {
   close(sv[0]);
   waitpid(pid, NULL, 0);
   return n / t;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fan-out through a relay                                             */
+
+/* W4's path with nothing but the kernel: this process sends a timestamped
+ * message to a relay process, the relay writes it to FANOUT sockets with
+ * one write each, and this process collects all FANOUT copies through
+ * epoll before it sends the next.  The latency of each copy: what a
+ * service that relays notifications cannot beat. */
+static void fanout_relay(int in, const int *out) {
+  char buf[MSG];
+  int i;
+
+  while (read_full(in, buf, MSG) == 0)
+    for (i = 0; i < FANOUT; i++)
+      if (write(out[i], buf, MSG) != MSG)
+        _exit(1);
+  _exit(0);
+}
+
+void limit_fanout(int n, double *p50, double *p99) {
+  int up[2], fan[FANOUT][2], relay_ends[FANOUT], ep = -1, i, k;
+  double *lat = calloc((size_t)n * FANOUT, sizeof(*lat)), sent;
+  struct epoll_event ev, evs[FANOUT];
+  size_t nlat = 0;
+  char buf[MSG];
+  pid_t pid;
+
+  if (lat == NULL || (ep = epoll_create1(0)) < 0 ||
+      socketpair(AF_UNIX, SOCK_STREAM, 0, up) != 0)
+    bench_die("fan-out set-up");
+  for (i = 0; i < FANOUT; i++) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fan[i]) != 0)
+      bench_die("socketpair");
+    relay_ends[i] = fan[i][1];
+    ev.events = EPOLLIN;
+    ev.data.fd = fan[i][0];
+    epoll_ctl(ep, EPOLL_CTL_ADD, fan[i][0], &ev);
+  }
+  if ((pid = fork()) == 0) {
+    /* The relay blocks on its writes: the sockets never fill here. */
+    close(up[0]);
+    for (i = 0; i < FANOUT; i++) {
+      close(fan[i][0]);
+      fcntl(relay_ends[i], F_SETFL, 0);
+    }
+    fanout_relay(up[1], relay_ends);
+  }
+  close(up[1]);
+  for (i = 0; i < FANOUT; i++)
+    close(fan[i][1]);
+  memset(buf, 4, sizeof(buf));
+  for (k = 0; k < n; k++) {
+    int heard = 0;
+
+    sent = bench_now();
+    memcpy(buf, &sent, sizeof(sent));
+    if (write(up[0], buf, MSG) != MSG)
+      bench_die("fan-out write");
+    while (heard < FANOUT) {
+      int ready = epoll_wait(ep, evs, FANOUT, -1);
+
+      for (i = 0; i < ready; i++) {
+        if (read_full(evs[i].data.fd, buf, MSG) != 0)
+          bench_die("fan-out read");
+        memcpy(&sent, buf, sizeof(sent));
+        lat[nlat++] = bench_now() - sent;
+        heard++;
+      }
+    }
+  }
+  close(up[0]);
+  for (i = 0; i < FANOUT; i++)
+    close(fan[i][0]);
+  close(ep);
+  waitpid(pid, NULL, 0);
+  bench_percentiles(lat, nlat, p50, p99);
+  free(lat);
 }
 
 /* ------------------------------------------------------------------ */

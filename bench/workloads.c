@@ -241,8 +241,6 @@ static double iterate_all(harness_svc *svc, long *records) {
 /* ------------------------------------------------------------------ */
 /* W4: fan-out                                                         */
 
-#define FANOUT 50
-
 typedef struct fan {
   ctx writer;
   uv_loop_t *loop;
@@ -286,11 +284,6 @@ static void fan_cb(void *arg, const peerstore_record *rec, int status) {
   }
 }
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
 /* Paced: latency of each store to each watcher, one store at a time.
  * Not paced: all n stores at once, for throughput. */
 static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
@@ -325,13 +318,35 @@ static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
   }
   wait_for(&f.writer, &f.writer.done, 1);
   *rate = f.nlat / (bench_now() - t0);
-  qsort(f.lat, (size_t)f.nlat, sizeof(*f.lat), cmp_double);
-  *p50 = f.lat[f.nlat / 2];
-  *p99 = f.lat[(size_t)f.nlat * 99 / 100];
+  bench_percentiles(f.lat, (size_t)f.nlat, p50, p99);
   for (i = 0; i < FANOUT; i++)
     peerstore_disconnect(f.watchers[i], 0);
   free(f.lat);
   ctx_close(&f.writer);
+}
+
+static void fanout_rows(harness_svc *svc) {
+  double rate, p50, p99, raw50, raw99;
+
+  w4_fanout(svc, 1000, 0, &rate, &p50, &p99);
+  bench_fact("W4 fan-out 50 watchers", rate, "notif/s");
+  limit_fanout(1000, &raw50, &raw99);
+  w4_fanout(svc, 1000, 1, &rate, &p50, &p99);
+  bench_fact("W4 one store at a time", rate, "notif/s");
+  bench_row("W4 latency median (paced)", p50 * 1e6, "us", "relay to 50 sockets",
+            raw50 * 1e6, 1);
+  bench_row("W4 latency p99 (paced)", p99 * 1e6, "us", "relay to 50 sockets",
+            raw99 * 1e6, 1);
+}
+
+/* W4 alone, on a service of its own (--only fanout). */
+void workloads_fanout(void) {
+  harness_svc svc;
+
+  if (harness_start(&svc, NULL) != 0)
+    bench_die("cannot start peerstored");
+  fanout_rows(&svc);
+  harness_stop(&svc);
 }
 
 /* ------------------------------------------------------------------ */
@@ -340,7 +355,7 @@ static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
 void workloads_memory(void) {
   double pingpong = limit_pingpong_libuv(), stream = limit_stream_per_message();
   double hash = limit_hash_inserts(bench.records);
-  double w1, w2, w3, rate, p50, p99, per_peer, per_key;
+  double w1, w2, w3, per_peer, per_key;
   long before, after, peak, n, recs;
   harness_svc svc;
 
@@ -370,12 +385,7 @@ void workloads_memory(void) {
   bench_fact("W3 iterate (ss, peer) x 1,000", per_peer, "it/s");
   per_key = iterate_many(&svc, KEYS, 0, &recs);
   bench_fact("W3 iterate (ss, key) x 100", per_key, "it/s");
-  w4_fanout(&svc, 1000, 0, &rate, &p50, &p99);
-  bench_fact("W4 fan-out 50 watchers", rate, "notif/s");
-  w4_fanout(&svc, 1000, 1, &rate, &p50, &p99);
-  bench_fact("W4 one store at a time", rate, "notif/s");
-  bench_fact("W4 latency median (paced)", p50 * 1e6, "us");
-  bench_fact("W4 latency p99 (paced)", p99 * 1e6, "us");
+  fanout_rows(&svc);
   harness_stop(&svc);
 
   if (bench.big) {
