@@ -1,11 +1,14 @@
 /* test_wire.c - the frame codec: round trips, and every way a body can be
  * short, long or wrong.  Also the peer id text forms. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -366,6 +369,107 @@ static void test_peer_text(void **state) {
   assert_int_equal(peerstore_peer_from_string(hex, &q), PEERSTORE_EINVAL);
 }
 
+/* peerstore__buf_flush: what the kernel takes goes out at once, the rest
+ * through a queued write; the reader sees every byte once, in order,
+ * across that boundary. */
+typedef struct flush_ctx {
+  peerstore__buf out, wbuf;
+  uv_write_t req;
+  int written;
+} flush_ctx;
+
+static void flush_done(uv_write_t *req, int status) {
+  flush_ctx *f = req->data;
+
+  assert_int_equal(status, 0);
+  peerstore__buf_end_write(&f->wbuf);
+  f->written++;
+}
+
+static void queue_bytes(peerstore__buf *b, size_t n, unsigned *next) {
+  size_t i;
+
+  assert_int_equal(peerstore__buf_reserve(b, n), 0);
+  for (i = 0; i < n; i++)
+    b->data[b->len++] = (uint8_t)((*next)++ * 7u);
+}
+
+/* Reads n bytes (n == 0: whatever is there now) and checks each is the
+ * next of the pattern. */
+static void drain_and_check(int fd, size_t n, unsigned *seen) {
+  uint8_t buf[65536];
+  size_t got = 0, i;
+  ssize_t r;
+
+  do {
+    size_t want = n == 0 || n - got > sizeof(buf) ? sizeof(buf) : n - got;
+
+    r = recv(fd, buf, want, n == 0 ? MSG_DONTWAIT : 0);
+    if (n == 0 && r < 0)
+      return;
+    assert_true(r > 0);
+    for (i = 0; i < (size_t)r; i++)
+      assert_int_equal(buf[i], (uint8_t)((*seen)++ * 7u));
+    got += (size_t)r;
+  } while (got < n || (n == 0 && r == (ssize_t)sizeof(buf)));
+}
+
+static void test_flush_order(void **state) {
+  unsigned next = 0, seen = 0;
+  uv_loop_t loop;
+  uv_pipe_t pipe;
+  flush_ctx f;
+  int sv[2];
+  size_t big = 8u << 20;
+
+  (void)state;
+  signal(SIGPIPE, SIG_IGN); /* as the library and the service do */
+  memset(&f, 0, sizeof(f));
+  f.req.data = &f;
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  assert_int_equal(uv_pipe_init(&loop, &pipe, 0), 0);
+  assert_int_equal(uv_pipe_open(&pipe, sv[0]), 0);
+
+  /* Small: the kernel takes it all, nothing is queued. */
+  queue_bytes(&f.out, 100, &next);
+  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
+                                        &f.wbuf, &f.req, flush_done),
+                   0);
+  assert_int_equal(f.out.len, 0);
+  drain_and_check(sv[1], 100, &seen);
+
+  /* Larger than any socket buffer: the rest is queued, and out is free
+   * for new output meanwhile. */
+  queue_bytes(&f.out, big, &next);
+  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
+                                        &f.wbuf, &f.req, flush_done),
+                   1);
+  assert_int_equal(f.out.len, 0);
+  queue_bytes(&f.out, 1000, &next);
+  while (f.written == 0) {
+    drain_and_check(sv[1], 0, &seen);
+    uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  /* What was queued while the write was in flight follows it. */
+  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
+                                        &f.wbuf, &f.req, flush_done),
+                   0);
+  drain_and_check(sv[1], 100 + big + 1000 - seen, &seen);
+  assert_int_equal(seen, next);
+
+  /* A peer that is gone: an error, not a crash. */
+  close(sv[1]);
+  queue_bytes(&f.out, 10, &next);
+  assert_true(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out, &f.wbuf,
+                                   &f.req, flush_done) < 0);
+  uv_close((uv_handle_t *)&pipe, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  peerstore__buf_free(&f.out);
+  peerstore__buf_free(&f.wbuf);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_header_big_endian),
@@ -377,6 +481,7 @@ int main(void) {
       cmocka_unit_test(test_small_messages),
       cmocka_unit_test(test_random_bodies),
       cmocka_unit_test(test_peer_text),
+      cmocka_unit_test(test_flush_order),
   };
   return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }
