@@ -84,17 +84,44 @@ void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
                      (unsigned)(in->cap - in->len));
 }
 
+/* A uv_buf_t's length is an unsigned int: more than this is passed in
+ * several pieces. */
+#define WRITE_PIECE ((size_t)1 << 30)
+
+static int write_pieces(uv_stream_t *s, peerstore__buf *wbuf,
+                        uv_write_t *req, uv_write_cb cb) {
+  size_t left = wbuf->len - wbuf->off, k;
+  size_t n = (left + WRITE_PIECE - 1) / WRITE_PIECE;
+  uv_buf_t one, *bufs = &one;
+  int r;
+
+  if (n > 1 && (bufs = malloc(n * sizeof(*bufs))) == NULL)
+    return UV_ENOMEM;
+  for (k = 0; k < n; k++) {
+    size_t at = k * WRITE_PIECE;
+    size_t len = left - at < WRITE_PIECE ? left - at : WRITE_PIECE;
+
+    bufs[k] = uv_buf_init((char *)wbuf->data + wbuf->off + at,
+                          (unsigned)len);
+  }
+  r = uv_write(req, s, bufs, (unsigned)n, cb); /* copies bufs */
+  if (bufs != &one)
+    free(bufs);
+  return r == 0 ? 1 : r;
+}
+
 int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
                          peerstore__buf *wbuf, uv_write_t *req,
                          uv_write_cb cb) {
+  size_t pending = out->len - out->off;
   peerstore__buf tmp;
   uv_buf_t b;
   int n;
 
   b = uv_buf_init((char *)out->data + out->off,
-                  (unsigned)(out->len - out->off));
+                  (unsigned)(pending < WRITE_PIECE ? pending : WRITE_PIECE));
   n = uv_try_write(s, &b, 1);
-  if (n == (int)b.len) {
+  if (n >= 0 && (size_t)n == pending) {
     out->len = out->off = 0;
     if (out->cap > BUF_KEEP)
       peerstore__buf_free(out);
@@ -108,10 +135,7 @@ int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
   *wbuf = *out;
   *out = tmp;
   out->len = out->off = 0;
-  b = uv_buf_init((char *)wbuf->data + wbuf->off,
-                  (unsigned)(wbuf->len - wbuf->off));
-  n = uv_write(req, s, &b, 1, cb);
-  return n == 0 ? 1 : n;
+  return write_pieces(s, wbuf, req, cb);
 }
 
 void peerstore__buf_end_write(peerstore__buf *wbuf) {
