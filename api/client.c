@@ -323,6 +323,19 @@ void peerstore__op_cancel(ps_op *op) {
 /* ------------------------------------------------------------------ */
 /* Writing                                                             */
 
+/* A write failed.  When the service closed the connection, it may have
+ * said why first (an ERROR frame: access refused, say) and that is still
+ * to be read: the read side's end of file then reports the loss, with the
+ * reason.  Output is dropped until then. */
+static void write_failed(peerstore_client *c, int status) {
+  if (status == UV_EPIPE || status == UV_ECONNRESET) {
+    c->peer_gone = 1;
+    c->out.len = c->out.off = 0;
+    return;
+  }
+  connection_lost(c, status);
+}
+
 static void on_write(uv_write_t *req, int status) {
   peerstore_client *c = req->data;
 
@@ -330,7 +343,7 @@ static void on_write(uv_write_t *req, int status) {
   peerstore__buf_end_write(&c->wbuf);
   if (status != 0) {
     if (status != UV_ECANCELED)
-      connection_lost(c, status);
+      write_failed(c, status);
     return;
   }
   if (c->out.len > c->out.off)
@@ -340,14 +353,15 @@ static void on_write(uv_write_t *req, int status) {
 static void flush(peerstore_client *c) {
   int r;
 
-  if (c->state != ST_CONNECTED || c->writing || c->out.len == c->out.off)
+  if (c->state != ST_CONNECTED || c->writing || c->peer_gone ||
+      c->out.len == c->out.off)
     return;
   r = peerstore__buf_flush((uv_stream_t *)&c->pipe, &c->out, &c->wbuf,
                            &c->wreq, on_write);
   if (r == 1)
     c->writing = 1;
   else if (r < 0)
-    connection_lost(c, r);
+    write_failed(c, r);
 }
 
 /* ------------------------------------------------------------------ */
@@ -760,6 +774,7 @@ static void on_connect(uv_connect_t *req, int status) {
     return;
   }
   c->state = ST_CONNECTED;
+  c->peer_gone = 0;
   c->out.len = c->out.off = 0;
   if (peerstore__put_hello(&c->out) != 0) {
     connection_lost(c, PEERSTORE_ENOMEM);

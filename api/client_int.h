@@ -84,6 +84,7 @@ struct peerstore_client {
   int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
   unsigned writing : 1;
+  unsigned peer_gone : 1;    /* a write found the service gone; see flush */
   unsigned closing : 1;      /* peerstore_disconnect was called */
   unsigned sync_first : 1;   /* ... and waits for the pending stores */
   unsigned pipe_open : 1;    /* pipe initialised and not yet closed */
