@@ -324,13 +324,17 @@ void peerstore__op_cancel(ps_op *op) {
 /* Writing                                                             */
 
 /* A write failed.  When the service closed the connection, it may have
- * said why first (an ERROR frame: access refused, say) and that is still
- * to be read: the read side's end of file then reports the loss, with the
- * reason.  Output is dropped until then. */
+ * said why first (an ERROR frame: access refused, say), and that is
+ * already in the socket, to be read: the read side then reports the loss,
+ * with the reason.  Output is dropped until then.  Should the read side
+ * say nothing (a peer that shut down only its reading half), the idle
+ * handle ends the connection once a poll has passed (see on_idle). */
 static void write_failed(peerstore_client *c, int status) {
   if (status == UV_EPIPE || status == UV_ECONNRESET) {
     c->peer_gone = 1;
+    c->gone_status = status;
     c->out.len = c->out.off = 0;
+    kick(c);
     return;
   }
   connection_lost(c, status);
@@ -371,6 +375,11 @@ static void on_idle(uv_idle_t *h) {
   peerstore_client *c = h->data;
   ps_op *op;
 
+  /* Idle handles run before the poll in each loop turn: on the third turn
+   * since a write failed, at least one poll has had the chance to read
+   * what the service said before it left. */
+  if (c->peer_gone && c->state == ST_CONNECTED && ++c->peer_gone == 3)
+    connection_lost(c, c->gone_status);
   while ((op = c->garbage) != NULL) {
     c->garbage = op->next_done;
     free(op);
@@ -395,7 +404,7 @@ static void on_idle(uv_idle_t *h) {
     close_handles(c);
     return;
   }
-  if (c->garbage == NULL && c->done_head == NULL)
+  if (c->garbage == NULL && c->done_head == NULL && !c->peer_gone)
     uv_idle_stop(h);
 }
 
@@ -737,6 +746,7 @@ static void connection_lost(peerstore_client *c, int status) {
   if (c->state == ST_FAILED || c->state == ST_WAITING)
     return;
   close_pipe(c);
+  c->peer_gone = 0;
   c->in.len = c->in.off = 0;
   c->out.len = c->out.off = 0;
   report(c, 0, status);

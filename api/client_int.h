@@ -80,11 +80,13 @@ struct peerstore_client {
   uint64_t pending_stores; /* stores whose callback is still owed */
   uint64_t rng;
   int fail_status;
+  int gone_status; /* the failed write's error, while peer_gone */
   int handles_open;
   int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
   unsigned writing : 1;
-  unsigned peer_gone : 1;    /* a write found the service gone; see flush */
+  unsigned peer_gone : 2;    /* a write found the service gone: idle turns
+                                since (see write_failed) */
   unsigned closing : 1;      /* peerstore_disconnect was called */
   unsigned sync_first : 1;   /* ... and waits for the pending stores */
   unsigned pipe_open : 1;    /* pipe initialised and not yet closed */

@@ -9,6 +9,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -733,6 +736,44 @@ static void test_service_dies(void **state) {
   peerstore_disconnect(c, 0);
 }
 
+/* A peer that shuts down only its reading half: writes fail, and the read
+ * side never reports an end.  The client must still end the connection
+ * at once, not leave requests to their timeouts. */
+static void test_peer_stops_reading(void **state) {
+  fx *f = *state;
+  struct sockaddr_un sa;
+  char path[400];
+  peerstore_client *c;
+  peerstore_peer_id p = peer_n(1);
+  got s = {0};
+  uint64_t t0;
+  int l, a;
+
+  snprintf(path, sizeof(path), "%s/half", f->svc.dir);
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  assert_true(strlen(path) < sizeof(sa.sun_path));
+  strcpy(sa.sun_path, path);
+  l = socket(AF_UNIX, SOCK_STREAM, 0);
+  assert_true(l >= 0);
+  assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(listen(l, 4), 0);
+  c = conn_no_reconnect(f, path); /* connect(2) is made in the call */
+  a = accept(l, NULL, NULL);
+  assert_true(a >= 0);
+  assert_int_equal(shutdown(a, SHUT_RD), 0);
+  t0 = uv_now(&f->loop);
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  assert_int_equal(harness_run_until(&f->loop, &s.ended, TIMEOUT), 0);
+  assert_int_equal(s.status, PEERSTORE_EPIPE);
+  assert_true(uv_now(&f->loop) - t0 < 1000); /* the timeout is 10 s */
+  peerstore_disconnect(c, 0);
+  close(a);
+  close(l);
+}
+
 typedef struct killer {
   fx *f;
   int records;
@@ -859,6 +900,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_timeouts_without_service, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_service_dies, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_peer_stops_reading, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
       cmocka_unit_test(test_strerror),
   };
