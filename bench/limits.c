@@ -236,8 +236,10 @@ void limit_fanout(int n, double *p50, double *p99) {
     if (write(up[0], buf, MSG) != MSG)
       bench_die("fan-out write");
     while (heard < FANOUT) {
-      int ready = epoll_wait(ep, evs, FANOUT, -1);
+      int ready = epoll_wait(ep, evs, FANOUT, 10000);
 
+      if (ready <= 0)
+        bench_die("fan-out relay stalled");
       for (i = 0; i < ready; i++) {
         if (read_full(evs[i].data.fd, buf, MSG) != 0)
           bench_die("fan-out read");
