@@ -185,19 +185,19 @@ double limit_stream_per_message(void) {
  * one write each, and this process collects all FANOUT copies through
  * epoll before it sends the next.  The latency of each copy: what a
  * service that relays notifications cannot beat. */
-static void fanout_relay(int in, const int *out) {
+static void fanout_relay(int in, int fan[][2]) {
   char buf[MSG];
   int i;
 
   while (read_full(in, buf, MSG) == 0)
     for (i = 0; i < FANOUT; i++)
-      if (write(out[i], buf, MSG) != MSG)
+      if (write(fan[i][1], buf, MSG) != MSG)
         _exit(1);
   _exit(0);
 }
 
 void limit_fanout(int n, double *p50, double *p99) {
-  int up[2], fan[FANOUT][2], relay_ends[FANOUT], ep = -1, i, k;
+  int up[2], fan[FANOUT][2], ep = -1, i, k;
   double *lat = calloc((size_t)n * FANOUT, sizeof(*lat)), sent;
   struct epoll_event ev, evs[FANOUT];
   size_t nlat = 0;
@@ -210,7 +210,6 @@ void limit_fanout(int n, double *p50, double *p99) {
   for (i = 0; i < FANOUT; i++) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fan[i]) != 0)
       bench_die("socketpair");
-    relay_ends[i] = fan[i][1];
     ev.events = EPOLLIN;
     ev.data.fd = fan[i][0];
     epoll_ctl(ep, EPOLL_CTL_ADD, fan[i][0], &ev);
@@ -220,9 +219,9 @@ void limit_fanout(int n, double *p50, double *p99) {
     close(up[0]);
     for (i = 0; i < FANOUT; i++) {
       close(fan[i][0]);
-      fcntl(relay_ends[i], F_SETFL, 0);
+      fcntl(fan[i][1], F_SETFL, 0);
     }
-    fanout_relay(up[1], relay_ends);
+    fanout_relay(up[1], fan);
   }
   close(up[1]);
   for (i = 0; i < FANOUT; i++)
