@@ -11,14 +11,16 @@
  * watches left unanswered by a lost one, are (re)sent in order.  The
  * service reads HELLO before anything else, so nothing waits for WELCOME.
  *
- * Operations live in a hash table by request id.  A reply for an id that
- * is not there belongs to an operation that was cancelled or timed out; it
- * is dropped.  Final callbacks that do not come from a reply run from the
+ * Operations live in a hash table by request id, and on a list in the
+ * order they were made, which is the order they are sent again in.  A
+ * reply for an id that is not in the table belongs to an operation that
+ * was cancelled or timed out; it is dropped.  Final callbacks that do not come from a reply run from the
  * idle handle, never inside the call that caused them, and finished
  * operations are freed there too, never while a callback that might still
  * hold them is on the stack.
  */
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
@@ -28,7 +30,6 @@
 static void on_idle(uv_idle_t *h);
 static void connection_lost(peerstore_client *c, int status);
 static void close_handles(peerstore_client *c);
-static void heap_remove(peerstore_client *c, ps_op *op);
 
 int peerstore__client_closed(const peerstore_client *c) { return c->closing; }
 
@@ -57,11 +58,32 @@ static ps_op *op_find(peerstore_client *c, uint32_t request) {
 }
 
 static void op_untable(peerstore_client *c, ps_op *op) {
-  heap_remove(c, op);
+  peerstore__heap_remove(&c->deadlines, op);
   if (!op->in_table)
     return;
   peerstore__hmap_remove(&c->ops, &op->h);
+  if (op->prev != NULL)
+    op->prev->next = op->next;
+  else
+    c->first = op->next;
+  if (op->next != NULL)
+    op->next->prev = op->prev;
+  else
+    c->last = op->prev;
+  op->prev = op->next = NULL;
   op->in_table = 0;
+}
+
+static void op_table(peerstore_client *c, ps_op *op) {
+  peerstore__hmap_insert(&c->ops, &op->h, req_hash(op->request));
+  op->prev = c->last;
+  op->next = NULL;
+  if (c->last != NULL)
+    c->last->next = op;
+  else
+    c->first = op;
+  c->last = op;
+  op->in_table = 1;
 }
 
 static void op_garbage(peerstore_client *c, ps_op *op) {
@@ -70,7 +92,7 @@ static void op_garbage(peerstore_client *c, ps_op *op) {
   kick(c);
 }
 
-uint32_t peerstore__next_request(peerstore_client *c) {
+static uint32_t next_request(peerstore_client *c) {
   /* Request 0 is reserved for connection-level frames. */
   if (++c->next_request == 0)
     ++c->next_request;
@@ -78,23 +100,18 @@ uint32_t peerstore__next_request(peerstore_client *c) {
 }
 
 ps_op *peerstore__op_new(peerstore_client *c, enum ps_op_kind kind,
-                         size_t size, uint32_t request, void *arg) {
-  size_t len = c->scratch.len - c->scratch.off;
+                         size_t size, size_t frame_len, void *arg) {
   ps_op *op;
 
-  if (c->closing || (op = calloc(1, size + len)) == NULL) {
-    c->scratch.len = c->scratch.off = 0;
+  if (c->closing || (op = calloc(1, size + frame_len)) == NULL)
     return NULL;
-  }
   op->c = c;
   op->kind = (uint8_t)kind;
   op->arg = arg;
-  op->request = request;
-  op->heap_idx = NO_HEAP;
-  op->frame = (uint8_t *)op + size;
-  op->frame_len = len;
-  memcpy(op->frame, c->scratch.data + c->scratch.off, len);
-  c->scratch.len = c->scratch.off = 0;
+  op->request = next_request(c);
+  op->heap_pos = PEERSTORE__HEAP_NONE;
+  op->frame.data = (uint8_t *)op + size;
+  op->frame.cap = frame_len;
   return op;
 }
 
@@ -111,12 +128,14 @@ static void done_push(peerstore_client *c, ps_op *op, int status) {
 }
 
 static void send_frame(peerstore_client *c, ps_op *op) {
-  if (peerstore__buf_reserve(&c->out, op->frame_len) != 0) {
+  peerstore__buf *out = &c->out.buf;
+
+  if (peerstore__buf_reserve(out, op->frame.len) != 0) {
     connection_lost(c, PEERSTORE_ENOMEM);
     return;
   }
-  memcpy(c->out.data + c->out.len, op->frame, op->frame_len);
-  c->out.len += op->frame_len;
+  memcpy(out->data + out->len, op->frame.data, op->frame.len);
+  out->len += op->frame.len;
   op->sent = 1;
   kick(c);
 }
@@ -153,93 +172,32 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
 /* ------------------------------------------------------------------ */
 /* Deadlines                                                           */
 
-static int heap_less(const ps_op *a, const ps_op *b) {
-  return a->deadline < b->deadline;
-}
-
-static void heap_set(peerstore_client *c, size_t i, ps_op *op) {
-  c->heap[i] = op;
-  op->heap_idx = i;
-}
-
-static void heap_up(peerstore_client *c, size_t i) {
-  ps_op *op = c->heap[i];
-
-  while (i > 0 && heap_less(op, c->heap[(i - 1) / 2])) {
-    heap_set(c, i, c->heap[(i - 1) / 2]);
-    i = (i - 1) / 2;
-  }
-  heap_set(c, i, op);
-}
-
-static void heap_down(peerstore_client *c, size_t i) {
-  ps_op *op = c->heap[i];
-
-  for (;;) {
-    size_t k = 2 * i + 1;
-    if (k >= c->heap_len)
-      break;
-    if (k + 1 < c->heap_len && heap_less(c->heap[k + 1], c->heap[k]))
-      k++;
-    if (!heap_less(c->heap[k], op))
-      break;
-    heap_set(c, i, c->heap[k]);
-    i = k;
-  }
-  heap_set(c, i, op);
-}
-
-static void heap_remove(peerstore_client *c, ps_op *op) {
-  size_t i = op->heap_idx;
-  ps_op *last;
-
-  if (i == NO_HEAP)
-    return;
-  op->heap_idx = NO_HEAP;
-  last = c->heap[--c->heap_len];
-  if (last == op)
-    return;
-  heap_set(c, i, last);
-  heap_up(c, i);
-  heap_down(c, last->heap_idx);
-}
-
 static void on_deadline(uv_timer_t *t);
 
 static void arm_deadline(peerstore_client *c) {
   uint64_t now = uv_now(c->loop);
+  ps_op *first = peerstore__heap_top(&c->deadlines);
 
   if (c->handles_closing)
     return;
-  if (c->heap_len == 0) {
+  if (first == NULL) {
     uv_timer_stop(&c->deadline);
     return;
   }
   uv_timer_start(&c->deadline, on_deadline,
-                 c->heap[0]->deadline > now ? c->heap[0]->deadline - now : 0,
-                 0);
+                 first->deadline > now ? first->deadline - now : 0, 0);
 }
 
 /* (Re)places op in the heap by its timeout, counted from op->start. */
 static void heap_place(peerstore_client *c, ps_op *op) {
-  int first;
-
-  heap_remove(c, op);
+  peerstore__heap_remove(&c->deadlines, op);
   if (op->timeout == 0 || !op->in_table)
     return;
-  if (c->heap_len == c->heap_cap) {
-    size_t cap = c->heap_cap ? c->heap_cap * 2 : 64;
-    ps_op **h = realloc(c->heap, cap * sizeof(*h));
-    if (h == NULL)
-      return; /* no deadline rather than no operation */
-    c->heap = h;
-    c->heap_cap = cap;
-  }
+  if (peerstore__heap_reserve(&c->deadlines) != 0)
+    return; /* no deadline rather than no operation */
   op->deadline = op->start + op->timeout;
-  heap_set(c, c->heap_len++, op);
-  heap_up(c, c->heap_len - 1);
-  first = c->heap[0] == op;
-  if (first)
+  peerstore__heap_push(&c->deadlines, op);
+  if (peerstore__heap_top(&c->deadlines) == op)
     arm_deadline(c);
 }
 
@@ -248,7 +206,7 @@ void peerstore__op_set_timeout(ps_op *op, uint64_t ms) {
     return;
   op->timeout = ms;
   heap_place(op->c, op);
-  if (op->c->heap_len == 0)
+  if (peerstore__heap_top(&op->c->deadlines) == NULL)
     arm_deadline(op->c);
 }
 
@@ -257,10 +215,9 @@ static void on_deadline(uv_timer_t *t) {
   uint64_t now = uv_now(c->loop);
   ps_op *op;
 
-  while (c->heap_len > 0 && c->heap[0]->deadline <= now &&
-         !c->handles_closing) {
-    op = c->heap[0];
-    heap_remove(c, op);
+  while ((op = peerstore__heap_top(&c->deadlines)) != NULL &&
+         op->deadline <= now && !c->handles_closing) {
+    peerstore__heap_remove(&c->deadlines, op);
     if (op->kind == OP_ITERATE && op->start + op->timeout > now) {
       heap_place(c, op); /* it made progress since it was placed */
       continue;
@@ -269,8 +226,8 @@ static void on_deadline(uv_timer_t *t) {
      * late reply to anything else finds no op and is dropped. */
     if ((op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
         c->state == ST_CONNECTED &&
-        peerstore__put_empty(&c->out, PEERSTORE_MSG_CANCEL, op->request) ==
-            0)
+        peerstore__put_empty(&c->out.buf, PEERSTORE_MSG_CANCEL,
+                             op->request) == 0)
       kick(c);
     op_finish(c, op, PEERSTORE_ETIMEDOUT, 0);
   }
@@ -281,8 +238,7 @@ static void on_deadline(uv_timer_t *t) {
 /* Starting and cancelling                                             */
 
 void peerstore__op_start(peerstore_client *c, ps_op *op) {
-  peerstore__hmap_insert(&c->ops, &op->h, req_hash(op->request));
-  op->in_table = 1;
+  op_table(c, op);
   if (op->kind == OP_STORE)
     c->pending_stores++;
   if (c->state == ST_FAILED) {
@@ -311,7 +267,8 @@ void peerstore__op_cancel(ps_op *op) {
     c->pending_stores--;
   if (was_tabled && (op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
       c->state == ST_CONNECTED &&
-      peerstore__put_empty(&c->out, PEERSTORE_MSG_CANCEL, op->request) == 0)
+      peerstore__put_empty(&c->out.buf, PEERSTORE_MSG_CANCEL, op->request) ==
+          0)
     kick(c);
   /* An op on the done list is freed when the list reaches it. */
   if (!op->on_done)
@@ -333,38 +290,32 @@ static void write_failed(peerstore_client *c, int status) {
   if (status == UV_EPIPE || status == UV_ECONNRESET) {
     c->peer_gone = 1;
     c->gone_status = status;
-    c->out.len = c->out.off = 0;
+    peerstore__out_discard(&c->out);
     kick(c);
     return;
   }
   connection_lost(c, status);
 }
 
-static void on_write(uv_write_t *req, int status) {
-  peerstore_client *c = req->data;
+static void on_written(void *data, int status) {
+  peerstore_client *c = data;
 
-  c->writing = 0;
-  peerstore__buf_end_write(&c->wbuf);
   if (status != 0) {
     if (status != UV_ECANCELED)
       write_failed(c, status);
     return;
   }
-  if (c->out.len > c->out.off)
+  if (peerstore__out_pending(&c->out))
     kick(c);
 }
 
 static void flush(peerstore_client *c) {
   int r;
 
-  if (c->state != ST_CONNECTED || c->writing || c->peer_gone ||
-      c->out.len == c->out.off)
+  if (c->state != ST_CONNECTED || c->peer_gone)
     return;
-  r = peerstore__buf_flush((uv_stream_t *)&c->pipe, &c->out, &c->wbuf,
-                           &c->wreq, on_write);
-  if (r == 1)
-    c->writing = 1;
-  else if (r < 0)
+  r = peerstore__out_flush(&c->out);
+  if (r < 0)
     write_failed(c, r);
 }
 
@@ -430,7 +381,7 @@ static void report(peerstore_client *c, int up, int status) {
 static void credit_consumed(peerstore_client *c, ps_op *op) {
   if (++op->consumed < PEERSTORE_CREDIT_REGRANT)
     return;
-  if (peerstore__put_u32(&c->out, PEERSTORE_MSG_CREDIT, op->request,
+  if (peerstore__put_u32(&c->out.buf, PEERSTORE_MSG_CREDIT, op->request,
                          op->consumed) == 0) {
     op->consumed = 0;
     kick(c);
@@ -545,13 +496,13 @@ static void on_alloc(uv_handle_t *hd, size_t hint, uv_buf_t *buf) {
   peerstore_client *c = hd->data;
 
   (void)hint;
-  peerstore__buf_read_space(&c->in, PEERSTORE_MSG_MAX, buf);
+  peerstore__reader_space(&c->rd, PEERSTORE_MSG_MAX, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   peerstore_client *c = st->data;
   peerstore__header h;
-  size_t avail;
+  const uint8_t *body;
   int r;
 
   (void)buf;
@@ -559,30 +510,24 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     connection_lost(c, n == UV_EOF ? PEERSTORE_ECONNRESET : (int)n);
     return;
   }
-  c->in.len += (size_t)n;
-  for (;;) {
-    avail = c->in.len - c->in.off;
-    if (avail < PEERSTORE_HEADER_SIZE)
+  peerstore__reader_filled(&c->rd, (size_t)n);
+  while ((r = peerstore__reader_next(&c->rd, PEERSTORE_MSG_MAX, &h, &body)) ==
+         PEERSTORE__FRAME_READY) {
+    r = handle_frame(c, &h, body);
+    if (r != 0)
       break;
-    peerstore__wire_header(c->in.data + c->in.off, &h);
-    if (h.body_len > PEERSTORE_MSG_MAX || h.flags != 0) {
-      connection_lost(c, PEERSTORE_EPROTO);
-      return;
-    }
-    if (avail < PEERSTORE_HEADER_SIZE + (size_t)h.body_len)
-      break;
-    c->in.off += PEERSTORE_HEADER_SIZE + h.body_len;
-    r = handle_frame(c, &h, c->in.data + c->in.off - h.body_len);
-    if (r != 0) {
-      connection_lost(c, r);
-      return;
-    }
     /* A callback may have disconnected the client, or the connection
      * may have been lost under it. */
     if (c->handles_closing || c->state != ST_CONNECTED)
       return;
   }
-  peerstore__buf_trim_input(&c->in);
+  if (r != 0) {
+    /* A bad header, or a frame that makes no sense (skipping is for the
+     * service, never needed here: nothing is over PEERSTORE_MSG_MAX). */
+    connection_lost(c, r == PEERSTORE_ETOOBIG ? PEERSTORE_EPROTO : r);
+    return;
+  }
+  peerstore__reader_trim(&c->rd);
 }
 
 /* ------------------------------------------------------------------ */
@@ -590,7 +535,6 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 
 static void maybe_free(peerstore_client *c) {
   ps_op *op;
-  size_t i;
 
   if (c->handles_open > 0 || c->pipe_open || c->pipe_closing)
     return;
@@ -602,19 +546,14 @@ static void maybe_free(peerstore_client *c) {
     c->done_head = op->next_done;
     free(op);
   }
-  for (i = 0; i <= c->ops.mask; i++) {
-    peerstore__hnode *e = c->ops.buckets[i], *next;
-    for (; e != NULL; e = next) {
-      next = e->next;
-      free(e);
-    }
+  while ((op = c->first) != NULL) {
+    c->first = op->next;
+    free(op);
   }
   peerstore__hmap_free(&c->ops);
-  peerstore__buf_free(&c->in);
-  peerstore__buf_free(&c->out);
-  peerstore__buf_free(&c->wbuf);
-  peerstore__buf_free(&c->scratch);
-  free(c->heap);
+  peerstore__reader_free(&c->rd);
+  peerstore__out_free(&c->out);
+  peerstore__heap_free(&c->deadlines);
   free(c->path);
   free(c);
 }
@@ -651,55 +590,16 @@ static void close_handles(peerstore_client *c) {
   uv_close((uv_handle_t *)&c->deadline, on_handle_close);
 }
 
-static int op_cmp(const void *a, const void *b) {
-  const ps_op *x = *(ps_op *const *)a, *y = *(ps_op *const *)b;
-  /* Request ids are handed out in call order (wrapping is ignored: four
-   * billion requests in flight at once cannot happen). */
-  return x->request < y->request ? -1 : x->request > y->request;
-}
-
-/* The tabled ops in the order they were made; NULL when out of memory or
- * there are none. */
-static ps_op **ops_in_order(peerstore_client *c, size_t *n) {
-  ps_op **all;
-  size_t i;
-
-  *n = 0;
-  if (c->ops.count == 0 ||
-      (all = malloc(c->ops.count * sizeof(*all))) == NULL)
-    return NULL;
-  for (i = 0; i <= c->ops.mask; i++) {
-    peerstore__hnode *e = c->ops.buckets[i];
-    for (; e != NULL; e = e->next)
-      all[(*n)++] = (ps_op *)e;
-  }
-  qsort(all, *n, sizeof(*all), op_cmp);
-  return all;
-}
-
 /* Down for good: every pending operation ends with status, in the order
  * it was made, from the idle callback; later ones fail the same way. */
 static void fail_all(peerstore_client *c, int status) {
-  ps_op **all, *op;
-  size_t i, n;
+  ps_op *op;
 
   c->state = ST_FAILED;
   c->fail_status = status;
-  all = ops_in_order(c, &n);
-  for (i = 0; i < n; i++) {
-    op_untable(c, all[i]);
-    done_push(c, all[i], status);
-  }
-  free(all);
-  /* Out of memory for the array: end them unordered rather than not at
-   * all. */
-  while (c->ops.count > 0) {
-    for (i = 0; i <= c->ops.mask; i++) {
-      if ((op = (ps_op *)c->ops.buckets[i]) != NULL) {
-        op_untable(c, op);
-        done_push(c, op, status);
-      }
-    }
+  while ((op = c->first) != NULL) {
+    op_untable(c, op);
+    done_push(c, op, status);
   }
 }
 
@@ -740,15 +640,14 @@ static void schedule_retry(peerstore_client *c) {
  * end; everything else waits for the next connection, or, without
  * reconnecting, ends now. */
 static void connection_lost(peerstore_client *c, int status) {
-  ps_op **all;
-  size_t i, n;
+  ps_op *op, *next;
 
   if (c->state == ST_FAILED || c->state == ST_WAITING)
     return;
   close_pipe(c);
   c->peer_gone = 0;
-  c->in.len = c->in.off = 0;
-  c->out.len = c->out.off = 0;
+  peerstore__reader_reset(&c->rd);
+  peerstore__out_discard(&c->out);
   report(c, 0, status);
   /* Retrying cannot help a client the service does not speak to or does
    * not admit. */
@@ -759,22 +658,20 @@ static void connection_lost(peerstore_client *c, int status) {
   }
   /* An iteration the service had begun cannot be resumed: it ends.  One
    * that never went out is sent on the next connection, like the rest. */
-  all = ops_in_order(c, &n);
-  for (i = 0; i < n; i++) {
-    if (all[i]->kind == OP_ITERATE && all[i]->sent) {
-      op_untable(c, all[i]);
-      done_push(c, all[i], PEERSTORE_EINTERRUPTED);
+  for (op = c->first; op != NULL; op = next) {
+    next = op->next;
+    if (op->kind == OP_ITERATE && op->sent) {
+      op_untable(c, op);
+      done_push(c, op, PEERSTORE_EINTERRUPTED);
     }
-    all[i]->sent = 0;
+    op->sent = 0;
   }
-  free(all);
   schedule_retry(c);
 }
 
 static void on_connect(uv_connect_t *req, int status) {
   peerstore_client *c = req->data;
-  ps_op **all;
-  size_t i, n;
+  ps_op *op;
 
   if (status == UV_ECANCELED || c->handles_closing)
     return;
@@ -785,20 +682,14 @@ static void on_connect(uv_connect_t *req, int status) {
   }
   c->state = ST_CONNECTED;
   c->peer_gone = 0;
-  c->out.len = c->out.off = 0;
-  if (peerstore__put_hello(&c->out) != 0) {
+  peerstore__out_discard(&c->out);
+  if (peerstore__put_hello(&c->out.buf) != 0) {
     connection_lost(c, PEERSTORE_ENOMEM);
     return;
   }
   /* Everything still waiting, in the order it was made. */
-  all = ops_in_order(c, &n);
-  if (all == NULL && c->ops.count > 0) {
-    connection_lost(c, PEERSTORE_ENOMEM);
-    return;
-  }
-  for (i = 0; i < n && c->state == ST_CONNECTED; i++)
-    send_frame(c, all[i]);
-  free(all);
+  for (op = c->first; op != NULL && c->state == ST_CONNECTED; op = op->next)
+    send_frame(c, op);
   if (c->state != ST_CONNECTED)
     return;
   uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
@@ -808,6 +699,7 @@ static void on_connect(uv_connect_t *req, int status) {
 static void connect_now(peerstore_client *c) {
   uv_pipe_init(c->loop, &c->pipe, 0);
   c->pipe.data = c;
+  c->out.stream = (uv_stream_t *)&c->pipe;
   c->pipe_open = 1;
   c->state = ST_CONNECTING;
   uv_pipe_connect(&c->creq, &c->pipe, c->path, on_connect);
@@ -881,7 +773,9 @@ peerstore_client *peerstore_connect_ex(uv_loop_t *loop,
   c->retry.data = c;
   c->deadline.data = c;
   c->creq.data = c;
-  c->wreq.data = c;
+  peerstore__out_init(&c->out, (uv_stream_t *)&c->pipe, on_written, c);
+  peerstore__heap_init(&c->deadlines, offsetof(ps_op, deadline),
+                       offsetof(ps_op, heap_pos));
   c->handles_open = 3;
   connect_now(c);
   return c;
@@ -897,22 +791,17 @@ const char *peerstore_client_socket_path(const peerstore_client *c) {
 }
 
 void peerstore_disconnect(peerstore_client *c, int sync_first) {
-  size_t i;
-  ps_op *op;
+  ps_op *op, *next;
 
   if (c == NULL || c->closing)
     return;
   c->closing = 1;
   c->sync_first = sync_first != 0;
   /* Cancel everything that is not a store we are asked to wait for. */
-  for (i = 0; i <= c->ops.mask; i++) {
-    peerstore__hnode *e = c->ops.buckets[i], *next;
-    for (; e != NULL; e = next) {
-      next = e->next;
-      op = (ps_op *)e;
-      if (!sync_first || op->kind != OP_STORE)
-        peerstore__op_cancel(op);
-    }
+  for (op = c->first; op != NULL; op = next) {
+    next = op->next;
+    if (!sync_first || op->kind != OP_STORE)
+      peerstore__op_cancel(op);
   }
   for (op = c->done_head; op != NULL; op = op->next_done)
     if (!sync_first || op->kind != OP_STORE)

@@ -2,6 +2,9 @@
 #ifndef PEERSTORE_CLIENT_INT_H
 #define PEERSTORE_CLIENT_INT_H
 
+#include "conn.h"
+#include "frame.h"
+#include "heap.h"
 #include "hmap.h"
 #include "peerstore.h"
 #include "wire.h"
@@ -20,8 +23,6 @@ enum ps_state {
   ST_FAILED      /* down for good (reconnect off, or a fatal error) */
 };
 
-#define NO_HEAP SIZE_MAX
-
 /* Every operation, whatever its public type.  Public handles are this
  * struct behind a distinct opaque name, so the compiler keeps them apart
  * in user code.  The encoded request follows the struct, so it can be
@@ -29,13 +30,16 @@ enum ps_state {
 typedef struct ps_op {
   peerstore__hnode h; /* in the client's table, by request id */
   peerstore_client *c;
+  struct ps_op *prev; /* the client's tabled ops, in the order made */
+  struct ps_op *next;
   struct ps_op *next_done; /* deferred completion or garbage list */
-  uint8_t *frame;
-  size_t frame_len;
-  size_t heap_idx;   /* in the client's deadline heap, or NO_HEAP */
+  /* The encoded request, in memory allocated with the op: encoders write
+   * into it without growing it (its cap is the exact frame length). */
+  peerstore__buf frame;
   uint64_t start;    /* loop time (ms) the op was made or last progressed */
   uint64_t timeout;  /* ms; 0: none */
-  uint64_t deadline; /* start + timeout */
+  uint64_t deadline; /* start + timeout: the deadline heap's key */
+  uint32_t heap_pos; /* in the deadline heap, or PEERSTORE__HEAP_NONE */
   uint32_t request;
   uint32_t consumed; /* iterate: records since the last credit grant */
   int status;        /* deferred completion status */
@@ -57,20 +61,17 @@ struct peerstore_client {
   uv_loop_t *loop;
   uv_pipe_t pipe;
   uv_connect_t creq;
-  uv_write_t wreq;
   uv_idle_t idle;
   uv_timer_t retry;    /* reconnect backoff */
   uv_timer_t deadline; /* the earliest operation deadline */
   char *path;
   peerstore_connect_opts opts;
-  peerstore__buf in;
-  peerstore__buf out;     /* being filled */
-  peerstore__buf wbuf;    /* being written */
-  peerstore__buf scratch; /* where ops encode their request */
-  peerstore__hmap ops;
-  ps_op **heap; /* ops with a deadline, earliest first */
-  size_t heap_len;
-  size_t heap_cap;
+  peerstore__reader rd;
+  peerstore__out out;
+  peerstore__hmap ops; /* tabled ops by request id */
+  ps_op *first;        /* ... and in the order they were made */
+  ps_op *last;
+  peerstore__heap deadlines; /* ops with a timeout, earliest first */
   ps_op *done_head; /* deferred final callbacks, in order */
   ps_op *done_tail;
   ps_op *garbage;   /* finished ops to free outside callbacks */
@@ -84,7 +85,6 @@ struct peerstore_client {
   int handles_open;
   int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
-  unsigned writing : 1;
   unsigned peer_gone : 2;    /* a write found the service gone: idle turns
                                 since (see write_failed) */
   unsigned closing : 1;      /* peerstore_disconnect was called */
@@ -95,12 +95,12 @@ struct peerstore_client {
 };
 
 /* client.c */
-/* Takes the next request id, for encoding into c->scratch. */
-uint32_t peerstore__next_request(peerstore_client *c);
-/* Makes an op of kind whose encoded request is c->scratch; NULL when out
- * of memory or the client is closing. */
+/* Makes an op of kind (a struct of size bytes) with a new request id and
+ * room for a request frame of frame_len bytes in op->frame, where the
+ * caller then encodes it; NULL when out of memory or the client is
+ * closing. */
 ps_op *peerstore__op_new(peerstore_client *c, enum ps_op_kind kind,
-                         size_t size, uint32_t request, void *arg);
+                         size_t size, size_t frame_len, void *arg);
 /* Registers the op and sends its request (now, or once connected).  On a
  * failed client the op ends soon with the failure status instead. */
 void peerstore__op_start(peerstore_client *c, ps_op *op);

@@ -1,7 +1,8 @@
 /* ops.c - the public operations: store, iterate, watch, remove, stats.
  *
- * Each call checks its arguments, encodes its request into the client's
- * output buffer and registers the operation; client.c does the rest.
+ * Each call checks its arguments, makes an operation with room for its
+ * request, encodes the request there and starts it; client.c sends it
+ * (again after a reconnect) and routes the replies.
  */
 #include <string.h>
 
@@ -48,20 +49,23 @@ static int filter_ok(peerstore_client *c, const char *subsystem,
          (key == NULL || str_ok(key, PEERSTORE_KEY_MAX));
 }
 
-/* Encodes a filter request for a new op of kind; NULL on failure. */
+/* A new op of kind with its filter request encoded; NULL on failure. */
 static ps_op *filter_op(peerstore_client *c, enum ps_op_kind kind,
                         size_t size, uint16_t type, const char *subsystem,
                         const peerstore_peer_id *peer, const char *key,
                         void *arg) {
-  uint32_t req;
+  ps_op *op;
 
   if (!filter_ok(c, subsystem, key))
     return NULL;
-  req = peerstore__next_request(c);
-  if (peerstore__put_filter(&c->scratch, type, req, subsystem, peer, key,
-                            PEERSTORE_CREDIT_WINDOW) != 0)
-    return NULL;
-  return peerstore__op_new(c, kind, size, req, arg);
+  op = peerstore__op_new(c, kind, size,
+                         peerstore__len_filter(type, subsystem, peer, key),
+                         arg);
+  /* The frame has exactly the room it needs: encoding cannot fail. */
+  if (op != NULL)
+    peerstore__put_filter(&op->frame, type, op->request, subsystem, peer,
+                          key, PEERSTORE_CREDIT_WINDOW);
+  return op;
 }
 
 peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
@@ -71,18 +75,17 @@ peerstore_store_op *peerstore_store(peerstore_client *c, const char *subsystem,
                                     enum peerstore_store_option option,
                                     peerstore_store_cb cb, void *arg) {
   ps_op *op;
-  uint32_t req;
 
   if (!filter_ok(c, subsystem, key) || key == NULL || peer == NULL ||
       (value == NULL && size > 0) || size > PEERSTORE_VALUE_MAX_HARD ||
       (option != PEERSTORE_MULTIPLE && option != PEERSTORE_REPLACE))
     return NULL;
-  req = peerstore__next_request(c);
-  if (peerstore__put_store(&c->scratch, req, subsystem, peer, key, value,
-                           size, expiry, (uint8_t)option) != 0 ||
-      (op = peerstore__op_new(c, OP_STORE, sizeof(peerstore_store_op), req,
-                              arg)) == NULL)
+  op = peerstore__op_new(c, OP_STORE, sizeof(peerstore_store_op),
+                         peerstore__len_store(subsystem, key, size), arg);
+  if (op == NULL)
     return NULL;
+  peerstore__put_store(&op->frame, op->request, subsystem, peer, key, value,
+                       size, expiry, (uint8_t)option);
   op->cb.store = cb;
   peerstore__op_start(c, op);
   return (peerstore_store_op *)op;
@@ -171,15 +174,14 @@ void peerstore_remove_set_timeout(peerstore_remove_op *op, uint64_t ms) {
 peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
                                     void *arg) {
   ps_op *op;
-  uint32_t req;
 
   if (c == NULL || cb == NULL || peerstore__client_closed(c))
     return NULL;
-  req = peerstore__next_request(c);
-  if (peerstore__put_empty(&c->scratch, PEERSTORE_MSG_STATS, req) != 0 ||
-      (op = peerstore__op_new(c, OP_STATS, sizeof(peerstore_stats_op), req,
-                              arg)) == NULL)
+  op = peerstore__op_new(c, OP_STATS, sizeof(peerstore_stats_op),
+                         PEERSTORE_HEADER_SIZE, arg);
+  if (op == NULL)
     return NULL;
+  peerstore__put_empty(&op->frame, PEERSTORE_MSG_STATS, op->request);
   op->cb.stats = cb;
   peerstore__op_start(c, op);
   return (peerstore_stats_op *)op;

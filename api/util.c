@@ -1,10 +1,12 @@
-/* util.c - error names, the default socket path and peer id text forms;
- * shared by the library, the service and the CLI. */
+/* util.c - error names, the default socket path and peer id text forms:
+ * public calls of libpeerstore that need no connection (the service
+ * links this file too, for the same names and the same socket rule). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "peerstore.h"
+#include "text.h"
 
 const char *peerstore_strerror(int status) {
   switch (status) {
@@ -90,16 +92,6 @@ static int b32_value(char ch) {
   }
 }
 
-static int hex_value(char ch) {
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  if (ch >= 'a' && ch <= 'f')
-    return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F')
-    return ch - 'A' + 10;
-  return -1;
-}
-
 int peerstore_peer_from_string(const char *s, peerstore_peer_id *peer) {
   size_t n, i, o = 0;
   unsigned bits = 0, acc = 0;
@@ -107,15 +99,10 @@ int peerstore_peer_from_string(const char *s, peerstore_peer_id *peer) {
   if (s == NULL || peer == NULL)
     return PEERSTORE_EINVAL;
   n = strlen(s);
-  if (n == PEERSTORE_PEER_HEX_LEN) {
-    for (i = 0; i < n; i += 2) {
-      int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
-      if (hi < 0 || lo < 0)
-        return PEERSTORE_EINVAL;
-      peer->bytes[i / 2] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
-  }
+  if (n == PEERSTORE_PEER_HEX_LEN)
+    return peerstore__hex_decode(s, peer->bytes, PEERSTORE_PEER_ID_SIZE) == 0
+               ? 0
+               : PEERSTORE_EINVAL;
   if (n != PEERSTORE_PEER_B32_LEN)
     return PEERSTORE_EINVAL;
   for (i = 0; i < n; i++) {

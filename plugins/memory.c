@@ -22,10 +22,11 @@
  * values and appending may walk them, and record fields are no wider than
  * their limits need.
  */
-#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "heap.h"
 #include "hmap.h"
 #include "memory.h"
 #include "peerstore_plugin.h"
@@ -71,8 +72,8 @@ struct mrec {
   struct mrec *prev[L_COUNT];
   struct triple *t; /* dangling once dead: never followed then */
   uint64_t revision;
-  uint64_t expiry;
-  uint32_t heap_idx; /* NOT_IN_HEAP for records that never expire */
+  uint64_t expiry;   /* the expiry heap's key */
+  uint32_t heap_pos; /* PEERSTORE__HEAP_NONE for records that never expire */
   uint32_t value_size; /* at most PEERSTORE_VALUE_MAX_HARD */
   uint32_t writer;
   uint32_t refs : 31; /* cursor pins + dead predecessors pointing here */
@@ -80,16 +81,13 @@ struct mrec {
   uint8_t value[];
 };
 
-#define NOT_IN_HEAP UINT32_MAX
-
 typedef struct mem {
   peerstore__hmap ss;
   peerstore__hmap peers;
   peerstore__hmap keys;
   peerstore__hmap triples;
-  struct mrec **heap;
-  size_t heap_len;
-  size_t heap_cap;
+  peerstore__heap expiry; /* records that expire, soonest first */
+  peerstore_plugin_env env;
   uint64_t revision;
   uint64_t records;
 } mem;
@@ -101,78 +99,6 @@ struct peerstore_plugin_cursor {
   uint64_t max_revision;
   uint64_t now;
 };
-
-/* ------------------------------------------------------------------ */
-/* Expiry heap                                                         */
-
-static int heap_less(const struct mrec *a, const struct mrec *b) {
-  return a->expiry < b->expiry;
-}
-
-static void heap_set(mem *m, size_t i, struct mrec *r) {
-  m->heap[i] = r;
-  r->heap_idx = (uint32_t)i;
-}
-
-static void heap_up(mem *m, size_t i) {
-  struct mrec *r = m->heap[i];
-
-  while (i > 0 && heap_less(r, m->heap[(i - 1) / 2])) {
-    heap_set(m, i, m->heap[(i - 1) / 2]);
-    i = (i - 1) / 2;
-  }
-  heap_set(m, i, r);
-}
-
-static void heap_down(mem *m, size_t i) {
-  struct mrec *r = m->heap[i];
-
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= m->heap_len)
-      break;
-    if (c + 1 < m->heap_len && heap_less(m->heap[c + 1], m->heap[c]))
-      c++;
-    if (!heap_less(m->heap[c], r))
-      break;
-    heap_set(m, i, m->heap[c]);
-    i = c;
-  }
-  heap_set(m, i, r);
-}
-
-/* Makes room for one more entry, so that the push itself cannot fail. */
-static int heap_reserve(mem *m) {
-  if (m->heap_len == m->heap_cap) {
-    size_t cap = m->heap_cap ? m->heap_cap * 2 : 256;
-    struct mrec **h = realloc(m->heap, cap * sizeof(*h));
-    if (h == NULL)
-      return PEERSTORE_ENOMEM;
-    m->heap = h;
-    m->heap_cap = cap;
-  }
-  return 0;
-}
-
-static void heap_push(mem *m, struct mrec *r) {
-  heap_set(m, m->heap_len++, r);
-  heap_up(m, m->heap_len - 1);
-}
-
-static void heap_del(mem *m, struct mrec *r) {
-  size_t i = r->heap_idx;
-  struct mrec *last;
-
-  if (i == NOT_IN_HEAP)
-    return;
-  r->heap_idx = NOT_IN_HEAP;
-  last = m->heap[--m->heap_len];
-  if (last == r)
-    return;
-  heap_set(m, i, last);
-  heap_up(m, i);
-  heap_down(m, last->heap_idx);
-}
 
 /* ------------------------------------------------------------------ */
 /* Groups: the four list heads                                         */
@@ -377,7 +303,7 @@ static void rec_remove(mem *m, struct mrec *r) {
   int l;
 
   rec_detach(r);
-  heap_del(m, r);
+  peerstore__heap_remove(&m->expiry, r);
   m->records--;
   if (r->refs == 0) {
     free(r);
@@ -413,7 +339,6 @@ static void rec_view(const struct mrec *r, peerstore_record *out) {
 static int mem_open(const peerstore_plugin_env *env, void **instance) {
   mem *m = calloc(1, sizeof(*m));
 
-  (void)env;
   if (m == NULL)
     return PEERSTORE_ENOMEM;
   if (peerstore__hmap_init(&m->ss) || peerstore__hmap_init(&m->peers) ||
@@ -425,6 +350,9 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
     free(m);
     return PEERSTORE_ENOMEM;
   }
+  peerstore__heap_init(&m->expiry, offsetof(struct mrec, expiry),
+                       offsetof(struct mrec, heap_pos));
+  m->env = *env;
   *instance = m;
   return 0;
 }
@@ -461,7 +389,7 @@ static void mem_close(void *instance) {
   free_all(&m->peers);
   free_all(&m->keys);
   free_all(&m->ss);
-  free(m->heap);
+  peerstore__heap_free(&m->expiry);
   free(m);
 }
 
@@ -473,7 +401,7 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
     return NULL;
   r->t = t;
   r->expiry = expiry;
-  r->heap_idx = NOT_IN_HEAP;
+  r->heap_pos = PEERSTORE__HEAP_NONE;
   r->value_size = (uint32_t)size;
   r->refs = 0;
   r->dead = 0;
@@ -481,7 +409,7 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   if (size > 0)
     memcpy(r->value, value, size);
   if (expiry != PEERSTORE_EXPIRY_NEVER)
-    heap_push(m, r);
+    peerstore__heap_push(&m->expiry, r);
   r->revision = ++m->revision;
   rec_append(r);
   m->records++;
@@ -502,11 +430,11 @@ static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry,
     return n;
   }
   rec_detach(r);
-  heap_del(m, r);
+  peerstore__heap_remove(&m->expiry, r);
   r->expiry = expiry;
   r->writer = writer;
   if (expiry != PEERSTORE_EXPIRY_NEVER)
-    heap_push(m, r);
+    peerstore__heap_push(&m->expiry, r);
   r->revision = ++m->revision;
   rec_append(r);
   return r;
@@ -522,10 +450,12 @@ static int mem_store(void *instance, const peerstore_record *rec,
   struct triple *t = NULL;
   struct mrec *r = NULL, *old, *next;
   peerstore_record view;
+  peerstore_plugin_change change;
 
   /* The heap slot is taken up front: past this point nothing can fail
    * half-way through changing the lists. */
-  if (rec->expiry != PEERSTORE_EXPIRY_NEVER && heap_reserve(m) != 0)
+  if (rec->expiry != PEERSTORE_EXPIRY_NEVER &&
+      peerstore__heap_reserve(&m->expiry) != 0)
     goto fail;
   ss = ss_find(m, rec->subsystem, 1);
   if (ss != NULL)
@@ -560,13 +490,19 @@ static int mem_store(void *instance, const peerstore_record *rec,
   }
 done:
   rec_view(r, &view);
+  change.kind = PEERSTORE_CHANGE_STORE;
+  change.revision = r->revision;
+  change.rec = &view;
+  change.writer = writer;
+  change.flags = 0;
+  m->env.changed(m->env.changed_ctx, &change);
   cb(arg, 0, &view);
   return 0;
 
 fail:
+  /* Nothing was changed; refused, so no callback. */
   groups_gc(m, ss, pn, kn, t);
-  cb(arg, PEERSTORE_ENOMEM, NULL);
-  return 0;
+  return PEERSTORE_ENOMEM;
 }
 
 /* The head of the list a filter selects (its first-record pointer), or
@@ -688,8 +624,11 @@ static int mem_purge(void *instance, uint64_t now, uint32_t max,
   mem *m = instance;
   uint64_t n = 0;
 
-  while (m->heap_len > 0 && m->heap[0]->expiry <= now && n < max) {
-    rec_remove_gc(m, m->heap[0]);
+  struct mrec *r;
+
+  while ((r = peerstore__heap_top(&m->expiry)) != NULL && r->expiry <= now &&
+         n < max) {
+    rec_remove_gc(m, r);
     n++;
   }
   cb(arg, 0, n);
@@ -705,13 +644,19 @@ static void mem_counts(void *instance, uint64_t *records,
 }
 
 static const peerstore_plugin_ops mem_ops = {
-    mem_open,         mem_close,         mem_store,  mem_iterate_open,
-    mem_iterate_next, mem_iterate_close, mem_remove, mem_purge,
-    mem_counts,
+    .open = mem_open,
+    .close = mem_close,
+    .store = mem_store,
+    .iterate_open = mem_iterate_open,
+    .iterate_next = mem_iterate_next,
+    .iterate_close = mem_iterate_close,
+    .remove = mem_remove,
+    .purge = mem_purge,
+    .counts = mem_counts,
 };
 
-static const peerstore_plugin_desc mem_desc = {PEERSTORE_PLUGIN_ABI, "memory",
-                                               &mem_ops};
+static const peerstore_plugin_desc mem_desc = {
+    .abi = PEERSTORE_PLUGIN_ABI, .name = "memory", .ops = &mem_ops};
 
 const peerstore_plugin_desc *peerstore_plugin_memory(void) {
   return &mem_desc;

@@ -14,10 +14,25 @@
  * their callbacks in that order, so per-client order and the order of
  * watch notifications follow from the order of calls.
  *
+ * Completion (libuv's rule for requests): an operation that takes a
+ * callback either refuses at once - a non-zero return, and its callback
+ * never runs - or returns 0 and completes only through its callback,
+ * exactly once, with 0 or an error status.  Never both, never neither.
+ *
  * Threading: every call is made on the service's loop thread, and every
  * callback must run on that thread too.  A plugin may do its work elsewhere
  * (uv_queue_work, its own thread + uv_async) and call back later, or do it
  * at once and call back before the call returns; the service handles both.
+ *
+ * Changes: a plugin reports the changes it applies through the
+ * environment's changed() hook - every STORE, and with
+ * PEERSTORE_PLUGIN_REPORTS_REMOVALS every REMOVE and EXPIRE too - and,
+ * when its database is shared with other services (a server-backed
+ * plugin), the same changes that another one made as it learns of them;
+ * on the loop thread, in revision order, and before the callback of the
+ * operation that made the change.  The service feeds its
+ * watchers from this hook alone, so a change made elsewhere reaches them
+ * exactly as a local one does.
  *
  * Revisions: the plugin numbers every change it applies (each store and
  * each remove that removed something) with a strictly increasing 64-bit
@@ -39,8 +54,10 @@
 extern "C" {
 #endif
 
-/* 2: records carry the uid of their writer. */
-#define PEERSTORE_PLUGIN_ABI 2
+/* 2: records carry the uid of their writer.
+ * 3: operations complete only through their callback or refuse; changes
+ *    are reported through env->changed. */
+#define PEERSTORE_PLUGIN_ABI 3
 
 
 enum peerstore_log_level {
@@ -49,6 +66,30 @@ enum peerstore_log_level {
   PEERSTORE_LOG_INFO = 2,
   PEERSTORE_LOG_DEBUG = 3
 };
+
+/* A change to the store (see "Changes" above). */
+enum peerstore_plugin_change_kind {
+  PEERSTORE_CHANGE_STORE = 1,  /* rec was stored, or refreshed by MULTIPLE */
+  PEERSTORE_CHANGE_REMOVE = 2, /* rec was removed, or dropped by a REPLACE */
+  PEERSTORE_CHANGE_EXPIRE = 3  /* rec expired and was purged */
+};
+
+typedef struct peerstore_plugin_change {
+  enum peerstore_plugin_change_kind kind;
+  /* The change's own revision.  For STORE it is rec->revision; REMOVE and
+   * EXPIRE carry the record as it was, with the revision of the store
+   * that wrote it in rec->revision. */
+  uint64_t revision;
+  const peerstore_record *rec; /* value included; borrowed for the call */
+  uint32_t writer;             /* uid that wrote rec */
+  uint32_t flags;              /* 0; reserved */
+} peerstore_plugin_change;
+
+/* Set in peerstore_plugin_desc.flags by a plugin that reports REMOVE and
+ * EXPIRE changes (the change stream, DESIGN.md section 7, needs them).  A
+ * plugin without it reports STORE changes only, and numbers a remove
+ * with one revision whatever it removed. */
+#define PEERSTORE_PLUGIN_REPORTS_REMOVALS 0x1u
 
 /* What the service hands a plugin at open. */
 typedef struct peerstore_plugin_env {
@@ -63,6 +104,12 @@ typedef struct peerstore_plugin_env {
   void (*log)(void *ctx, enum peerstore_log_level level, const char *fmt,
               ...) __attribute__((format(printf, 3, 4)));
   void *log_ctx;
+  /* Names a status (peerstore_strerror), for log lines. */
+  const char *(*strerror)(int status);
+  /* The change hook; see "Changes" above. */
+  void (*changed)(void *ctx, const peerstore_plugin_change *change);
+  void *changed_ctx;
+  void *reserved[8]; /* NULL; room for later calls */
 } peerstore_plugin_env;
 
 /* subsystem is required; peer and key NULL mean any. */
@@ -101,18 +148,19 @@ typedef struct peerstore_plugin_ops {
    * under the triple; MULTIPLE with a byte-identical value refreshes that
    * record's expiry and gives it a new revision.  writer is the uid of the
    * client that stored it, kept with the record (a refresh updates it).
-   * cb runs exactly once. */
+   * The STORE change is reported before cb runs. */
   int (*store)(void *instance, const peerstore_record *rec, uint32_t writer,
                enum peerstore_store_option option,
                peerstore_plugin_store_cb cb, void *arg);
 
   /* Begins an iteration over the records matching filter, in stored
    * order, covering the records stored before this call.  The filter is
-   * copied. */
+   * copied.  Synchronous: returns 0 with *cursor set, or an error. */
   int (*iterate_open)(void *instance, const peerstore_plugin_filter *filter,
                       uint64_t now, peerstore_plugin_cursor **cursor);
-  /* Yields up to max records through rec_cb, then calls done_cb once.
-   * Only one iterate_next per cursor may be outstanding. */
+  /* Yields up to max records through rec_cb, then calls done_cb once
+   * (the completion).  Only one iterate_next per cursor may be
+   * outstanding. */
   int (*iterate_next)(peerstore_plugin_cursor *cursor, uint32_t max,
                       peerstore_plugin_record_cb rec_cb,
                       peerstore_plugin_next_cb done_cb, void *arg);
@@ -126,12 +174,14 @@ typedef struct peerstore_plugin_ops {
   int (*purge)(void *instance, uint64_t now, uint32_t max,
                peerstore_plugin_count_cb cb, void *arg);
   /* Number of records held (expired ones not yet purged included) and the
-   * last revision given out. */
+   * last revision given out.  Synchronous. */
   void (*counts)(void *instance, uint64_t *records, uint64_t *revision);
+  void (*reserved[8])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {
   uint32_t abi; /* PEERSTORE_PLUGIN_ABI */
+  uint32_t flags; /* PEERSTORE_PLUGIN_REPORTS_REMOVALS, ... */
   const char *name;
   const peerstore_plugin_ops *ops;
 } peerstore_plugin_desc;

@@ -110,10 +110,12 @@ struct sq {
   uv_loop_t *loop;
   sqlite3 *db;
   char *path;
-  const peerstore_plugin_env *env;
   void (*log)(void *ctx, enum peerstore_log_level level, const char *fmt,
               ...);
   void *log_ctx;
+  const char *(*strerror)(int status);
+  void (*changed)(void *ctx, const peerstore_plugin_change *change);
+  void *changed_ctx;
   uv_thread_t worker;
   uv_mutex_t lock;
   uv_cond_t cond;
@@ -444,7 +446,7 @@ static void run_group(sq *s, job *head) {
   s->records = rec0;
   s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
          "sqlite %s: write failed, %s; group rolled back", s->path,
-         peerstore_strerror(failed));
+         s->strerror(failed));
   for (j = head; j != NULL; j = j->next)
     j->status = failed;
 }
@@ -500,11 +502,20 @@ static void job_free(job *j) {
   free(j);
 }
 
-static void job_complete(job *j) {
+static void job_complete(sq *s, job *j) {
+  peerstore_plugin_change ch;
   size_t i;
 
   switch (j->kind) {
   case J_STORE:
+    if (j->status == 0) {
+      ch.kind = PEERSTORE_CHANGE_STORE;
+      ch.revision = j->u.store.rec.revision;
+      ch.rec = &j->u.store.rec;
+      ch.writer = j->u.store.writer;
+      ch.flags = 0;
+      s->changed(s->changed_ctx, &ch);
+    }
     j->u.store.cb(j->arg, j->status, j->status ? NULL : &j->u.store.rec);
     break;
   case J_NEXT: {
@@ -540,7 +551,7 @@ static void drain_done(sq *s) {
   uv_mutex_unlock(&s->lock);
   for (; j != NULL; j = next) {
     next = j->next;
-    job_complete(j);
+    job_complete(s, j);
   }
 }
 
@@ -568,10 +579,8 @@ static int sq_store(void *instance, const peerstore_record *rec,
   size_t ssn = strlen(rec->subsystem) + 1, kn = strlen(rec->key) + 1;
   job *j;
 
-  if (s->read_only) {
-    cb(arg, PEERSTORE_EROFS, NULL);
-    return 0;
-  }
+  if (s->read_only)
+    return PEERSTORE_EROFS;
   if ((j = calloc(1, sizeof(*j))) == NULL)
     return PEERSTORE_ENOMEM;
   /* One allocation holds the strings and the value. */
@@ -932,6 +941,9 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
   s->loop = env->loop;
   s->log = env->log;
   s->log_ctx = env->log_ctx;
+  s->strerror = env->strerror;
+  s->changed = env->changed;
+  s->changed_ctx = env->changed_ctx;
   s->read_only = option_yes(env, "read_only");
   flags = s->read_only ? SQLITE_OPEN_READONLY
                        : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
@@ -993,13 +1005,19 @@ static void sq_close(void *instance) {
 }
 
 static const peerstore_plugin_ops sq_ops = {
-    sq_open,         sq_close,          sq_store,  sq_iterate_open,
-    sq_iterate_next, sq_iterate_close, sq_remove, sq_purge,
-    sq_counts,
+    .open = sq_open,
+    .close = sq_close,
+    .store = sq_store,
+    .iterate_open = sq_iterate_open,
+    .iterate_next = sq_iterate_next,
+    .iterate_close = sq_iterate_close,
+    .remove = sq_remove,
+    .purge = sq_purge,
+    .counts = sq_counts,
 };
 
-static const peerstore_plugin_desc sq_desc = {PEERSTORE_PLUGIN_ABI, "sqlite",
-                                              &sq_ops};
+static const peerstore_plugin_desc sq_desc = {
+    .abi = PEERSTORE_PLUGIN_ABI, .name = "sqlite", .ops = &sq_ops};
 
 const peerstore_plugin_desc *peerstore_plugin_entry(void);
 const peerstore_plugin_desc *peerstore_plugin_entry(void) { return &sq_desc; }

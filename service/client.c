@@ -1,18 +1,23 @@
 /* client.c - one connection to peerstored: its buffers, limits and close.
  *
- * Input: bytes land in c->in; whole frames are dispatched, at most
+ * Input: bytes land in c->rd (the frame reader); whole frames are dispatched, at most
  * FRAMES_PER_WAKEUP per read, the rest on the next loop turn, so one busy
  * client cannot starve the others.
  *
  * Output: replies are appended to c->out and written by the server's idle
  * callback once per loop turn, so a burst of requests costs one write.
- * While one write is in flight, new output collects in c->out.  When a
- * client's queued output passes the soft limit, or it has max_inflight
- * requests waiting for the plugin, its requests are no longer read
- * (backpressure) until both are below half; watches are bounded
- * separately in watch.c, and a client whose output does not move for
- * write_timeout is disconnected (client_check_stalled).
+ * While one write is in flight, new output collects in c->out.
+ *
+ * Limits: client_output_ok is the one judge of queued output, with one
+ * limit per use of it (the table below), as Redis's
+ * checkClientOutputBufferLimits is.  When a client's output passes the
+ * read limit, or it has max_inflight requests waiting for the plugin, its
+ * requests are no longer read (backpressure) until both are below half;
+ * an iteration asks the plugin for more only within the iterate limit; a
+ * watch that would pass the watch limit ends; a client whose output does
+ * not move for write_timeout is disconnected (client_check_stalled).
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -21,20 +26,46 @@
 
 #define FRAMES_PER_WAKEUP 4096
 
-size_t client_queued(const client *c) {
-  return (c->out.len - c->out.off) + c->wbuf.len;
+/* ------------------------------------------------------------------ */
+/* Limits                                                              */
+
+/* Per use of the output: the config field holding its limit in bytes, and
+ * a divisor.  Resuming waits for half the read limit, so that a client at
+ * the edge is not paused and resumed per request. */
+static const struct {
+  size_t field;
+  unsigned divisor;
+} output_limits[] = {
+    [OUT_READ] = {offsetof(config, output_soft_limit), 1},
+    [OUT_RESUME] = {offsetof(config, output_soft_limit), 2},
+    [OUT_ITERATE] = {offsetof(config, output_soft_limit), 1},
+    [OUT_WATCH] = {offsetof(config, watch_output_limit), 1},
+};
+
+int client_output_ok(const client *c, enum output_use use, size_t adding) {
+  const config *cfg = c->srv->cfg;
+  size_t limit;
+
+  memcpy(&limit, (const char *)cfg + output_limits[use].field, sizeof(limit));
+  return peerstore__out_queued(&c->out) + adding <=
+         limit / output_limits[use].divisor;
 }
 
-int client_busy(const client *c) {
-  return client_queued(c) > c->srv->cfg->output_soft_limit ||
+/* 1 while the client may not send more requests: too much queued output
+ * or too many requests in flight. */
+static int client_busy(const client *c) {
+  return !client_output_ok(c, OUT_READ, 0) ||
          c->inflight >= c->srv->cfg->max_inflight;
 }
 
-/* Below half of both limits: room to take requests again, with hysteresis
- * so that a client at the edge is not paused and resumed per request. */
+/* Room to take requests again: below half of both limits. */
 static int client_has_room(const client *c) {
-  return client_queued(c) <= c->srv->cfg->output_soft_limit / 2 &&
+  return client_output_ok(c, OUT_RESUME, 0) &&
          c->inflight <= c->srv->cfg->max_inflight / 2;
+}
+
+int client_quiet(const client *c) {
+  return peerstore__out_queued(&c->out) == 0;
 }
 
 void client_ref(client *c) { c->refs++; }
@@ -54,9 +85,8 @@ void client_set_backlog(client *c, int on) {
 void client_unref(client *c) {
   if (--c->refs > 0)
     return;
-  peerstore__buf_free(&c->in);
-  peerstore__buf_free(&c->out);
-  peerstore__buf_free(&c->wbuf);
+  peerstore__reader_free(&c->rd);
+  peerstore__out_free(&c->out);
   free(c);
 }
 
@@ -84,21 +114,18 @@ void client_close(client *c) {
 }
 
 void client_fail(client *c, int status, const char *why) {
-  uv_buf_t b;
-
   if (c->closing)
     return;
   c->srv->stats.protocol_errors++;
   LOG_WARN("client %llu (uid %u pid %d): %s; disconnecting",
            (unsigned long long)c->id, (unsigned)c->uid, (int)c->pid, why);
   /* Best effort: tell the client why before closing.  Output still queued
-   * behind an in-flight write is dropped with the connection. */
-  if (!c->writing) {
-    c->out.off = c->out.len = 0;
-    if (peerstore__put_error(&c->out, 0, status, why) == 0) {
-      b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
-      (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
-    }
+   * behind an in-flight write is dropped with the connection; so is what
+   * the kernel does not take at once. */
+  if (!c->out.writing) {
+    peerstore__out_discard(&c->out);
+    if (peerstore__put_error(&c->out.buf, 0, status, why) == 0)
+      (void)peerstore__out_flush(&c->out);
   }
   client_close(c);
 }
@@ -106,7 +133,6 @@ void client_fail(client *c, int status, const char *why) {
 /* ------------------------------------------------------------------ */
 /* Output                                                              */
 
-static void on_write(uv_write_t *req, int status);
 static void start_reading(client *c);
 
 /* What was queued reached the kernel: whatever waited for room goes on. */
@@ -130,14 +156,13 @@ void client_output_ready(client *c) {
 void client_flush(client *c) {
   int r;
 
-  if (c->closing || c->writing || c->out.len == c->out.off) {
+  if (c->closing || c->out.writing || !peerstore__out_pending(&c->out)) {
     client_unref(c); /* the flush list's reference */
     return;
   }
-  r = peerstore__buf_flush((uv_stream_t *)&c->pipe, &c->out, &c->wbuf,
-                           &c->wreq, on_write);
+  r = peerstore__out_flush(&c->out);
   if (r == 1) {
-    c->writing = 1;
+    /* in flight: on_written goes on */
   } else if (r < 0) {
     LOG_DEBUG("client %llu: write failed: %s", (unsigned long long)c->id,
               uv_strerror(r));
@@ -150,7 +175,6 @@ void client_flush(client *c) {
 
 void client_resume(client *c) {
   server *s = c->srv;
-  siter *it, *next;
 
   if (c->closing)
     return;
@@ -159,17 +183,30 @@ void client_resume(client *c) {
     /* Frames read before the pause are still waiting in the buffer. */
     client_set_backlog(c, 1);
   }
-  for (it = c->iters; it != NULL; it = next) {
-    next = it->next;
-    iter_pump(it);
+  iter_pump_all(c);
+}
+
+void client_request_done(client *c) {
+  if (--c->inflight <= c->srv->cfg->max_inflight / 2)
+    client_resume(c);
+}
+
+static void stop_reading(client *c) {
+  if (c->reading) {
+    uv_read_stop((uv_stream_t *)&c->pipe);
+    c->reading = 0;
   }
 }
 
-static void on_write(uv_write_t *req, int status) {
-  client *c = req->data;
+void client_shutdown(client *c) {
+  stop_reading(c);
+  watch_end_all(c, PEERSTORE_ESHUTDOWN);
+  iter_end_all(c, PEERSTORE_ESHUTDOWN);
+}
 
-  c->writing = 0;
-  peerstore__buf_end_write(&c->wbuf);
+static void on_written(void *data, int status) {
+  client *c = data;
+
   if (status != 0) {
     if (status != UV_ECANCELED) {
       LOG_DEBUG("client %llu: write: %s", (unsigned long long)c->id,
@@ -178,7 +215,7 @@ static void on_write(uv_write_t *req, int status) {
     }
     return;
   }
-  if (c->out.len > c->out.off)
+  if (peerstore__out_pending(&c->out))
     client_output_ready(c);
   output_drained(c);
 }
@@ -190,7 +227,7 @@ void client_check_stalled(server *s) {
 
   for (c = s->clients; c != NULL; c = next) {
     next = c->next;
-    if (!c->writing) {
+    if (!c->out.writing) {
       c->stall_since = 0;
       continue;
     }
@@ -206,7 +243,7 @@ void client_check_stalled(server *s) {
                "(%zu bytes queued); disconnecting",
                (unsigned long long)c->id, (unsigned)c->uid, (int)c->pid,
                (unsigned long long)((now - c->stall_since) / 1000),
-               client_queued(c));
+               peerstore__out_queued(&c->out));
       client_close(c);
     }
   }
@@ -215,15 +252,16 @@ void client_check_stalled(server *s) {
 /* ------------------------------------------------------------------ */
 /* Input                                                               */
 
+/* The largest frame this service reads into memory. */
+static size_t frame_max(const client *c) {
+  return c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD;
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   client *c = h->data;
 
   (void)hint;
-  /* While skipping an oversized body there is no header to size by. */
-  peerstore__buf_read_space(
-      &c->in,
-      c->discard ? 0 : c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD,
-      buf);
+  peerstore__reader_space(&c->rd, frame_max(c), buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
@@ -239,7 +277,7 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   }
   if (n == 0)
     return;
-  c->in.len += (size_t)n;
+  peerstore__reader_filled(&c->rd, (size_t)n);
   client_process_input(c);
 }
 
@@ -249,58 +287,43 @@ static void start_reading(client *c) {
 }
 
 void client_process_input(client *c) {
-  server *s = c->srv;
-  size_t frame_max = s->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD;
   unsigned frames = 0;
   peerstore__header h;
-  size_t avail;
+  const uint8_t *body;
   int r;
 
   while (!c->closing) {
-    avail = c->in.len - c->in.off;
-    if (c->discard > 0) {
-      size_t n = avail < c->discard ? avail : (size_t)c->discard;
-      c->in.off += n;
-      c->discard -= n;
-      if (c->discard > 0)
-        break;
-      dispatch_store_too_big(c, c->discard_request);
+    if (frames == FRAMES_PER_WAKEUP) {
+      client_set_backlog(c, 1); /* the rest on the next loop turn */
+      break;
+    }
+    if (client_busy(c)) {
+      /* Until the client's output drains and its requests complete
+       * (client_resume). */
+      stop_reading(c);
+      break;
+    }
+    r = peerstore__reader_next(&c->rd, frame_max(c), &h, &body);
+    if (r == PEERSTORE__FRAME_MORE)
+      break;
+    if (r == PEERSTORE__FRAME_SKIPPED) {
+      dispatch_store_too_big(c, h.request);
       continue;
     }
-    if (avail < PEERSTORE_HEADER_SIZE)
-      break;
-    if (frames == FRAMES_PER_WAKEUP || client_busy(c)) {
-      /* Leave the rest for later: another turn, or until the client's
-       * output drains and its requests complete (client_resume). */
-      if (client_busy(c)) {
-        if (c->reading) {
-          uv_read_stop((uv_stream_t *)&c->pipe);
-          c->reading = 0;
-        }
-      } else {
-        client_set_backlog(c, 1);
-      }
-      break;
-    }
-    peerstore__wire_header(c->in.data + c->in.off, &h);
-    if (h.body_len > frame_max) {
+    if (r == PEERSTORE_ETOOBIG && h.type == PEERSTORE_MSG_STORE && c->hello) {
       /* An oversized STORE is answered without buffering it, and the
        * connection stays usable; anything else this large is nonsense. */
-      if (h.type == PEERSTORE_MSG_STORE && c->hello &&
-          h.body_len <= PEERSTORE_MSG_MAX) {
-        c->in.off += PEERSTORE_HEADER_SIZE;
-        c->discard = h.body_len;
-        c->discard_request = h.request;
-        continue;
-      }
-      client_fail(c, PEERSTORE_EPROTO, "frame length over the limit");
+      peerstore__reader_skip(&c->rd);
+      continue;
+    }
+    if (r < 0) {
+      client_fail(c, PEERSTORE_EPROTO,
+                  r == PEERSTORE_ETOOBIG ? "frame length over the limit"
+                                         : "malformed frame header");
       return;
     }
-    if (avail < PEERSTORE_HEADER_SIZE + (size_t)h.body_len)
-      break;
-    c->in.off += PEERSTORE_HEADER_SIZE + h.body_len;
     frames++;
-    r = dispatch_frame(c, &h, c->in.data + c->in.off - h.body_len);
+    r = dispatch_frame(c, &h, body);
     if (r != 0) {
       client_fail(c, r, r == PEERSTORE_EVERSION
                             ? "protocol version not supported"
@@ -309,7 +332,7 @@ void client_process_input(client *c) {
     }
   }
   if (!c->closing)
-    peerstore__buf_trim_input(&c->in);
+    peerstore__reader_trim(&c->rd);
 }
 
 /* ------------------------------------------------------------------ */
@@ -330,7 +353,7 @@ void client_accept(server *s) {
   c->id = ++s->next_client_id;
   uv_pipe_init(s->loop, &c->pipe, 0);
   c->pipe.data = c;
-  c->wreq.data = c;
+  peerstore__out_init(&c->out, (uv_stream_t *)&c->pipe, on_written, c);
   if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->pipe) != 0) {
     uv_close((uv_handle_t *)&c->pipe, on_close);
     return;

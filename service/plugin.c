@@ -42,8 +42,12 @@ static int try_file(plugin *p, const char *path, const char *name) {
   }
   d = entry();
   if (d == NULL || d->abi != PEERSTORE_PLUGIN_ABI || d->ops == NULL) {
-    LOG_ERROR("plugin %s: %s has plugin ABI %u, this service needs %u", name,
-              path, d ? (unsigned)d->abi : 0u, (unsigned)PEERSTORE_PLUGIN_ABI);
+    LOG_ERROR("plugin %s: %s has plugin ABI %u, this service needs %u%s",
+              name, path, d ? (unsigned)d->abi : 0u,
+              (unsigned)PEERSTORE_PLUGIN_ABI,
+              d && d->abi < PEERSTORE_PLUGIN_ABI
+                  ? " (rebuild the plugin against this peerstore_plugin.h)"
+                  : "");
     return -1;
   }
   p->desc = d;
@@ -95,7 +99,9 @@ static int find_plugin(plugin *p, const config *cfg, const char *name) {
   return -1;
 }
 
-int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop) {
+int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
+                void (*changed)(void *ctx, const peerstore_plugin_change *),
+                void *ctx) {
   const char *name = cfg->plugin ? cfg->plugin : "memory";
   peerstore_plugin_env env;
   int r;
@@ -113,6 +119,9 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop) {
   env.option = plugin_option;
   env.option_ctx = (void *)cfg;
   env.log = log_plugin;
+  env.strerror = peerstore_strerror;
+  env.changed = changed;
+  env.changed_ctx = ctx;
   r = p->desc->ops->open(&env, &p->instance);
   if (r != 0) {
     LOG_ERROR("plugin %s failed to open%s%s: %s", p->desc->name,

@@ -14,20 +14,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "service.h"
+#include "text.h"
 
 #define PURGE_BATCH 10000
 #define STOP_GRACE_MS 5000
-
-uint64_t server_now_us(void) {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 /* ------------------------------------------------------------------ */
 /* The socket file                                                     */
@@ -141,7 +134,7 @@ static int all_quiet(server *s) {
   if (s->inflight > 0 || s->n_backlog > 0)
     return 0;
   for (c = s->clients; c != NULL; c = c->next)
-    if (c->writing || c->out.len > 0)
+    if (!client_quiet(c))
       return 0;
   return 1;
 }
@@ -210,7 +203,7 @@ static void on_purge_timer(uv_timer_t *t) {
     return;
   s->purging = 1;
   s->inflight++;
-  r = s->plugin.desc->ops->purge(s->plugin.instance, server_now_us(),
+  r = s->plugin.desc->ops->purge(s->plugin.instance, peerstore__now_us(),
                                  PURGE_BATCH, purge_done, s);
   if (r != 0) {
     s->purging = 0;
@@ -257,9 +250,8 @@ static void release(server *s) {
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
   plugin_unload(&s->plugin);
-  dispatch_free_reqs(s);
-  peerstore__hmap_free(&s->watch_index);
-  peerstore__buf_free(&s->note);
+  dispatch_fini(s);
+  watch_fini(s);
 }
 
 int server_start(server *s, uv_loop_t *loop, config *cfg) {
@@ -267,10 +259,10 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   s->loop = loop;
   s->cfg = cfg;
   s->started_ms = uv_now(loop);
-  if (peerstore__hmap_init(&s->watch_index) != 0)
+  if (watch_init(s) != 0)
     return -1;
-  if (plugin_load(&s->plugin, cfg, loop) != 0) {
-    peerstore__hmap_free(&s->watch_index);
+  if (plugin_load(&s->plugin, cfg, loop, watch_changed, s) != 0) {
+    watch_fini(s);
     s->done = 1;
     return -1;
   }
@@ -325,14 +317,8 @@ void server_stop(server *s) {
   uv_signal_stop(&s->sigterm);
   /* Watches and iterations would never finish by themselves: end them
    * with an explicit status that is flushed before the clients close. */
-  for (c = s->clients; c != NULL; c = c->next) {
-    if (c->reading) {
-      uv_read_stop((uv_stream_t *)&c->pipe);
-      c->reading = 0;
-    }
-    watch_end_all(c, PEERSTORE_ESHUTDOWN);
-    iter_end_all(c, PEERSTORE_ESHUTDOWN);
-  }
+  for (c = s->clients; c != NULL; c = c->next)
+    client_shutdown(c);
   uv_timer_start(&s->stop_timer, on_stop_timer, STOP_GRACE_MS, 0);
   server_kick(s);
 }

@@ -12,6 +12,8 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include "conn.h"
+#include "frame.h"
 #include "hmap.h"
 #include "memory.h"
 #include "peerstore_plugin.h"
@@ -110,9 +112,12 @@ typedef struct plugin {
   int lib_open;
 } plugin;
 
-/* Finds, loads, checks and opens the configured plugin; returns 0, or -1
- * after logging what it looked for and where. */
-int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop);
+/* Finds, loads, checks and opens the configured plugin, whose changes are
+ * reported to changed(ctx, ...); returns 0, or -1 after logging what it
+ * looked for and where. */
+int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
+                void (*changed)(void *ctx, const peerstore_plugin_change *),
+                void *ctx);
 /* Closes the instance.  The plugin's handles may still be closing, so its
  * code stays loaded until plugin_release, after the loop has run empty. */
 void plugin_unload(plugin *p);
@@ -128,26 +133,20 @@ typedef struct watch watch;
 typedef struct siter siter;
 typedef struct sreq sreq;
 
-struct watch {
-  peerstore__hnode h;  /* in the server's watch index, under its filter */
-  watch *next_same;    /* other watches with the same filter */
-  watch *prev_same;
-  watch *next_of_client;
-  client *c;
-  uint32_t request;
-  peerstore__filter f;
-};
+/* The watches of all clients, hashed by filter (watch.c). */
+typedef struct watch_index {
+  peerstore__hmap map;
+  peerstore__buf note; /* the notification being fanned out */
+  uint32_t count;
+} watch_index;
 
-struct siter {
-  siter *next;
-  client *c;
-  uint32_t request;
-  uint32_t credit;
-  uint64_t now; /* when it began: records expiring by then are skipped */
-  peerstore_plugin_cursor *cursor;
-  unsigned busy : 1;    /* an iterate_next is outstanding */
-  unsigned pumping : 1; /* inside iter_pump, so completions do not recurse */
-  unsigned ended : 1;   /* cancelled or finished; free when not busy */
+/* What a client's queued output is judged for; each use has its limit in
+ * one table (client.c, client_output_ok). */
+enum output_use {
+  OUT_READ,    /* read more of its requests */
+  OUT_RESUME,  /* read again after a pause: lower, for hysteresis */
+  OUT_ITERATE, /* ask the plugin for more records of an iteration */
+  OUT_WATCH    /* take one more notification */
 };
 
 struct client {
@@ -160,12 +159,8 @@ struct client {
   uid_t uid;
   gid_t gid;
   pid_t pid;
-  peerstore__buf in;
-  peerstore__buf out;   /* being filled */
-  peerstore__buf wbuf;  /* being written */
-  uv_write_t wreq;
-  uint64_t discard;     /* bytes of an oversized body still to skip */
-  uint32_t discard_request;
+  peerstore__reader rd;
+  peerstore__out out;
   uint32_t refs;        /* the handle + plugin requests in flight */
   uint32_t inflight;    /* plugin requests outstanding */
   size_t stall_queue;   /* write queue size when last seen unchanged */
@@ -174,12 +169,10 @@ struct client {
   watch *watches;
   siter *iters;
   unsigned hello : 1;
-  unsigned writing : 1;
   unsigned reading : 1;
   unsigned closing : 1;
   unsigned in_flush : 1;
   unsigned in_backlog : 1; /* has whole frames left over from a wake-up */
-  unsigned close_after_flush : 1;
 };
 
 typedef struct server_stats {
@@ -207,18 +200,16 @@ struct server {
   uv_timer_t housekeeping; /* once a second: clients that stopped reading */
   uv_idle_t idle;
   client *clients;
-  client *flush_list;
+  client *flush_list; /* clients with output to flush */
   uint32_t n_clients;
-  uint32_t n_watches;
   uint32_t n_iters;
   uint32_t n_backlog; /* clients with whole frames left for the idle turn */
   uint64_t next_client_id;
   uint64_t inflight; /* plugin requests outstanding */
   uint64_t started_ms;
-  sreq *free_reqs;
+  sreq *free_reqs; /* dispatch.c's recycled requests */
   uint32_t n_free_reqs;
-  peerstore__hmap watch_index;
-  peerstore__buf note; /* watch.c's scratch frame */
+  watch_index watches;
   server_stats stats;
   unsigned listening : 1;
   unsigned stopping : 1;
@@ -226,30 +217,43 @@ struct server {
   unsigned done : 1;
 };
 
+/* A decoded filter as the plugin interface takes it. */
+static inline void filter_to_plugin(const peerstore__filter *f,
+                                    peerstore_plugin_filter *pf) {
+  pf->subsystem = f->subsystem;
+  pf->peer = f->has_peer ? &f->peer : NULL;
+  pf->key = f->has_key ? f->key : NULL;
+}
+
 /* server.c */
 int server_start(server *s, uv_loop_t *loop, config *cfg);
 void server_stop(server *s);
 /* Runs the idle work soon (flushes, backlogs, shutdown progress). */
 void server_kick(server *s);
-uint64_t server_now_us(void);
 
 /* client.c */
 void client_accept(server *s);
-/* Queues output; may end the client's iterations' pumping (above soft
- * limit) but never blocks. */
+/* Queues the client's output to be flushed on this loop turn. */
 void client_output_ready(client *c);
-size_t client_queued(const client *c);
+/* 1 when c's queued output, plus `adding` bytes, is within the limit of
+ * use: the one place that judges output against limits. */
+int client_output_ok(const client *c, enum output_use use, size_t adding);
 /* Sends an ERROR frame, logs why and closes the client. */
 void client_fail(client *c, int status, const char *why);
 void client_close(client *c);
 void client_ref(client *c);
 void client_unref(client *c);
+/* Writes what the client has queued (from the server's idle turn). */
 void client_flush(client *c);
-/* Reads and dispatches again once the client is below its limits. */
+/* Reads and dispatches again once the client is below its limits, and
+ * lets its iterations go on. */
 void client_resume(client *c);
-/* 1 while the client may not send more requests: too much queued output
- * or too many requests in flight. */
-int client_busy(const client *c);
+/* A request of c's that reached the plugin has completed. */
+void client_request_done(client *c);
+/* Shutdown: stops reading and ends c's watches and iterations. */
+void client_shutdown(client *c);
+/* 1 when c has no output queued or being written. */
+int client_quiet(const client *c);
 /* Closes clients whose output has not moved for write_timeout_ms. */
 void client_check_stalled(server *s);
 /* Marks (on) or clears the client as having frames left to dispatch on
@@ -265,17 +269,37 @@ int dispatch_frame(client *c, const peerstore__header *h,
                    const uint8_t *body);
 /* A STORE whose body is too large: answer without having read it. */
 void dispatch_store_too_big(client *c, uint32_t request);
-void iter_pump(siter *it);
+/* Queues a status reply (STORE_RESULT, ..._END); extra as in wire.h. */
+void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
+                    const uint64_t *extra);
 /* Frees the recycled request structures (at shutdown). */
-void dispatch_free_reqs(server *s);
+void dispatch_fini(server *s);
+
+/* iter.c */
+/* Begins iteration `request` of c over f with credit records. */
+int iter_start(client *c, uint32_t request, const peerstore__filter *f,
+               uint32_t credit);
+/* More credit for iteration `request`; ignored if it has ended. */
+void iter_credit(client *c, uint32_t request, uint32_t more);
+/* Ends iteration `request` without a reply; returns 0, or
+ * PEERSTORE_ENOENT if c has no such iteration. */
+int iter_cancel(client *c, uint32_t request);
+/* Asks the plugin for more of each of c's iterations that may go on. */
+void iter_pump_all(client *c);
+/* Ends all of c's iterations with status (0: silently, for a closing
+ * client). */
 void iter_end_all(client *c, int status);
 
 /* watch.c */
+int watch_init(server *s);
+void watch_fini(server *s);
 int watch_add(server *s, client *c, uint32_t request,
               const peerstore__filter *f);
 int watch_cancel(client *c, uint32_t request);
 /* Ends all of c's watches with status (0: silently, for a closing client). */
 void watch_end_all(client *c, int status);
-void watch_notify(server *s, const peerstore_record *rec, uint32_t writer);
+/* The plugin's change hook (peerstore_plugin_env.changed): notifies the
+ * watchers a change concerns. */
+void watch_changed(void *server, const peerstore_plugin_change *ch);
 
 #endif /* PEERSTORED_SERVICE_H */

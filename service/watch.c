@@ -1,5 +1,10 @@
 /* watch.c - the watch index and store notifications.
  *
+ * Notifications come from the plugin's change hook (watch_changed), which
+ * a plugin calls for every change it applies - or learns of from another
+ * writer of a shared database - before it completes the request that made
+ * it: so watchers hear of a store before its writer does.
+ *
  * Every watch is hashed by its filter: the subsystem, then the peer and/or
  * key it names, each kind of filter under a different seed.  A store of
  * (ss, peer, key) can match exactly four filters, (ss), (ss, peer),
@@ -8,14 +13,23 @@
  * with the number of watches that cannot match it.
  *
  * A notification is encoded once and copied to each watcher with its own
- * request id patched in.  A watcher whose queued output would pass
- * watch_output_limit has its watch ended with PEERSTORE_EOVERFLOW instead:
- * the store path never waits for a slow reader, and the reader is told.
+ * request id set in.  A watcher whose queued output would pass the watch
+ * limit (client_output_ok) has its watch ended with PEERSTORE_EOVERFLOW
+ * instead: the store path never waits for a slow reader, and the reader
+ * is told.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "service.h"
+
+struct watch {
+  peerstore__hnode h; /* in the server's watch index, under its filter */
+  watch *next_of_client;
+  client *c;
+  uint32_t request;
+  peerstore__filter f;
+};
 
 #define SEED_SS 0x5eed0001u
 #define SEED_PEER 0x5eed0002u
@@ -43,6 +57,16 @@ static uint64_t filter_hash(const peerstore__filter *f) {
   return h;
 }
 
+int watch_init(server *s) {
+  memset(&s->watches, 0, sizeof(s->watches));
+  return peerstore__hmap_init(&s->watches.map);
+}
+
+void watch_fini(server *s) {
+  peerstore__hmap_free(&s->watches.map);
+  peerstore__buf_free(&s->watches.note);
+}
+
 int watch_add(server *s, client *c, uint32_t request,
               const peerstore__filter *f) {
   watch *w;
@@ -61,8 +85,8 @@ int watch_add(server *s, client *c, uint32_t request,
   w->next_of_client = c->watches;
   c->watches = w;
   c->n_watches++;
-  s->n_watches++;
-  peerstore__hmap_insert(&s->watch_index, &w->h, filter_hash(f));
+  s->watches.count++;
+  peerstore__hmap_insert(&s->watches.map, &w->h, filter_hash(f));
   return 0;
 }
 
@@ -73,11 +97,9 @@ static void watch_end(watch *w, int status) {
   server *s = c->srv;
   watch **pp;
 
-  if (status != 0 && !c->closing &&
-      peerstore__put_status(&c->out, PEERSTORE_MSG_WATCH_END, w->request,
-                            status, NULL) == 0)
-    client_output_ready(c);
-  peerstore__hmap_remove(&s->watch_index, &w->h);
+  if (status != 0)
+    dispatch_reply(c, PEERSTORE_MSG_WATCH_END, w->request, status, NULL);
+  peerstore__hmap_remove(&s->watches.map, &w->h);
   for (pp = &c->watches; *pp != NULL; pp = &(*pp)->next_of_client) {
     if (*pp == w) {
       *pp = w->next_of_client;
@@ -85,7 +107,7 @@ static void watch_end(watch *w, int status) {
     }
   }
   c->n_watches--;
-  s->n_watches--;
+  s->watches.count--;
   free(w);
 }
 
@@ -117,8 +139,8 @@ static int filter_matches(const peerstore__filter *f, int want_peer,
          (!want_key || strcmp(f->key, rec->key) == 0);
 }
 
-/* The encoded RECORD frame (s->note), made on first use and shared by
- * every watcher of one store. */
+/* The encoded RECORD frame (s->watches.note), made on first use and
+ * shared by every watcher of one store. */
 typedef struct note {
   peerstore__buf *frame;
   int ready;
@@ -127,7 +149,7 @@ typedef struct note {
 static void deliver(server *s, watch *w, note *n, const peerstore_record *r,
                     uint32_t writer) {
   client *c = w->c;
-  uint8_t *p;
+  peerstore__buf *out = &c->out.buf;
 
   if (c->closing)
     return;
@@ -139,27 +161,22 @@ static void deliver(server *s, watch *w, note *n, const peerstore_record *r,
     }
     n->ready = 1;
   }
-  if (client_queued(c) + n->frame->len > s->cfg->watch_output_limit) {
+  if (!client_output_ok(c, OUT_WATCH, n->frame->len)) {
     s->stats.overflows++;
     LOG_WARN("client %llu (uid %u): watch %u fell behind (%zu bytes "
              "queued); ending it with overflow",
              (unsigned long long)c->id, (unsigned)c->uid,
-             (unsigned)w->request, client_queued(c));
+             (unsigned)w->request, peerstore__out_queued(&c->out));
     watch_end(w, PEERSTORE_EOVERFLOW);
     return;
   }
-  if (peerstore__buf_reserve(&c->out, n->frame->len) != 0) {
+  if (peerstore__buf_reserve(out, n->frame->len) != 0) {
     watch_end(w, PEERSTORE_ENOMEM);
     return;
   }
-  p = c->out.data + c->out.len;
-  memcpy(p, n->frame->data, n->frame->len);
-  /* The request id sits at bytes 8..11 of the header. */
-  p[8] = (uint8_t)(w->request >> 24);
-  p[9] = (uint8_t)(w->request >> 16);
-  p[10] = (uint8_t)(w->request >> 8);
-  p[11] = (uint8_t)w->request;
-  c->out.len += n->frame->len;
+  memcpy(out->data + out->len, n->frame->data, n->frame->len);
+  peerstore__wire_set_request(out->data + out->len, w->request);
+  out->len += n->frame->len;
   s->stats.notifications++;
   client_output_ready(c);
 }
@@ -167,7 +184,7 @@ static void deliver(server *s, watch *w, note *n, const peerstore_record *r,
 static void notify_bucket(server *s, uint64_t h, int want_peer, int want_key,
                           note *n, const peerstore_record *rec,
                           uint32_t writer) {
-  peerstore__hnode *e = peerstore__hmap_bucket(&s->watch_index, h), *next;
+  peerstore__hnode *e = peerstore__hmap_bucket(&s->watches.map, h), *next;
 
   for (; e != NULL; e = next) {
     watch *w = (watch *)e;
@@ -177,13 +194,13 @@ static void notify_bucket(server *s, uint64_t h, int want_peer, int want_key,
   }
 }
 
-void watch_notify(server *s, const peerstore_record *rec, uint32_t writer) {
+static void notify(server *s, const peerstore_record *rec, uint32_t writer) {
   note n;
   uint64_t hs, hp;
 
-  if (s->n_watches == 0)
+  if (s->watches.count == 0)
     return;
-  n.frame = &s->note;
+  n.frame = &s->watches.note;
   n.ready = 0;
   hs = h_ss(rec->subsystem);
   hp = h_peer(hs, &rec->peer);
@@ -191,6 +208,13 @@ void watch_notify(server *s, const peerstore_record *rec, uint32_t writer) {
   notify_bucket(s, hp, 1, 0, &n, rec, writer);
   notify_bucket(s, h_key(hs, rec->key), 0, 1, &n, rec, writer);
   notify_bucket(s, h_key(hp, rec->key), 1, 1, &n, rec, writer);
-  if (s->note.cap > (1u << 20))
-    peerstore__buf_free(&s->note);
+  if (s->watches.note.cap > PEERSTORE__BUF_KEEP)
+    peerstore__buf_free(&s->watches.note);
+}
+
+void watch_changed(void *server_, const peerstore_plugin_change *ch) {
+  /* Protocol version 2 has notifications of stores only; removals and
+   * expiry reach watchers with the change stream. */
+  if (ch->kind == PEERSTORE_CHANGE_STORE)
+    notify(server_, ch->rec, ch->writer);
 }

@@ -24,9 +24,14 @@ typedef struct fx {
   uv_loop_t loop;
   void *inst;
   const peerstore_plugin_ops *ops;
+  /* What the change hook heard. */
+  uint64_t stores_reported;
+  uint64_t last_reported;
 } fx;
 
 typedef struct result {
+  const fx *f;
+  uint64_t reported_at_cb; /* stores reported when the callback ran */
   int done;
   int status;
   uint64_t revision;
@@ -59,6 +64,22 @@ static const char *no_option(void *ctx, const char *name) {
   return NULL;
 }
 
+/* A plugin reports its changes in revision order; STORE is the kind every
+ * plugin reports (peerstore_plugin.h). */
+static void changed(void *ctx, const peerstore_plugin_change *ch) {
+  fx *f = ctx;
+
+  assert_non_null(ch->rec);
+  assert_true(ch->revision > f->last_reported);
+  f->last_reported = ch->revision;
+  if (ch->kind == PEERSTORE_CHANGE_STORE) {
+    assert_int_equal(ch->revision, ch->rec->revision);
+    f->stores_reported++;
+  } else {
+    assert_true(target->desc->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS);
+  }
+}
+
 static int setup(void **state) {
   fx *f = calloc(1, sizeof(*f));
   peerstore_plugin_env env;
@@ -69,6 +90,9 @@ static int setup(void **state) {
   env.loop = &f->loop;
   env.option = no_option;
   env.log = env_log;
+  env.strerror = peerstore_strerror;
+  env.changed = changed;
+  env.changed_ctx = f;
   if (target->prepare != NULL)
     assert_int_equal(target->prepare(target->ctx, &env), 0);
   f->ops = target->desc->ops;
@@ -104,6 +128,7 @@ static void store_cb(void *arg, int status, const peerstore_record *rec) {
 
   r->done = 1;
   r->status = status;
+  r->reported_at_cb = r->f->stores_reported;
   if (status == 0) {
     assert_non_null(rec);
     r->revision = rec->revision;
@@ -118,7 +143,9 @@ static uint64_t put_as(fx *f, const char *ss, uint8_t peer, const char *key,
                        enum peerstore_store_option opt, uint32_t writer) {
   result r = {0};
   peerstore_record rec = {0};
+  uint64_t reported = f->stores_reported;
 
+  r.f = f;
   rec.subsystem = ss;
   rec.peer = peer_n(peer);
   rec.key = key;
@@ -129,6 +156,11 @@ static uint64_t put_as(fx *f, const char *ss, uint8_t peer, const char *key,
                    0);
   assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
   assert_int_equal(r.status, 0);
+  /* Every store is reported, once, before its callback runs (watchers hear
+   * of a store before its writer does). */
+  assert_int_equal(f->stores_reported, reported + 1);
+  assert_int_equal(r.reported_at_cb, reported + 1);
+  assert_int_equal(f->last_reported, r.revision);
   return r.revision;
 }
 

@@ -4,7 +4,7 @@
 set -u
 
 PEERSTORED=${PEERSTORED:-../service/peerstored}
-CLI=${PEERSTORE_CLI:-../service/peerstore}
+CLI=${PEERSTORE_CLI:-../cli/peerstore}
 dir=$(mktemp -d "${TMPDIR:-/tmp}/peerstore-cli-XXXXXX")
 sock="$dir/sock"
 pass=0
@@ -165,7 +165,7 @@ check "plugin by path" 0 "" ps store -s ss -p $P1 -k k v
 kill -TERM $svc; wait $svc; svc=
 "$PEERSTORED" --socket "$sock" --plugin badabi --plugin-dir "$plugins" 2>"$dir/plugin.log"
 rc=$?
-[ $rc = 1 ] && grep -q "plugin ABI 1002, this service needs 2" "$dir/plugin.log" && ok "plugin ABI checked" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
+[ $rc = 1 ] && grep -q "plugin ABI 2, this service needs 3 (rebuild the plugin" "$dir/plugin.log" && ok "an ABI 2 plugin is refused, naming both ABIs" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
 [ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
 # The sqlite plugin, when it was built.
 sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}

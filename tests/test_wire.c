@@ -1,5 +1,6 @@
-/* test_wire.c - the frame codec: round trips, and every way a body can be
- * short, long or wrong.  Also the peer id text forms. */
+/* test_wire.c - common/: the frame codec (round trips, and every way a
+ * body can be short, long or wrong), the frame reader, connection output
+ * and the heap.  Also the peer id text forms. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -12,6 +13,9 @@
 
 #include <cmocka.h>
 
+#include "conn.h"
+#include "frame.h"
+#include "heap.h"
 #include "wire.h"
 
 static peerstore_peer_id peer_seq(void) {
@@ -369,21 +373,15 @@ static void test_peer_text(void **state) {
   assert_int_equal(peerstore_peer_from_string(hex, &q), PEERSTORE_EINVAL);
 }
 
-/* peerstore__buf_flush: what the kernel takes goes out at once, the rest
+/* peerstore__out_flush: what the kernel takes goes out at once, the rest
  * through a queued write; the reader sees every byte once, in order,
  * across that boundary. */
-typedef struct flush_ctx {
-  peerstore__buf out, wbuf;
-  uv_write_t req;
-  int written;
-} flush_ctx;
+static int written;
 
-static void flush_done(uv_write_t *req, int status) {
-  flush_ctx *f = req->data;
-
+static void on_written(void *data, int status) {
+  (void)data;
   assert_int_equal(status, 0);
-  peerstore__buf_end_write(&f->wbuf);
-  f->written++;
+  written++;
 }
 
 static void queue_bytes(peerstore__buf *b, size_t n, unsigned *next) {
@@ -414,60 +412,221 @@ static void drain_and_check(int fd, size_t n, unsigned *seen) {
   } while (got < n || (n == 0 && r == (ssize_t)sizeof(buf)));
 }
 
-static void test_flush_order(void **state) {
+static void test_output_keeps_byte_order_across_queued_writes(void **state) {
   unsigned next = 0, seen = 0;
   uv_loop_t loop;
   uv_pipe_t pipe;
-  flush_ctx f;
+  peerstore__out o;
   int sv[2];
   size_t big = 8u << 20;
 
   (void)state;
   signal(SIGPIPE, SIG_IGN); /* as the library and the service do */
-  memset(&f, 0, sizeof(f));
-  f.req.data = &f;
+  written = 0;
   assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
   assert_int_equal(uv_loop_init(&loop), 0);
   assert_int_equal(uv_pipe_init(&loop, &pipe, 0), 0);
   assert_int_equal(uv_pipe_open(&pipe, sv[0]), 0);
+  peerstore__out_init(&o, (uv_stream_t *)&pipe, on_written, NULL);
 
   /* Small: the kernel takes it all, nothing is queued. */
-  queue_bytes(&f.out, 100, &next);
-  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
-                                        &f.wbuf, &f.req, flush_done),
-                   0);
-  assert_int_equal(f.out.len, 0);
+  queue_bytes(&o.buf, 100, &next);
+  assert_int_equal(peerstore__out_flush(&o), 0);
+  assert_int_equal(peerstore__out_queued(&o), 0);
   drain_and_check(sv[1], 100, &seen);
 
-  /* Larger than any socket buffer: the rest is queued, and out is free
+  /* Larger than any socket buffer: the rest is queued, and buf is free
    * for new output meanwhile. */
-  queue_bytes(&f.out, big, &next);
-  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
-                                        &f.wbuf, &f.req, flush_done),
-                   1);
-  assert_int_equal(f.out.len, 0);
-  queue_bytes(&f.out, 1000, &next);
-  while (f.written == 0) {
+  queue_bytes(&o.buf, big, &next);
+  assert_int_equal(peerstore__out_flush(&o), 1);
+  assert_false(peerstore__out_pending(&o));
+  assert_true(peerstore__out_queued(&o) > 0);
+  queue_bytes(&o.buf, 1000, &next);
+  /* While a write is in flight, a flush only says so. */
+  assert_int_equal(peerstore__out_flush(&o), 1);
+  while (written == 0) {
     drain_and_check(sv[1], 0, &seen);
     uv_run(&loop, UV_RUN_NOWAIT);
   }
   /* What was queued while the write was in flight follows it. */
-  assert_int_equal(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out,
-                                        &f.wbuf, &f.req, flush_done),
-                   0);
+  assert_int_equal(peerstore__out_flush(&o), 0);
   drain_and_check(sv[1], 100 + big + 1000 - seen, &seen);
   assert_int_equal(seen, next);
 
   /* A peer that is gone: an error, not a crash. */
   close(sv[1]);
-  queue_bytes(&f.out, 10, &next);
-  assert_true(peerstore__buf_flush((uv_stream_t *)&pipe, &f.out, &f.wbuf,
-                                   &f.req, flush_done) < 0);
+  queue_bytes(&o.buf, 10, &next);
+  assert_true(peerstore__out_flush(&o) < 0);
   uv_close((uv_handle_t *)&pipe, NULL);
   uv_run(&loop, UV_RUN_DEFAULT);
   assert_int_equal(uv_loop_close(&loop), 0);
-  peerstore__buf_free(&f.out);
-  peerstore__buf_free(&f.wbuf);
+  peerstore__out_free(&o);
+}
+
+/* Feeds bytes to a reader n at a time, as reads of any size would. */
+static void feed(peerstore__reader *r, const uint8_t *p, size_t n) {
+  assert_int_equal(peerstore__buf_reserve(&r->in, n), 0);
+  memcpy(r->in.data + r->in.len, p, n);
+  peerstore__reader_filled(r, n);
+}
+
+/* The frame reader hands out exactly the frames that were sent, whatever
+ * the read boundaries: here every split of a two-frame stream. */
+/* Takes every whole frame the reader has; checks each is the next of the
+ * stream test_reader_yields_whole_frames_at_any_split sends. */
+static void take_frames(peerstore__reader *r, int *frames) {
+  peerstore__header h;
+  const uint8_t *body;
+  peerstore__wrec w;
+  int res;
+
+  while ((res = peerstore__reader_next(r, 1024, &h, &body)) ==
+         PEERSTORE__FRAME_READY) {
+    if ((*frames)++ == 0) {
+      assert_int_equal(h.type, PEERSTORE_MSG_STORE);
+      assert_int_equal(h.request, 7);
+      assert_int_equal(peerstore__wire_store(body, h.body_len, &w), 0);
+      assert_memory_equal(w.rec.value, "vv", 2);
+    } else {
+      assert_int_equal(h.type, PEERSTORE_MSG_STATS);
+      assert_int_equal(h.request, 8);
+    }
+  }
+  assert_int_equal(res, PEERSTORE__FRAME_MORE);
+}
+
+static void test_reader_yields_whole_frames_at_any_split(void **state) {
+  peerstore__buf b = {0};
+  peerstore_peer_id p;
+  size_t split;
+
+  (void)state;
+  memset(&p, 3, sizeof(p));
+  assert_int_equal(peerstore__put_store(&b, 7, "ss", &p, "k", "vv", 2, 9, 1),
+                   0);
+  assert_int_equal(peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 8), 0);
+  for (split = 0; split <= b.len; split++) {
+    peerstore__reader r = {0};
+    int frames = 0;
+
+    feed(&r, b.data, split);
+    take_frames(&r, &frames);
+    feed(&r, b.data + split, b.len - split);
+    take_frames(&r, &frames);
+    assert_int_equal(frames, 2);
+    peerstore__reader_free(&r);
+  }
+  peerstore__buf_free(&b);
+}
+
+/* A frame over the caller's limit is reported before its body is held;
+ * skipped, it is dropped as it arrives and reported once it has passed,
+ * and the frames after it are read as usual. */
+static void test_reader_skips_oversized_frames_without_holding_them(
+    void **state) {
+  peerstore__reader r = {0};
+  peerstore__buf b = {0};
+  peerstore__header h;
+  const uint8_t *body;
+  static uint8_t value[100000];
+  peerstore_peer_id p;
+  size_t at, chunk = 4096;
+
+  (void)state;
+  memset(&p, 1, sizeof(p));
+  assert_int_equal(peerstore__put_store(&b, 5, "ss", &p, "k", value,
+                                        sizeof(value), 9, 0),
+                   0);
+  assert_int_equal(peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 6), 0);
+  feed(&r, b.data, chunk);
+  assert_int_equal(peerstore__reader_next(&r, 1000, &h, &body),
+                   PEERSTORE_ETOOBIG);
+  assert_int_equal(h.request, 5);
+  peerstore__reader_skip(&r);
+  for (at = chunk; at < b.len - PEERSTORE_HEADER_SIZE; at += chunk) {
+    size_t n = b.len - PEERSTORE_HEADER_SIZE - at < chunk
+                   ? b.len - PEERSTORE_HEADER_SIZE - at
+                   : chunk;
+    assert_int_equal(peerstore__reader_next(&r, 1000, &h, &body),
+                     PEERSTORE__FRAME_MORE);
+    peerstore__reader_trim(&r);
+    /* Never more than a chunk is held. */
+    assert_true(r.in.len - r.in.off <= chunk);
+    feed(&r, b.data + at, n);
+  }
+  assert_int_equal(peerstore__reader_next(&r, 1000, &h, &body),
+                   PEERSTORE__FRAME_SKIPPED);
+  assert_int_equal(h.request, 5);
+  feed(&r, b.data + b.len - PEERSTORE_HEADER_SIZE, PEERSTORE_HEADER_SIZE);
+  assert_int_equal(peerstore__reader_next(&r, 1000, &h, &body),
+                   PEERSTORE__FRAME_READY);
+  assert_int_equal(h.request, 6);
+  peerstore__reader_free(&r);
+  peerstore__buf_free(&b);
+}
+
+/* Headers no peer may send are errors before any body is read. */
+static void test_reader_refuses_impossible_headers(void **state) {
+  peerstore__reader r = {0};
+  peerstore__header h = {0}, got;
+  const uint8_t *body;
+  uint8_t raw[PEERSTORE_HEADER_SIZE];
+
+  (void)state;
+  h.type = PEERSTORE_MSG_STATS;
+  h.body_len = PEERSTORE_MSG_MAX + 1;
+  peerstore__wire_put_header(raw, &h);
+  feed(&r, raw, sizeof(raw));
+  assert_int_equal(peerstore__reader_next(&r, SIZE_MAX, &got, &body),
+                   PEERSTORE_EPROTO);
+  peerstore__reader_reset(&r);
+  h.body_len = 0;
+  h.flags = 1;
+  peerstore__wire_put_header(raw, &h);
+  feed(&r, raw, sizeof(raw));
+  assert_int_equal(peerstore__reader_next(&r, SIZE_MAX, &got, &body),
+                   PEERSTORE_EPROTO);
+  peerstore__reader_free(&r);
+}
+
+/* The heap gives elements back in key order, also after removals from
+ * the middle, and knows which elements it holds. */
+typedef struct helem {
+  uint64_t key;
+  uint32_t pos;
+} helem;
+
+static void test_heap_returns_smallest_key_first(void **state) {
+  enum { N = 1000 };
+  static helem e[N];
+  peerstore__heap h;
+  uint64_t last = 0;
+  unsigned i, seed = 12345, left = 0;
+  helem *top;
+
+  (void)state;
+  peerstore__heap_init(&h, offsetof(helem, key), offsetof(helem, pos));
+  for (i = 0; i < N; i++) {
+    seed = seed * 1103515245u + 12345u;
+    e[i].key = seed % 500; /* duplicates too */
+    e[i].pos = PEERSTORE__HEAP_NONE;
+    assert_int_equal(peerstore__heap_reserve(&h), 0);
+    peerstore__heap_push(&h, &e[i]);
+  }
+  /* Every third element leaves from wherever it is; twice is harmless. */
+  for (i = 0; i < N; i += 3) {
+    peerstore__heap_remove(&h, &e[i]);
+    peerstore__heap_remove(&h, &e[i]);
+    assert_int_equal(e[i].pos, PEERSTORE__HEAP_NONE);
+  }
+  while ((top = peerstore__heap_top(&h)) != NULL) {
+    assert_true(top->key >= last);
+    last = top->key;
+    peerstore__heap_remove(&h, top);
+    left++;
+  }
+  assert_int_equal(left, N - (N + 2) / 3);
+  peerstore__heap_free(&h);
 }
 
 int main(void) {
@@ -481,7 +640,11 @@ int main(void) {
       cmocka_unit_test(test_small_messages),
       cmocka_unit_test(test_random_bodies),
       cmocka_unit_test(test_peer_text),
-      cmocka_unit_test(test_flush_order),
+      cmocka_unit_test(test_output_keeps_byte_order_across_queued_writes),
+      cmocka_unit_test(test_reader_yields_whole_frames_at_any_split),
+      cmocka_unit_test(test_reader_skips_oversized_frames_without_holding_them),
+      cmocka_unit_test(test_reader_refuses_impossible_headers),
+      cmocka_unit_test(test_heap_returns_smallest_key_first),
   };
   return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "peerstore.h"
+#include "text.h"
 
 enum {
   EXIT_OK = 0,
@@ -85,28 +86,17 @@ typedef struct cli {
 /* ------------------------------------------------------------------ */
 /* Parsing                                                             */
 
-static int hexval(int ch) {
-  if (ch >= '0' && ch <= '9')
-    return ch - '0';
-  ch = tolower(ch);
-  return (ch >= 'a' && ch <= 'f') ? ch - 'a' + 10 : -1;
-}
-
 static int parse_hex(const char *s, uint8_t **out, size_t *n) {
-  size_t len = strlen(s), i;
+  size_t len = strlen(s);
   uint8_t *b;
 
   if (len % 2 != 0)
     return -1;
   if ((b = malloc(len / 2 + 1)) == NULL)
     return -1;
-  for (i = 0; i < len; i += 2) {
-    int hi = hexval((unsigned char)s[i]), lo = hexval((unsigned char)s[i + 1]);
-    if (hi < 0 || lo < 0) {
-      free(b);
-      return -1;
-    }
-    b[i / 2] = (uint8_t)(hi << 4 | lo);
+  if (peerstore__hex_decode(s, b, len / 2) != 0) {
+    free(b);
+    return -1;
   }
   *out = b;
   *n = len / 2;
@@ -137,13 +127,6 @@ static int read_stream(FILE *f, uint8_t **out, size_t *n) {
   *out = b;
   *n = len;
   return 0;
-}
-
-static uint64_t now_us(void) {
-  struct timespec ts;
-
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 /* never | N[s|m|h|d] relative | @SECONDS | MICROSECONDS absolute */
@@ -182,9 +165,9 @@ static int parse_expiry(const char *s, uint64_t *out) {
   case 'd': mult = 86400ull * 1000000u; break;
   default: return -1;
   }
-  if (v > (UINT64_MAX - now_us()) / mult)
+  if (v > (UINT64_MAX - peerstore__now_us()) / mult)
     return -1;
-  *out = now_us() + v * mult;
+  *out = peerstore__now_us() + v * mult;
   return 0;
 }
 

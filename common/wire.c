@@ -1,6 +1,7 @@
 /* wire.c - encoding and decoding of peerstore frames; see wire.h.
  *
- * Byte order lives here and nowhere else.  Decoding goes through a bounded
+ * Byte order lives here and nowhere else (frame.c and conn.c move whole
+ * frames without looking inside).  Decoding goes through a bounded
  * reader whose error flag is sticky, so a message decoder reads every field
  * and checks the flag once at the end.
  */
@@ -8,141 +9,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-/* ------------------------------------------------------------------ */
-/* Buffers                                                             */
-
-void peerstore__buf_free(peerstore__buf *b) {
-  free(b->data);
-  memset(b, 0, sizeof(*b));
-}
-
-int peerstore__buf_reserve(peerstore__buf *b, size_t n) {
-  size_t need, cap;
-  uint8_t *p;
-
-  if (b->cap - b->len >= n)
-    return 0;
-  peerstore__buf_compact(b);
-  if (b->cap - b->len >= n)
-    return 0;
-  need = b->len + n;
-  if (need < b->len)
-    return PEERSTORE_ENOMEM;
-  cap = b->cap ? b->cap : 4096;
-  while (cap < need)
-    cap *= 2;
-  p = realloc(b->data, cap);
-  if (p == NULL)
-    return PEERSTORE_ENOMEM;
-  b->data = p;
-  b->cap = cap;
-  return 0;
-}
-
-void peerstore__buf_compact(peerstore__buf *b) {
-  if (b->off == 0)
-    return;
-  if (b->off == b->len) {
-    b->off = b->len = 0;
-    return;
-  }
-  /* Only worth a memmove once the dead prefix outweighs the live part. */
-  if (b->off < b->len - b->off && b->off < b->cap / 2)
-    return;
-  memmove(b->data, b->data + b->off, b->len - b->off);
-  b->len -= b->off;
-  b->off = 0;
-}
-
-#define READ_CHUNK 65536
-/* Buffers larger than this are released when they empty. */
-#define BUF_KEEP (1u << 20)
-
-void peerstore__buf_trim_input(peerstore__buf *in) {
-  peerstore__buf_compact(in);
-  if (in->len == 0 && in->cap > BUF_KEEP)
-    peerstore__buf_free(in);
-}
-
-void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
-                               uv_buf_t *out) {
-  size_t want = READ_CHUNK;
-  peerstore__header h;
-
-  if (in->len - in->off >= PEERSTORE_HEADER_SIZE) {
-    peerstore__wire_header(in->data + in->off, &h);
-    if (h.body_len <= body_max &&
-        PEERSTORE_HEADER_SIZE + (size_t)h.body_len > want)
-      want = PEERSTORE_HEADER_SIZE + h.body_len;
-  }
-  if (peerstore__buf_reserve(in, want) != 0) {
-    *out = uv_buf_init(NULL, 0);
-    return;
-  }
-  *out = uv_buf_init((char *)in->data + in->len,
-                     (unsigned)(in->cap - in->len));
-}
-
-/* A uv_buf_t's length is an unsigned int: more than this is passed in
- * several pieces. */
-#define WRITE_PIECE ((size_t)1 << 30)
-
-static int write_pieces(uv_stream_t *s, peerstore__buf *wbuf,
-                        uv_write_t *req, uv_write_cb cb) {
-  size_t left = wbuf->len - wbuf->off, k;
-  size_t n = (left + WRITE_PIECE - 1) / WRITE_PIECE;
-  uv_buf_t one, *bufs = &one;
-  int r;
-
-  if (n > 1 && (bufs = malloc(n * sizeof(*bufs))) == NULL)
-    return UV_ENOMEM;
-  for (k = 0; k < n; k++) {
-    size_t at = k * WRITE_PIECE;
-    size_t len = left - at < WRITE_PIECE ? left - at : WRITE_PIECE;
-
-    bufs[k] = uv_buf_init((char *)wbuf->data + wbuf->off + at,
-                          (unsigned)len);
-  }
-  r = uv_write(req, s, bufs, (unsigned)n, cb); /* copies bufs */
-  if (bufs != &one)
-    free(bufs);
-  return r == 0 ? 1 : r;
-}
-
-int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
-                         peerstore__buf *wbuf, uv_write_t *req,
-                         uv_write_cb cb) {
-  size_t pending = out->len - out->off;
-  peerstore__buf tmp;
-  uv_buf_t b;
-  int n;
-
-  b = uv_buf_init((char *)out->data + out->off,
-                  (unsigned)(pending < WRITE_PIECE ? pending : WRITE_PIECE));
-  n = uv_try_write(s, &b, 1);
-  if (n >= 0 && (size_t)n == pending) {
-    out->len = out->off = 0;
-    if (out->cap > BUF_KEEP)
-      peerstore__buf_free(out);
-    return 0;
-  }
-  if (n < 0 && n != UV_EAGAIN)
-    return n;
-  if (n > 0)
-    out->off += (size_t)n;
-  tmp = *wbuf;
-  *wbuf = *out;
-  *out = tmp;
-  out->len = out->off = 0;
-  return write_pieces(s, wbuf, req, cb);
-}
-
-void peerstore__buf_end_write(peerstore__buf *wbuf) {
-  wbuf->len = wbuf->off = 0;
-  if (wbuf->cap > BUF_KEEP)
-    peerstore__buf_free(wbuf);
-}
 
 /* ------------------------------------------------------------------ */
 /* Bounded reader                                                      */
@@ -232,6 +98,27 @@ void peerstore__wire_header(const uint8_t *p, peerstore__header *h) {
   h->type = rd_u16(&r);
   h->flags = rd_u16(&r);
   h->request = rd_u32(&r);
+}
+
+size_t peerstore__wire_min_body(uint16_t type) {
+  switch (type) {
+  case PEERSTORE_MSG_HELLO:
+    return 4 + 2;
+  case PEERSTORE_MSG_STORE: /* one-byte strings, empty value */
+    return 2 + 1 + PEERSTORE_PEER_ID_SIZE + 2 + 1 + 8 + 1 + 4;
+  case PEERSTORE_MSG_ITERATE:
+    return 1 + 2 + 1 + 4;
+  case PEERSTORE_MSG_CREDIT:
+    return 4;
+  case PEERSTORE_MSG_WATCH:
+  case PEERSTORE_MSG_REMOVE:
+    return 1 + 2 + 1;
+  case PEERSTORE_MSG_CANCEL:
+  case PEERSTORE_MSG_STATS:
+    return 0;
+  default:
+    return SIZE_MAX;
+  }
 }
 
 int peerstore__wire_hello(const uint8_t *p, size_t n, uint32_t *magic,
@@ -419,20 +306,53 @@ static uint8_t *wr_str(uint8_t *p, const char *s, size_t n) {
   return wr_bytes(wr_u16(p, (uint16_t)n), s, n);
 }
 
+void peerstore__wire_put_header(uint8_t *p, const peerstore__header *h) {
+  p = wr_u32(p, h->body_len);
+  p = wr_u16(p, h->type);
+  p = wr_u16(p, h->flags);
+  wr_u32(p, h->request);
+}
+
+void peerstore__wire_set_request(uint8_t *frame, uint32_t request) {
+  wr_u32(frame + 8, request);
+}
+
 /* Reserves a frame of body_len bytes and writes its header; returns where
  * the body goes, or NULL when out of memory. */
 static uint8_t *frame_begin(peerstore__buf *b, uint16_t type, uint32_t req,
                             size_t body_len) {
-  uint8_t *p;
+  peerstore__header h;
 
   if (body_len > PEERSTORE_MSG_MAX ||
       peerstore__buf_reserve(b, PEERSTORE_HEADER_SIZE + body_len) != 0)
     return NULL;
-  p = b->data + b->len;
-  p = wr_u32(p, (uint32_t)body_len);
-  p = wr_u16(p, type);
-  p = wr_u16(p, 0);
-  return wr_u32(p, req);
+  h.body_len = (uint32_t)body_len;
+  h.type = type;
+  h.flags = 0;
+  h.request = req;
+  peerstore__wire_put_header(b->data + b->len, &h);
+  return b->data + b->len + PEERSTORE_HEADER_SIZE;
+}
+
+static size_t store_body(size_t ssn, size_t kn, size_t size) {
+  return 2 + ssn + PEERSTORE_PEER_ID_SIZE + 2 + kn + 8 + 1 + 4 + size;
+}
+
+size_t peerstore__len_store(const char *ss, const char *key, size_t size) {
+  return PEERSTORE_HEADER_SIZE + store_body(strlen(ss), strlen(key), size);
+}
+
+static size_t filter_body(uint16_t type, size_t ssn, int peer, size_t kn,
+                          int key) {
+  return 1 + 2 + ssn + (peer ? PEERSTORE_PEER_ID_SIZE : 0) +
+         (key ? 2 + kn : 0) + (type == PEERSTORE_MSG_ITERATE ? 4 : 0);
+}
+
+size_t peerstore__len_filter(uint16_t type, const char *ss,
+                             const peerstore_peer_id *peer, const char *key) {
+  return PEERSTORE_HEADER_SIZE + filter_body(type, strlen(ss), peer != NULL,
+                                             key ? strlen(key) : 0,
+                                             key != NULL);
 }
 
 static int frame_end(peerstore__buf *b, const uint8_t *end) {
@@ -463,8 +383,8 @@ int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
                          const void *value, size_t size, uint64_t expiry,
                          uint8_t option) {
   size_t ssn = strlen(ss), kn = strlen(key);
-  uint8_t *p = frame_begin(b, PEERSTORE_MSG_STORE, req,
-                           2 + ssn + 32 + 2 + kn + 8 + 1 + 4 + size);
+  uint8_t *p =
+      frame_begin(b, PEERSTORE_MSG_STORE, req, store_body(ssn, kn, size));
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
@@ -481,8 +401,7 @@ int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
                           const char *ss, const peerstore_peer_id *peer,
                           const char *key, uint32_t credit) {
   size_t ssn = strlen(ss), kn = key ? strlen(key) : 0;
-  size_t body = 1 + 2 + ssn + (peer ? 32 : 0) + (key ? 2 + kn : 0) +
-                (type == PEERSTORE_MSG_ITERATE ? 4 : 0);
+  size_t body = filter_body(type, ssn, peer != NULL, kn, key != NULL);
   uint8_t which = (uint8_t)((peer ? PEERSTORE_FILTER_PEER : 0) |
                             (key ? PEERSTORE_FILTER_KEY : 0));
   uint8_t *p = frame_begin(b, type, req, body);

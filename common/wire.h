@@ -1,9 +1,11 @@
-/* wire.h - the peerstore protocol, shared by libpeerstore and peerstored.
+/* wire.h - the peerstore protocol codec, shared by libpeerstore and
+ * peerstored.
  *
  * This is the only place that knows the byte layout of a message; both
  * sides encode and decode through the functions below, which check every
- * length against the bytes actually present.  docs/protocol.md describes
- * the same protocol for people.
+ * length against the bytes actually present.  The codec does no I/O:
+ * frame.h cuts a byte stream into frames, conn.h writes them out.
+ * docs/protocol.md describes the same protocol for people.
  *
  * A connection is a byte stream of frames.  Every frame starts with a fixed
  * 12-byte header, all integers big-endian:
@@ -26,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "peerstore.h"
 
 #define PEERSTORE_PROTOCOL_VERSION 2
@@ -64,46 +67,6 @@ enum peerstore__msg_type {
 #define PEERSTORE_FILTER_KEY 2u
 
 /* ------------------------------------------------------------------ */
-/* Byte buffers                                                        */
-
-/* A growable byte buffer.  Input buffers consume from `off`; the unread
- * bytes are data[off .. len). */
-typedef struct peerstore__buf {
-  uint8_t *data;
-  size_t len;
-  size_t cap;
-  size_t off;
-} peerstore__buf;
-
-void peerstore__buf_free(peerstore__buf *b);
-/* Makes room for n more bytes after len; returns 0 or PEERSTORE_ENOMEM. */
-int peerstore__buf_reserve(peerstore__buf *b, size_t n);
-/* Moves the unread bytes to the front once the consumed prefix is large. */
-void peerstore__buf_compact(peerstore__buf *b);
-/* After a read's whole frames were consumed: compacts, and releases a
- * buffer that grew large once it is empty. */
-void peerstore__buf_trim_input(peerstore__buf *in);
-/* For a libuv alloc callback: reserves room in the input buffer for the
- * rest of the frame whose header is already in, when its body is at most
- * body_max (so a large value arrives in few reads), else for a chunk.
- * Sets out->len to 0 when out of memory, which libuv reports as ENOBUFS. */
-void peerstore__buf_read_space(peerstore__buf *in, size_t body_max,
-                               uv_buf_t *out);
-/* Sends what out holds.  First straight to the socket: when the kernel
- * takes it all, no request is queued, and libuv makes neither the
- * completion callback nor the epoll_ctl call it does after every finished
- * uv_write (one syscall in two on a notification's path).  What the
- * kernel does not take moves to wbuf (output is double-buffered: out is
- * then empty, for new output) and is written by req; cb then runs and
- * calls end_write, which resets wbuf, releasing it if it grew large.
- * Returns 0 when all went out, 1 when req is in flight, or a libuv error.
- * Must not be called while req is in flight. */
-int peerstore__buf_flush(uv_stream_t *s, peerstore__buf *out,
-                         peerstore__buf *wbuf, uv_write_t *req,
-                         uv_write_cb cb);
-void peerstore__buf_end_write(peerstore__buf *wbuf);
-
-/* ------------------------------------------------------------------ */
 /* Decoded messages                                                    */
 
 typedef struct peerstore__header {
@@ -133,6 +96,15 @@ typedef struct peerstore__wrec {
 
 /* Parses a header from 12 bytes. */
 void peerstore__wire_header(const uint8_t *p, peerstore__header *h);
+/* Writes a header into 12 bytes (tests use it to forge hostile frames). */
+void peerstore__wire_put_header(uint8_t *p, const peerstore__header *h);
+/* Sets the request id of an encoded frame, so that one encoding of a
+ * notification serves every watcher. */
+void peerstore__wire_set_request(uint8_t *frame, uint32_t request);
+/* The smallest body a well-formed message of a client's type can have, or
+ * SIZE_MAX for a type the service does not accept; lets the service
+ * reject a short frame before decoding it. */
+size_t peerstore__wire_min_body(uint16_t type);
 
 /* Body decoders: each takes the body (after the header) and returns 0, or
  * PEERSTORE_EPROTO if the body is short, long, or breaks a rule (a string
@@ -157,6 +129,12 @@ int peerstore__wire_stats(const uint8_t *p, size_t n,
 
 /* ------------------------------------------------------------------ */
 /* Encoders: each appends one whole frame to b, returns 0 or ENOMEM.    */
+
+/* The length of a whole frame (header included) of a request, so that a
+ * request can be encoded straight into memory sized for it. */
+size_t peerstore__len_store(const char *ss, const char *key, size_t size);
+size_t peerstore__len_filter(uint16_t type, const char *ss,
+                             const peerstore_peer_id *peer, const char *key);
 
 int peerstore__put_hello(peerstore__buf *b);
 int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value);
