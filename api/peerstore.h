@@ -15,8 +15,20 @@
  *    the call itself.
  *  - After *_cancel(op) or peerstore_disconnect() returns, no callback of
  *    the cancelled operations runs.
+ *  - An operation handle is valid until its final callback returns (a
+ *    store's or remove's one call, an iteration's or watch's call with
+ *    rec == NULL, stats' one call), until its *_cancel returns, or until
+ *    peerstore_disconnect returns, whichever is first; then it is freed.
+ *    Cancelling from inside the operation's own callbacks is allowed (from
+ *    the final one it does nothing); cancelling afterwards is a use after
+ *    free, as with any freed libuv request.
  *  - Strings, peer ids and values are copied at call time.  Records handed
  *    to a callback are borrowed: valid only during that call.
+ *  - SIGPIPE: a write to a service that has just died raises SIGPIPE,
+ *    whose default action kills the process.  Connecting sets it to
+ *    ignored when it still has its default action (the write then fails
+ *    with EPIPE, which the library handles); a handler or disposition the
+ *    program chose is left alone.
  */
 #ifndef PEERSTORE_H
 #define PEERSTORE_H
@@ -239,7 +251,8 @@ PEERSTORE_EXTERN void peerstore_store_set_timeout(peerstore_store_op *op,
 /* Reports every unexpired record of subsystem that matches peer and key
  * (NULL: any), oldest store first, then ends with rec == NULL.  Records
  * stored after the iteration began are not reported.  The service sends
- * records only as fast as the callbacks consume them. */
+ * records only as fast as the callbacks consume them.  cb is required:
+ * NULL makes the call return NULL. */
 PEERSTORE_EXTERN peerstore_iterate_op *peerstore_iterate(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_record_cb cb, void *arg);
@@ -257,7 +270,8 @@ PEERSTORE_EXTERN void peerstore_iterate_set_timeout(peerstore_iterate_op *op,
  * on.  A MULTIPLE that refreshed an identical value counts.  The watch never
  * ends by itself with 0; rec == NULL means it ended with an error, e.g.
  * PEERSTORE_EOVERFLOW when the client could not keep up (re-read what you
- * watch, then watch again). */
+ * watch, then watch again).  cb is required: NULL makes the call return
+ * NULL. */
 PEERSTORE_EXTERN peerstore_watch_op *peerstore_watch(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_record_cb cb, void *arg);
@@ -285,7 +299,8 @@ typedef void (*peerstore_stats_cb)(void *arg, int status,
 typedef struct peerstore_stats_op peerstore_stats_op;
 
 /* Asks the service for its counters (records, clients, watches, revision,
- * ...).  cb runs once; the array is borrowed for the call. */
+ * ...).  cb (required: NULL makes the call return NULL) runs once; the
+ * array is borrowed for the call. */
 PEERSTORE_EXTERN peerstore_stats_op *peerstore_stats(peerstore_client *c,
                                                      peerstore_stats_cb cb,
                                                      void *arg);

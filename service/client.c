@@ -26,6 +26,8 @@
 
 #define FRAMES_PER_WAKEUP 4096
 
+static void set_paused(client *c, int on);
+
 /* ------------------------------------------------------------------ */
 /* Limits                                                              */
 
@@ -105,6 +107,7 @@ void client_close(client *c) {
   if (c->next != NULL)
     c->next->prev = c->prev;
   s->n_clients--;
+  set_paused(c, 0);
   client_set_backlog(c, 0);
   watch_end_all(c, 0);
   iter_end_all(c, 0);
@@ -179,6 +182,7 @@ void client_resume(client *c) {
   if (c->closing)
     return;
   if (!c->reading && !s->stopping && client_has_room(c)) {
+    set_paused(c, 0);
     start_reading(c);
     /* Frames read before the pause are still waiting in the buffer. */
     client_set_backlog(c, 1);
@@ -196,6 +200,17 @@ static void stop_reading(client *c) {
     uv_read_stop((uv_stream_t *)&c->pipe);
     c->reading = 0;
   }
+}
+
+/* Counted for stats (clients_paused): an operator sees backpressure. */
+static void set_paused(client *c, int on) {
+  if (c->paused == (unsigned)(on != 0))
+    return;
+  c->paused = on != 0;
+  if (on)
+    c->srv->n_paused++;
+  else
+    c->srv->n_paused--;
 }
 
 void client_shutdown(client *c) {
@@ -301,6 +316,7 @@ void client_process_input(client *c) {
       /* Until the client's output drains and its requests complete
        * (client_resume). */
       stop_reading(c);
+      set_paused(c, 1);
       break;
     }
     r = peerstore__reader_next(&c->rd, frame_max(c), &h, &body);

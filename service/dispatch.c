@@ -269,6 +269,7 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("records", records);
   STAT("revision", revision);
   STAT("clients", s->n_clients);
+  STAT("clients_paused", s->n_paused);
   STAT("watches", s->watches.count);
   STAT("iterations_active", s->n_iters);
   STAT("stores", s->stats.stores);

@@ -170,6 +170,7 @@ struct client {
   siter *iters;
   unsigned hello : 1;
   unsigned reading : 1;
+  unsigned paused : 1; /* not read: its output or requests are at a limit */
   unsigned closing : 1;
   unsigned in_flush : 1;
   unsigned in_backlog : 1; /* has whole frames left over from a wake-up */
@@ -202,6 +203,7 @@ struct server {
   client *clients;
   client *flush_list; /* clients with output to flush */
   uint32_t n_clients;
+  uint32_t n_paused; /* clients not read because of backpressure */
   uint32_t n_iters;
   uint32_t n_backlog; /* clients with whole frames left for the idle turn */
   uint64_t next_client_id;

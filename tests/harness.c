@@ -1,5 +1,6 @@
 /* harness.c - see harness.h. */
 #include "harness.h"
+#include "peerstore.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -190,6 +191,48 @@ int harness_drain(uv_loop_t *loop, unsigned timeout_ms) {
    * holds the loop (a failed test): do not wait for that. */
   uv_run(loop, UV_RUN_NOWAIT);
   return u.timed_out ? -1 : 0;
+}
+
+typedef struct stat_query {
+  const char *name;
+  int64_t value;
+  int done;
+} stat_query;
+
+static void on_stats(void *arg, int status, const peerstore_stat *st,
+                     size_t n) {
+  stat_query *q = arg;
+  size_t i;
+
+  for (i = 0; status == 0 && i < n; i++)
+    if (strcmp(st[i].name, q->name) == 0)
+      q->value = (int64_t)st[i].value;
+  q->done = 1;
+}
+
+int64_t harness_stat(uv_loop_t *loop, peerstore_client *c, const char *name,
+                     unsigned timeout_ms) {
+  stat_query q = {name, -1, 0};
+  peerstore_stats_op *op = peerstore_stats(c, on_stats, &q);
+
+  if (op == NULL)
+    return -1;
+  if (harness_run_until(loop, &q.done, timeout_ms) != 0)
+    return -1; /* the op is left to the client's own timeout */
+  return q.value;
+}
+
+int harness_wait_stat(uv_loop_t *loop, peerstore_client *c, const char *name,
+                      int64_t want, unsigned timeout_ms) {
+  uint64_t end = uv_now(loop) + timeout_ms;
+
+  for (;;) {
+    if (harness_stat(loop, c, name, timeout_ms) >= want)
+      return 0;
+    uv_update_time(loop);
+    if (uv_now(loop) >= end)
+      return -1;
+  }
 }
 
 long harness_status_kb(const harness_svc *s, const char *field) {

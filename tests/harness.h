@@ -39,6 +39,18 @@ int harness_run_until_ge(uv_loop_t *loop, const int *counter, int target,
  * timeout_ms. */
 int harness_drain(uv_loop_t *loop, unsigned timeout_ms);
 
+struct peerstore_client;
+/* The service counter name as client c reads it with peerstore_stats
+ * (running loop), or -1 if the service has no such counter or the query
+ * failed or took longer than timeout_ms. */
+int64_t harness_stat(uv_loop_t *loop, struct peerstore_client *c,
+                     const char *name, unsigned timeout_ms);
+/* Asks for counter name until it is at least want: a wait on the
+ * service's own state, one query after another (no sleeping).  Returns 0,
+ * or -1 once timeout_ms have passed. */
+int harness_wait_stat(uv_loop_t *loop, struct peerstore_client *c,
+                      const char *name, int64_t want, unsigned timeout_ms);
+
 /* A "kB" line of the service's /proc status (VmRSS, VmHWM, ...), or -1. */
 long harness_status_kb(const harness_svc *s, const char *field);
 /* The service's resident memory in KiB, or -1. */

@@ -92,10 +92,10 @@ check "relative expiry in json" 0 "1" sh -c "'$CLI' -S '$sock' get -j -s ss -p $
 # watch: started in the background, then a store from another process.
 ps watch -s ss -k w -n 2 >"$dir/watch.out" &
 wpid=$!
-# The watch is registered once the service counts it.
-for i in $(seq 100); do
-  [ "$(ps stats | awk '$1=="watches"{print $2}')" = 1 ] && break
-  sleep 0.05
+# The watch is registered once the service counts it: ask until it does
+# (or the watcher has died).
+until [ "$(ps stats | awk '$1=="watches"{print $2}')" = 1 ]; do
+  kill -0 $wpid 2>/dev/null || break
 done
 ps store -s ss -p $P1 -k w first >/dev/null
 ps store -s ss -p $P2 -k w second >/dev/null

@@ -143,30 +143,8 @@ static int count_records(fx *f, const char *ss) {
   return k.records;
 }
 
-typedef struct stat_q {
-  const char *name;
-  int64_t value;
-  int done;
-} stat_q;
-
-static void stat_cb(void *arg, int status, const peerstore_stat *st,
-                    size_t n) {
-  stat_q *q = arg;
-  size_t i;
-
-  assert_int_equal(status, 0);
-  for (i = 0; i < n; i++)
-    if (strcmp(st[i].name, q->name) == 0)
-      q->value = (int64_t)st[i].value;
-  q->done = 1;
-}
-
 static int64_t stat_value(fx *f, peerstore_client *c, const char *name) {
-  stat_q q = {name, -1, 0};
-
-  assert_non_null(peerstore_stats(c, stat_cb, &q));
-  assert_int_equal(harness_run_until(&f->loop, &q.done, TIMEOUT), 0);
-  return q.value;
+  return harness_stat(&f->loop, c, name, TIMEOUT);
 }
 
 /* ------------------------------------------------------------------ */
@@ -211,6 +189,32 @@ static void test_kill9_during_storm(void **state) {
   assert_int_equal(count_records(f, "storm"), CLIENTS * EACH);
 }
 
+/* A child tells its parent, through this pipe, that the service has begun
+ * answering it: the parent then kills it mid-request. */
+static int child_began_fd = -1;
+
+static void child_began(void) {
+  if (child_began_fd >= 0) {
+    (void)write(child_began_fd, "x", 1);
+    close(child_began_fd);
+    child_began_fd = -1;
+  }
+}
+
+static void child_record_cb(void *arg, const peerstore_record *rec,
+                            int status) {
+  (void)arg;
+  (void)rec;
+  (void)status;
+  child_began();
+}
+
+static void child_ack_cb(void *arg, int status) {
+  (void)arg;
+  (void)status;
+  child_began();
+}
+
 /* A child process that is killed while it stores and while it iterates
  * leaves the service serving everyone else, with its data whole. */
 static void test_client_killed_mid_request(void **state) {
@@ -231,6 +235,10 @@ static void test_client_killed_mid_request(void **state) {
   assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, 20000, TIMEOUT),
                    0);
   for (round = 0; round < 2; round++) {
+    int began[2];
+    char x;
+
+    assert_int_equal(pipe(began), 0);
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
@@ -238,27 +246,28 @@ static void test_client_killed_mid_request(void **state) {
        * of stores (round 1), killed by the parent while it runs. */
       uv_loop_t loop;
       peerstore_client *cc;
-      counted k = {0};
+      close(began[0]);
+      child_began_fd = began[1];
       uv_loop_init(&loop);
       cc = peerstore_connect(&loop, f->svc.socket_path);
       if (round == 0) {
-        peerstore_iterate(cc, "base", NULL, NULL, count_cb, &k);
+        peerstore_iterate(cc, "base", NULL, NULL, child_record_cb, NULL);
       } else {
         for (i = 0; i < 50000; i++) {
           peerstore_peer_id p = peer_n((uint32_t)i);
           peerstore_store(cc, "child", &p, "k", "v", 1,
-                          PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, NULL,
-                          NULL);
+                          PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                          child_ack_cb, NULL);
         }
       }
       uv_run(&loop, UV_RUN_DEFAULT);
       _exit(0);
     }
-    /* Let it get going, then kill it: a bounded wait on our own loop. */
-    {
-      int never = 0;
-      (void)harness_run_until(&f->loop, &never, 30);
-    }
+    /* Killed once the service has begun answering it: its first record,
+     * or its first acknowledgement, of 20,000 or 50,000. */
+    close(began[1]);
+    assert_int_equal(read(began[0], &x, 1), 1);
+    close(began[0]);
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
   }
@@ -405,11 +414,8 @@ static void test_iteration_memory_bounded(void **state) {
   peerstore__buf_free(&b);
   /* The memory plugin yields synchronously, so once the service counts
    * the iteration it has produced all it will until the client reads. */
-  for (i = 0; i < 500 && stat_value(f, c, "iterations_active") != 1; i++) {
-    int never = 0;
-    (void)harness_run_until(&f->loop, &never, 10);
-  }
-  assert_int_equal(stat_value(f, c, "iterations_active"), 1);
+  assert_int_equal(
+      harness_wait_stat(&f->loop, c, "iterations_active", 1, TIMEOUT), 0);
   after = harness_rss_kb(&f->svc);
   /* Stated bound: the 4 MiB output limit, plus one batch of records and
    * allocator slack; a buffered result set would be ~100 MiB. */
@@ -445,11 +451,7 @@ static void test_watcher_never_reads_100k(void **state) {
                    0);
   assert_int_equal(send(fd, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
   peerstore__buf_free(&b);
-  for (i = 0; i < 500 && stat_value(f, c, "watches") != 1; i++) {
-    int never = 0;
-    (void)harness_run_until(&f->loop, &never, 10);
-  }
-  assert_int_equal(stat_value(f, c, "watches"), 1);
+  assert_int_equal(harness_wait_stat(&f->loop, c, "watches", 1, TIMEOUT), 0);
   before = harness_rss_kb(&f->svc);
   for (i = 0; i < N; i++) {
     peerstore_peer_id p = peer_n((uint32_t)(i / 100));
