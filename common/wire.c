@@ -360,13 +360,17 @@ static int frame_end(peerstore__buf *b, const uint8_t *end) {
   return 0;
 }
 
-int peerstore__put_hello(peerstore__buf *b) {
+int peerstore__put_hello_version(peerstore__buf *b, uint16_t version) {
   uint8_t *p = frame_begin(b, PEERSTORE_MSG_HELLO, 0, 6);
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
   p = wr_u32(p, PEERSTORE_PROTOCOL_MAGIC);
-  return frame_end(b, wr_u16(p, PEERSTORE_PROTOCOL_VERSION));
+  return frame_end(b, wr_u16(p, version));
+}
+
+int peerstore__put_hello(peerstore__buf *b) {
+  return peerstore__put_hello_version(b, PEERSTORE_PROTOCOL_VERSION);
 }
 
 int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value) {

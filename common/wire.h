@@ -137,6 +137,8 @@ size_t peerstore__len_filter(uint16_t type, const char *ss,
                              const peerstore_peer_id *peer, const char *key);
 
 int peerstore__put_hello(peerstore__buf *b);
+/* HELLO for another protocol version (tests of old and future peers). */
+int peerstore__put_hello_version(peerstore__buf *b, uint16_t version);
 int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value);
 int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
                          const peerstore_peer_id *peer, const char *key,

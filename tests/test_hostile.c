@@ -137,31 +137,23 @@ static void send_all(int fd, const void *p, size_t n) {
   (void)send(fd, p, n, MSG_NOSIGNAL);
 }
 
+/* A header announcing anything at all, through the codec. */
 static void header(uint8_t *h, uint32_t len, uint16_t type, uint32_t req) {
-  h[0] = (uint8_t)(len >> 24);
-  h[1] = (uint8_t)(len >> 16);
-  h[2] = (uint8_t)(len >> 8);
-  h[3] = (uint8_t)len;
-  h[4] = (uint8_t)(type >> 8);
-  h[5] = (uint8_t)type;
-  h[6] = h[7] = 0;
-  h[8] = (uint8_t)(req >> 24);
-  h[9] = (uint8_t)(req >> 16);
-  h[10] = (uint8_t)(req >> 8);
-  h[11] = (uint8_t)req;
+  peerstore__header hd;
+
+  hd.body_len = len;
+  hd.type = type;
+  hd.flags = 0;
+  hd.request = req;
+  peerstore__wire_put_header(h, &hd);
 }
 
 static void send_hello(int fd, uint16_t version) {
-  uint8_t b[18];
+  peerstore__buf b = {0};
 
-  header(b, 6, PEERSTORE_MSG_HELLO, 0);
-  b[12] = 0x50;
-  b[13] = 0x53;
-  b[14] = 0x54;
-  b[15] = 0x52;
-  b[16] = (uint8_t)(version >> 8);
-  b[17] = (uint8_t)version;
-  send_all(fd, b, sizeof(b));
+  assert_int_equal(peerstore__put_hello_version(&b, version), 0);
+  send_all(fd, b.data, b.len);
+  peerstore__buf_free(&b);
 }
 
 /* Reads until EOF (or timeout); returns the status of the ERROR frame the
@@ -316,8 +308,10 @@ static void test_protocol_errors_are_reported(void **state) {
   /* Reserved flags set. */
   fd = harness_raw_connect(f->svc.socket_path);
   send_hello(fd, PEERSTORE_PROTOCOL_VERSION);
-  header(h, 0, PEERSTORE_MSG_STATS, 1);
-  h[7] = 1;
+  {
+    peerstore__header hd = {0, PEERSTORE_MSG_STATS, 1, 1};
+    peerstore__wire_put_header(h, &hd);
+  }
   send_all(fd, h, sizeof(h));
   assert_int_equal(read_error(fd), PEERSTORE_EPROTO);
   close(fd);
