@@ -151,8 +151,12 @@ void client_output_ready(client *c) {
     return;
   c->in_flush = 1;
   client_ref(c);
-  c->next_flush = c->srv->flush_list;
-  c->srv->flush_list = c;
+  c->next_flush = NULL;
+  if (c->srv->flush_tail != NULL)
+    c->srv->flush_tail->next_flush = c;
+  else
+    c->srv->flush_head = c;
+  c->srv->flush_tail = c;
   server_kick(c->srv);
 }
 

@@ -154,8 +154,9 @@ static void on_idle(uv_idle_t *h) {
       client_process_input(c);
     }
   }
-  while ((c = s->flush_list) != NULL) {
-    s->flush_list = c->next_flush;
+  while ((c = s->flush_head) != NULL) {
+    if ((s->flush_head = c->next_flush) == NULL)
+      s->flush_tail = NULL;
     c->in_flush = 0;
     client_flush(c);
   }
@@ -238,8 +239,9 @@ static void release(server *s) {
 
   /* The idle callback will not run again to flush these; each holds a
    * reference on its client. */
-  while ((c = s->flush_list) != NULL) {
-    s->flush_list = c->next_flush;
+  while ((c = s->flush_head) != NULL) {
+    if ((s->flush_head = c->next_flush) == NULL)
+      s->flush_tail = NULL;
     c->in_flush = 0;
     client_unref(c);
   }

@@ -201,7 +201,11 @@ struct server {
   uv_timer_t housekeeping; /* once a second: clients that stopped reading */
   uv_idle_t idle;
   client *clients;
-  client *flush_list; /* clients with output to flush */
+  /* Clients with output to flush, in the order their output became
+   * ready: a store's notifications are queued before its acknowledgement,
+   * so watchers' sockets are written before the writer's. */
+  client *flush_head;
+  client *flush_tail;
   uint32_t n_clients;
   uint32_t n_paused; /* clients not read because of backpressure */
   uint32_t n_iters;

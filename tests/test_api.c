@@ -263,7 +263,6 @@ static void test_watch_filters_other_client(void **state) {
   peerstore_client *w = conn(f), *s = conn(f);
   peerstore_peer_id p1 = peer_n(1);
   got exact = {0}, any = {0}, bypeer = {0}, bykey = {0}, other = {0};
-  got st = {0};
 
   assert_non_null(peerstore_watch(w, "ss", &p1, "k", record_cb, &exact));
   assert_non_null(peerstore_watch(w, "ss", NULL, NULL, record_cb, &any));
@@ -281,11 +280,7 @@ static void test_watch_filters_other_client(void **state) {
   /* An identical MULTIPLE counts as a store. */
   assert_int_equal(store_wait(f, s, "ss", 1, "k", "m1", PEERSTORE_MULTIPLE),
                    0);
-  /* The watcher's own round trip orders it after all notifications. */
-  assert_non_null(peerstore_store(w, "sync", &p1, "k", "y", 1,
-                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
-                                  store_cb, &st));
-  assert_int_equal(harness_run_until(&f->loop, &st.ended, TIMEOUT), 0);
+  /* Every watcher heard of each store before its writer's ack arrived. */
 
   assert_int_equal(exact.records, 2);
   assert_string_equal(exact.values[0], "m1");
@@ -305,6 +300,49 @@ static void test_watch_filters_other_client(void **state) {
   /* Disconnect cancels the watches: their callbacks never run again. */
   assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
   assert_int_equal(exact.ended + any.ended + other.ended, 0);
+}
+
+/* A store's notifications are written before its acknowledgement, also
+ * across connections: with the watcher and the writer on two connections
+ * of one loop, every ack finds the watcher already told. */
+typedef struct order_check {
+  got watched;
+  int acked;
+  int early; /* acks that came before their notification */
+} order_check;
+
+static void ordered_ack_cb(void *arg, int status) {
+  order_check *o = arg;
+
+  assert_int_equal(status, 0);
+  if (o->watched.records < ++o->acked)
+    o->early++;
+}
+
+static void test_watchers_hear_a_store_before_its_writer_across_clients(
+    void **state) {
+  fx *f = *state;
+  peerstore_client *w = conn(f), *s = conn(f);
+  peerstore_peer_id p = peer_n(4);
+  order_check o;
+  int i;
+
+  memset(&o, 0, sizeof(o));
+  assert_non_null(peerstore_watch(w, "order", NULL, NULL, record_cb,
+                                  &o.watched));
+  /* The watcher's round trip: the watch is registered. */
+  assert_int_equal(store_wait(f, w, "sync", 1, "k", "x", PEERSTORE_REPLACE),
+                   0);
+  for (i = 0; i < 1000; i++)
+    assert_non_null(peerstore_store(s, "order", &p, "k", &i, sizeof(i),
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_REPLACE, ordered_ack_cb, &o));
+  assert_int_equal(harness_run_until_ge(&f->loop, &o.acked, 1000, TIMEOUT),
+                   0);
+  assert_int_equal(o.early, 0);
+  assert_int_equal(o.watched.records, 1000);
+  peerstore_disconnect(w, 0);
+  peerstore_disconnect(s, 0);
 }
 
 /* The writer's own watch hears of its store before the store's ack. */
@@ -911,6 +949,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_watch_filters_other_client, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_watch_before_ack, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_watchers_hear_a_store_before_its_writer_across_clients, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_disconnect_sync_first, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_no_callback_after_disconnect,
