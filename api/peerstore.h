@@ -249,9 +249,16 @@ PEERSTORE_EXTERN void peerstore_store_set_timeout(peerstore_store_op *op,
                                                   uint64_t ms);
 
 /* Reports every unexpired record of subsystem that matches peer and key
- * (NULL: any), oldest store first, then ends with rec == NULL.  Records
- * stored after the iteration began are not reported.  The service sends
- * records only as fast as the callbacks consume them.  cb is required:
+ * (NULL: any), oldest store first, then ends with rec == NULL.  These are
+ * the records that existed when the iteration began, as each still is
+ * when the iteration reaches it: one removed, replaced or refreshed (a
+ * MULTIPLE of the same value, which gives it a new revision) after the
+ * iteration began is not reported, nor is anything stored later.  A store
+ * made earlier on the same client is included.  The service sends
+ * records only as fast as the callbacks consume them; an iteration whose
+ * callbacks stop consuming for the service's iteration_timeout (default
+ * 60 s) ends with PEERSTORE_ETIMEDOUT, and one over the service's
+ * max_iterations per client (default 64) with PEERSTORE_ELIMIT.  cb is required:
  * NULL makes the call return NULL. */
 PEERSTORE_EXTERN peerstore_iterate_op *peerstore_iterate(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,

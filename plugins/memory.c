@@ -7,12 +7,13 @@
  * it moves to the tails.  Any of the four filters is then one hash lookup
  * and a walk over exactly the records it returns.
  *
- * Iteration is resumable: a cursor pins the next record it will yield
- * (a reference count).  A pinned record that gets removed is not freed but
- * marked dead; it keeps its forward links and pins the records they point
- * at, so a cursor resuming from it follows the chain to the next live
- * record.  New records are only ever appended at the tails, so nothing can
- * appear between a dead record and its successor.
+ * Iteration is resumable: a cursor rests on the next record it will yield.
+ * Cursors are kept in a hash table by the record they rest on, and a
+ * record counts the cursors on it, so when a record leaves its place (it
+ * is removed, or refreshed to the tails) the cursors on it step to its
+ * successor in their list, at a cost only to records that have cursors on
+ * them.  A cursor therefore holds nothing but its own place: under any
+ * churn, a stalled iteration costs the same few bytes.
  *
  * Expiring records are also kept in a min-heap on expiry, so a purge costs
  * time in the number of expired records, not the size of the store.
@@ -70,14 +71,13 @@ struct triple {
 struct mrec {
   struct mrec *next[L_COUNT];
   struct mrec *prev[L_COUNT];
-  struct triple *t; /* dangling once dead: never followed then */
+  struct triple *t;
   uint64_t revision;
   uint64_t expiry;   /* the expiry heap's key */
   uint32_t heap_pos; /* PEERSTORE__HEAP_NONE for records that never expire */
   uint32_t value_size; /* at most PEERSTORE_VALUE_MAX_HARD */
   uint32_t writer;
-  uint32_t refs : 31; /* cursor pins + dead predecessors pointing here */
-  uint32_t dead : 1;
+  uint32_t cursors; /* resting here (see mem.cursors) */
   uint8_t value[];
 };
 
@@ -87,14 +87,16 @@ typedef struct mem {
   peerstore__hmap keys;
   peerstore__hmap triples;
   peerstore__heap expiry; /* records that expire, soonest first */
+  peerstore__hmap cursors; /* open cursors, by the record they rest on */
   peerstore_plugin_env env;
   uint64_t revision;
   uint64_t records;
 } mem;
 
 struct peerstore_plugin_cursor {
+  peerstore__hnode h; /* in mem.cursors, under at */
   mem *m;
-  struct mrec *next; /* pinned; NULL at the end */
+  struct mrec *at; /* the next record to yield; NULL at the end */
   int list;
   uint64_t max_revision;
   uint64_t now;
@@ -270,49 +272,59 @@ static void rec_detach(struct mrec *r) {
   }
 }
 
-/* Frees a dead record nobody points at any more, and with it every dead
- * successor whose last reference it held.  Iterative, since chains of dead
- * records can be long; the prev links of dead records are unused, so
- * prev[0] threads the stack. */
-static void rec_free_dead(struct mrec *r) {
-  struct mrec *stack = r, *n;
-  int l;
+/* ------------------------------------------------------------------ */
+/* Cursors' places                                                     */
 
-  r->prev[0] = NULL;
-  while (stack != NULL) {
-    r = stack;
-    stack = r->prev[0];
-    for (l = 0; l < L_COUNT; l++) {
-      n = r->next[l];
-      if (n != NULL && --n->refs == 0 && n->dead) {
-        n->prev[0] = stack;
-        stack = n;
-      }
+static uint64_t hash_rec(const struct mrec *r) {
+  return peerstore__hash(&r, sizeof(r), 0x637572u);
+}
+
+static void cursor_rest(mem *m, peerstore_plugin_cursor *c,
+                        struct mrec *r) {
+  c->at = r;
+  if (r == NULL)
+    return;
+  r->cursors++;
+  peerstore__hmap_insert(&m->cursors, &c->h, hash_rec(r));
+}
+
+static void cursor_leave(mem *m, peerstore_plugin_cursor *c) {
+  if (c->at == NULL)
+    return;
+  c->at->cursors--;
+  peerstore__hmap_remove(&m->cursors, &c->h);
+  c->at = NULL;
+}
+
+/* r is about to leave its place in the lists: every cursor resting on it
+ * steps to r's successor in the cursor's own list. */
+static void cursors_step_off(mem *m, struct mrec *r) {
+  uint64_t h = hash_rec(r);
+  peerstore__hnode *e;
+
+  while (r->cursors > 0) {
+    for (e = peerstore__hmap_bucket(&m->cursors, h); e != NULL; e = e->next)
+      if (e->hash == h && ((peerstore_plugin_cursor *)e)->at == r)
+        break;
+    if (e == NULL)
+      return; /* cannot happen: the count says one is here */
+    {
+      peerstore_plugin_cursor *c = (peerstore_plugin_cursor *)e;
+      struct mrec *n = r->next[c->list];
+
+      cursor_leave(m, c);
+      cursor_rest(m, c, n);
     }
-    free(r);
   }
 }
 
-static void rec_unref(struct mrec *r) {
-  if (--r->refs == 0 && r->dead)
-    rec_free_dead(r);
-}
-
-/* Takes r out of the store.  A pinned record lingers as a dead link. */
+/* Takes r out of the store and frees it. */
 static void rec_remove(mem *m, struct mrec *r) {
-  int l;
-
+  cursors_step_off(m, r);
   rec_detach(r);
   peerstore__heap_remove(&m->expiry, r);
   m->records--;
-  if (r->refs == 0) {
-    free(r);
-    return;
-  }
-  r->dead = 1;
-  for (l = 0; l < L_COUNT; l++)
-    if (r->next[l] != NULL)
-      r->next[l]->refs++;
+  free(r);
 }
 
 /* Removes r and frees the groups it leaves empty. */
@@ -342,11 +354,13 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
   if (m == NULL)
     return PEERSTORE_ENOMEM;
   if (peerstore__hmap_init(&m->ss) || peerstore__hmap_init(&m->peers) ||
-      peerstore__hmap_init(&m->keys) || peerstore__hmap_init(&m->triples)) {
+      peerstore__hmap_init(&m->keys) || peerstore__hmap_init(&m->triples) ||
+      peerstore__hmap_init(&m->cursors)) {
     peerstore__hmap_free(&m->ss);
     peerstore__hmap_free(&m->peers);
     peerstore__hmap_free(&m->keys);
     peerstore__hmap_free(&m->triples);
+    peerstore__hmap_free(&m->cursors);
     free(m);
     return PEERSTORE_ENOMEM;
   }
@@ -390,6 +404,8 @@ static void mem_close(void *instance) {
   free_all(&m->keys);
   free_all(&m->ss);
   peerstore__heap_free(&m->expiry);
+  /* The service closes its cursors before the plugin. */
+  peerstore__hmap_free(&m->cursors);
   free(m);
 }
 
@@ -403,8 +419,7 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->expiry = expiry;
   r->heap_pos = PEERSTORE__HEAP_NONE;
   r->value_size = (uint32_t)size;
-  r->refs = 0;
-  r->dead = 0;
+  r->cursors = 0;
   r->writer = writer;
   if (size > 0)
     memcpy(r->value, value, size);
@@ -417,18 +432,11 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
 }
 
 /* MULTIPLE with a value already under the triple: a new revision and
- * expiry, moved to the tails.  A pinned record is replaced by a copy so
- * that cursors resting on it keep their place. */
+ * expiry, moved to the tails.  Cursors resting on it go on from its old
+ * place (its new revision is past their snapshot). */
 static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry,
                                 uint32_t writer) {
-  struct mrec *n;
-
-  if (r->refs > 0) {
-    n = rec_new(m, r->t, r->value, r->value_size, expiry, writer);
-    if (n != NULL)
-      rec_remove(m, r);
-    return n;
-  }
+  cursors_step_off(m, r);
   rec_detach(r);
   peerstore__heap_remove(&m->expiry, r);
   r->expiry = expiry;
@@ -472,8 +480,6 @@ static int mem_store(void *instance, const peerstore_record *rec,
       if (old->value_size == rec->value_size &&
           memcmp(old->value, rec->value, rec->value_size) == 0) {
         r = rec_refresh(m, old, rec->expiry, writer);
-        if (r == NULL)
-          goto fail;
         goto done;
       }
     }
@@ -549,10 +555,7 @@ static int mem_iterate_open(void *instance, const peerstore_plugin_filter *f,
   c->now = now;
   c->max_revision = m->revision;
   head = filter_list(m, f, &c->list);
-  if (head != NULL && *head != NULL) {
-    c->next = *head;
-    c->next->refs++;
-  }
+  cursor_rest(m, c, head != NULL ? *head : NULL);
   *out = c;
   return 0;
 }
@@ -560,41 +563,35 @@ static int mem_iterate_open(void *instance, const peerstore_plugin_filter *f,
 static int mem_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
                             peerstore_plugin_record_cb rec_cb,
                             peerstore_plugin_next_cb done_cb, void *arg) {
-  struct mrec *r = c->next, *n;
+  mem *m = c->m;
+  struct mrec *r = c->at;
   peerstore_record view;
   uint32_t sent = 0;
+  int stop = 0;
 
-  c->next = NULL;
-  while (r != NULL) {
-    if (!r->dead && r->revision > c->max_revision) {
-      /* Stored after the iteration began, as is all that follows. */
-      rec_unref(r);
-      r = NULL;
+  /* rec_cb only reads, so the list cannot change under this walk. */
+  while (r != NULL && sent < max && !stop) {
+    if (r->revision > c->max_revision) {
+      r = NULL; /* stored after the iteration began, as is all after it */
       break;
     }
-    if (!r->dead && sent == max)
-      break;
-    if (!r->dead && r->expiry > c->now) {
+    if (r->expiry > c->now) {
       rec_view(r, &view);
-      rec_cb(arg, &view, r->writer);
+      stop = rec_cb(arg, &view, r->writer);
       sent++;
     }
-    /* Move the pin forward before dropping the old one, which may free a
-     * chain of dead records ending just before n. */
-    n = r->next[c->list];
-    if (n != NULL)
-      n->refs++;
-    rec_unref(r);
-    r = n;
+    r = r->next[c->list];
   }
-  c->next = r; /* keeps the pin it holds, if any */
+  if (r != NULL && r->revision > c->max_revision)
+    r = NULL;
+  cursor_leave(m, c);
+  cursor_rest(m, c, r);
   done_cb(arg, 0, r != NULL);
   return 0;
 }
 
 static void mem_iterate_close(peerstore_plugin_cursor *c) {
-  if (c->next != NULL)
-    rec_unref(c->next);
+  cursor_leave(c->m, c);
   free(c);
 }
 

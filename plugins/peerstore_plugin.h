@@ -122,10 +122,13 @@ typedef struct peerstore_plugin_filter {
 /* rec is the record as stored, with its revision; NULL when status != 0. */
 typedef void (*peerstore_plugin_store_cb)(void *arg, int status,
                                           const peerstore_record *rec);
-/* Yields one record and the uid that wrote it; borrowed for the call. */
-typedef void (*peerstore_plugin_record_cb)(void *arg,
-                                           const peerstore_record *rec,
-                                           uint32_t writer);
+/* Yields one record and the uid that wrote it; borrowed for the call.
+ * Returns 0 for more, or non-zero to end the batch after this record (the
+ * service has as much as it may hold for its client): the plugin then
+ * calls done_cb, and the cursor resumes after this record. */
+typedef int (*peerstore_plugin_record_cb)(void *arg,
+                                          const peerstore_record *rec,
+                                          uint32_t writer);
 /* Ends one iterate_next: status 0 and more == 0 means the iteration is
  * complete. */
 typedef void (*peerstore_plugin_next_cb)(void *arg, int status, int more);
@@ -154,13 +157,19 @@ typedef struct peerstore_plugin_ops {
                peerstore_plugin_store_cb cb, void *arg);
 
   /* Begins an iteration over the records matching filter, in stored
-   * order, covering the records stored before this call.  The filter is
-   * copied.  Synchronous: returns 0 with *cursor set, or an error. */
+   * order.  It yields the records that existed when it began, as each
+   * still is when the cursor reaches it: one removed, replaced or
+   * refreshed (a new revision) after the iteration began is not yielded,
+   * nor is anything stored later.  The snapshot revision is fixed in the
+   * order of calls: a store made before this call is in it.  The filter
+   * is copied.  Synchronous: returns 0 with *cursor set, or an error.
+   * What a cursor holds is bounded, however the store changes under it. */
   int (*iterate_open)(void *instance, const peerstore_plugin_filter *filter,
                       uint64_t now, peerstore_plugin_cursor **cursor);
-  /* Yields up to max records through rec_cb, then calls done_cb once
-   * (the completion).  Only one iterate_next per cursor may be
-   * outstanding. */
+  /* Yields up to max records through rec_cb (fewer if rec_cb asks to
+   * stop), then calls done_cb once (the completion).  A plugin that copies
+   * records out for the loop bounds the bytes of one batch too.  Only one
+   * iterate_next per cursor may be outstanding. */
   int (*iterate_next)(peerstore_plugin_cursor *cursor, uint32_t max,
                       peerstore_plugin_record_cb rec_cb,
                       peerstore_plugin_next_cb done_cb, void *arg);

@@ -25,6 +25,8 @@ void config_defaults(config *cfg) {
   cfg->watch_output_limit = 16u << 20;
   cfg->max_clients = 4096;
   cfg->max_watches = 1024;
+  cfg->max_iterations = 64;
+  cfg->iteration_timeout_ms = 60 * 1000;
   cfg->max_inflight = 4096;
   cfg->write_timeout_ms = 60 * 1000;
   cfg->log_level = PEERSTORE_LOG_INFO;
@@ -253,6 +255,12 @@ int config_set(config *cfg, const char *name, const char *v) {
   } else if (strcmp(name, "write_timeout") == 0 && n > 0 &&
              n < UINT64_MAX / 1000) {
     cfg->write_timeout_ms = n * 1000;
+  } else if (strcmp(name, "max_iterations") == 0 && n > 0 &&
+             n <= UINT32_MAX) {
+    cfg->max_iterations = (uint32_t)n;
+  } else if (strcmp(name, "iteration_timeout") == 0 && n > 0 &&
+             n < UINT64_MAX / 1000) {
+    cfg->iteration_timeout_ms = n * 1000;
   } else {
     return -1;
   }

@@ -259,17 +259,21 @@ static int on_remove(client *c, const peerstore__header *h,
 
 static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   server *s = c->srv;
-  uint64_t records = 0, revision = 0;
+  uint64_t records = 0, revision = 0, output = 0;
   peerstore_stat st[32];
+  const client *o;
   size_t n = 0;
 
   (void)b;
+  for (o = s->clients; o != NULL; o = o->next)
+    output += peerstore__out_queued(&o->out);
   s->plugin.desc->ops->counts(s->plugin.instance, &records, &revision);
 #define STAT(nm, v) (st[n].name = (nm), st[n].value = (uint64_t)(v), n++)
   STAT("records", records);
   STAT("revision", revision);
   STAT("clients", s->n_clients);
   STAT("clients_paused", s->n_paused);
+  STAT("output_bytes", output);
   STAT("watches", s->watches.count);
   STAT("iterations_active", s->n_iters);
   STAT("stores", s->stats.stores);
@@ -280,6 +284,8 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("protocol_errors", s->stats.protocol_errors);
   STAT("clients_stalled", s->stats.stalled);
   STAT("refused", s->stats.refused);
+  STAT("limited", s->stats.limited);
+  STAT("iterations_timed_out", s->stats.iterations_timed_out);
   STAT("clients_total", s->stats.clients_total);
   STAT("purged", s->stats.purged);
   STAT("max_value_size", s->cfg->max_value_size);

@@ -223,7 +223,19 @@ static void on_signal(uv_signal_t *h, int signum) {
   server_stop(s);
 }
 
-static void on_housekeeping(uv_timer_t *t) { client_check_stalled(t->data); }
+/* Stall and idle checks need a resolution of a fraction of the shorter
+ * deadline. */
+static uint64_t housekeeping_ms(const config *cfg) {
+  uint64_t d = cfg->write_timeout_ms < cfg->iteration_timeout_ms
+                   ? cfg->write_timeout_ms
+                   : cfg->iteration_timeout_ms;
+  return d < 4000 ? (d / 4 > 0 ? d / 4 : 1) : 1000;
+}
+
+static void on_housekeeping(uv_timer_t *t) {
+  client_check_stalled(t->data);
+  iter_check_idle(t->data);
+}
 
 static void on_stop_timer(uv_timer_t *t) {
   server *s = t->data;
@@ -254,6 +266,7 @@ static void release(server *s) {
   plugin_unload(&s->plugin);
   dispatch_fini(s);
   watch_fini(s);
+  iter_fini(s);
 }
 
 int server_start(server *s, uv_loop_t *loop, config *cfg) {
@@ -263,8 +276,13 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   s->started_ms = uv_now(loop);
   if (watch_init(s) != 0)
     return -1;
+  if (iter_init(s) != 0) {
+    watch_fini(s);
+    return -1;
+  }
   if (plugin_load(&s->plugin, cfg, loop, watch_changed, s) != 0) {
     watch_fini(s);
+    iter_fini(s);
     s->done = 1;
     return -1;
   }
@@ -289,10 +307,8 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   uv_signal_start(&s->sigterm, on_signal, SIGTERM);
   uv_timer_start(&s->purge_timer, on_purge_timer, cfg->purge_interval_ms,
                  cfg->purge_interval_ms);
-  /* Stall checks need a resolution of a fraction of the deadline. */
-  uv_timer_start(&s->housekeeping, on_housekeeping,
-                 cfg->write_timeout_ms < 4000 ? cfg->write_timeout_ms / 4 : 1000,
-                 cfg->write_timeout_ms < 4000 ? cfg->write_timeout_ms / 4 : 1000);
+  uv_timer_start(&s->housekeeping, on_housekeeping, housekeeping_ms(cfg),
+                 housekeeping_ms(cfg));
   if (cfg->ready_fd >= 0) {
     if (write(cfg->ready_fd, "READY\n", 6) != 6)
       LOG_WARN("cannot write to ready fd %d", cfg->ready_fd);

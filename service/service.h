@@ -53,6 +53,8 @@ typedef struct config {
   size_t watch_output_limit; /* end a watch that would queue beyond */
   uint32_t max_clients;
   uint32_t max_watches;      /* per client */
+  uint32_t max_iterations;   /* per client, open at once */
+  uint64_t iteration_timeout_ms; /* an iteration that has not moved ends */
   uint32_t max_inflight;     /* plugin requests per client before pausing */
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
   int log_level;
@@ -167,6 +169,7 @@ struct client {
   uint64_t stall_since; /* loop ms since it has not moved; 0: moving */
   uint32_t n_watches;
   watch *watches;
+  uint32_t n_iters;
   siter *iters;
   unsigned hello : 1;
   unsigned reading : 1;
@@ -185,6 +188,8 @@ typedef struct server_stats {
   uint64_t protocol_errors;
   uint64_t stalled;
   uint64_t refused; /* clients and writes refused by access rules */
+  uint64_t limited; /* requests refused by a per-client limit */
+  uint64_t iterations_timed_out;
   uint64_t clients_total;
   uint64_t purged;
 } server_stats;
@@ -216,6 +221,7 @@ struct server {
   sreq *free_reqs; /* dispatch.c's recycled requests */
   uint32_t n_free_reqs;
   watch_index watches;
+  peerstore__hmap iters; /* every open iteration, by client and request */
   server_stats stats;
   unsigned listening : 1;
   unsigned stopping : 1;
@@ -282,6 +288,10 @@ void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
 void dispatch_fini(server *s);
 
 /* iter.c */
+int iter_init(server *s);
+void iter_fini(server *s);
+/* Ends iterations that have not moved for iteration_timeout. */
+void iter_check_idle(server *s);
 /* Begins iteration `request` of c over f with credit records. */
 int iter_start(client *c, uint32_t request, const peerstore__filter *f,
                uint32_t credit);

@@ -176,7 +176,7 @@ static uint64_t put_never(fx *f, const char *ss, uint8_t peer,
   return put(f, ss, peer, key, value, PEERSTORE_EXPIRY_NEVER, opt);
 }
 
-static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
+static int rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
   result *r = arg;
 
   if (r->n < MAXREC) {
@@ -188,6 +188,7 @@ static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
     r->writers[r->n] = writer;
   }
   r->n++;
+  return 0;
 }
 
 static void next_cb(void *arg, int status, int more) {
@@ -503,6 +504,48 @@ static void test_filters_return_exactly_theirs_among_many(void **state) {
   assert_int_equal(r.n, 5000);
 }
 
+/* What an iteration returns (peerstore_plugin.h, iterate_open): the
+ * records that existed when it began, as each still is when the cursor
+ * reaches it.  One removed, replaced or refreshed after it began is not
+ * returned, nor is one stored later; a store made before iterate_open -
+ * even one not yet complete - is in it. */
+static void test_iteration_returns_its_snapshot_as_it_still_is(
+    void **state) {
+  fx *f = *state;
+  peerstore_plugin_cursor *c;
+  peerstore_record rec = {0};
+  result early = {0}, r;
+
+  put_never(f, "ss", 1, "a", "a", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "b", "b", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "c", "c", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "d", "d", PEERSTORE_MULTIPLE);
+  /* Issued, not yet complete, when the iteration begins. */
+  early.f = f;
+  rec.subsystem = "ss";
+  rec.peer = peer_n(1);
+  rec.key = "x";
+  rec.value = "x";
+  rec.value_size = 1;
+  rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  assert_int_equal(f->ops->store(f->inst, &rec, WRITER, PEERSTORE_MULTIPLE,
+                                 store_cb, &early),
+                   0);
+  c = open_it(f, "ss", NULL, NULL, 0);
+  assert_int_equal(harness_run_until(&f->loop, &early.done, TIMEOUT), 0);
+  put_never(f, "ss", 1, "a", "a", PEERSTORE_MULTIPLE); /* refreshed */
+  put_never(f, "ss", 1, "b", "b2", PEERSTORE_REPLACE); /* replaced */
+  assert_int_equal(del(f, "ss", NULL, "c"), 1);        /* removed */
+  put_never(f, "ss", 1, "e", "e", PEERSTORE_MULTIPLE); /* stored later */
+  memset(&r, 0, sizeof(r));
+  while (next(f, c, 1, &r))
+    ;
+  f->ops->iterate_close(c);
+  assert_int_equal(r.n, 2);
+  assert_string_equal(r.values[0], "d");
+  assert_string_equal(r.values[1], "x");
+}
+
 int conformance_run(const char *group, const conformance_target *t) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_filters_and_order, setup,
@@ -512,6 +555,9 @@ int conformance_run(const char *group, const conformance_target *t) {
       cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_remove_filters, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_iteration_returns_its_snapshot_as_it_still_is, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(
           test_filters_return_exactly_theirs_among_many, setup, teardown),
   };

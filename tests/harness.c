@@ -98,7 +98,8 @@ static int start(harness_svc *s, const char *const *extra) {
   return 0;
 }
 
-int harness_start(harness_svc *s, const char *const *extra) {
+/* A fresh temporary directory with the socket's path in it. */
+static int make_dir(harness_svc *s) {
   const char *tmp = getenv("TMPDIR");
 
   memset(s, 0, sizeof(*s));
@@ -107,7 +108,27 @@ int harness_start(harness_svc *s, const char *const *extra) {
   if (mkdtemp(s->dir) == NULL)
     return -1;
   snprintf(s->socket_path, sizeof(s->socket_path), "%s/sock", s->dir);
-  return start(s, extra);
+  return 0;
+}
+
+int harness_start(harness_svc *s, const char *const *extra) {
+  return make_dir(s) == 0 ? start(s, extra) : -1;
+}
+
+int harness_start_sqlite(harness_svc *s, const char *const *extra) {
+  int n = 0, i;
+
+  if (make_dir(s) != 0)
+    return -1;
+  snprintf(s->db, sizeof(s->db), "%s/data.db", s->dir);
+  s->args[n++] = "--plugin";
+  s->args[n++] = "sqlite";
+  s->args[n++] = "--database";
+  s->args[n++] = s->db;
+  for (i = 0; extra != NULL && extra[i] != NULL && n < 31; i++)
+    s->args[n++] = extra[i];
+  s->args[n] = NULL;
+  return start(s, s->args);
 }
 
 int harness_restart(harness_svc *s, const char *const *extra) {
@@ -220,6 +241,15 @@ int64_t harness_stat(uv_loop_t *loop, peerstore_client *c, const char *name,
   if (harness_run_until(loop, &q.done, timeout_ms) != 0)
     return -1; /* the op is left to the client's own timeout */
   return q.value;
+}
+
+int harness_memory_measurable(void) {
+#if defined(__SANITIZE_ADDRESS__)
+  return 0;
+#else
+  const char *v = getenv("PEERSTORE_TEST_VALGRIND");
+  return v == NULL || strcmp(v, "1") != 0;
+#endif
 }
 
 int harness_wait_stat(uv_loop_t *loop, peerstore_client *c, const char *name,

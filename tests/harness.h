@@ -11,12 +11,17 @@ typedef struct harness_svc {
   pid_t pid;
   char dir[256];
   char socket_path[300];
+  char db[320];                /* harness_start_sqlite's database */
+  const char *args[32];        /* the extra arguments it started with */
 } harness_svc;
 
 /* Starts $PEERSTORED (or ../service/peerstored) on a fresh socket in a
  * fresh temporary directory, with extra arguments (NULL-terminated, may be
  * NULL), and waits until it is listening.  Returns 0 or -1. */
 int harness_start(harness_svc *s, const char *const *extra);
+/* As harness_start, with the sqlite plugin on a database in the
+ * service's directory (s->db), which a restart keeps. */
+int harness_start_sqlite(harness_svc *s, const char *const *extra);
 /* Starts the service again on the same socket and directory, after
  * harness_kill (so with the sqlite plugin, on the same database). */
 int harness_restart(harness_svc *s, const char *const *extra);
@@ -53,6 +58,9 @@ int harness_wait_stat(uv_loop_t *loop, struct peerstore_client *c,
 
 /* A "kB" line of the service's /proc status (VmRSS, VmHWM, ...), or -1. */
 long harness_status_kb(const harness_svc *s, const char *field);
+/* 1 when the service's memory is its own: not under valgrind, nor built
+ * with AddressSanitizer, whose memory is the instrumentation's. */
+int harness_memory_measurable(void);
 /* The service's resident memory in KiB, or -1. */
 long harness_rss_kb(const harness_svc *s);
 

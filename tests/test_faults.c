@@ -75,16 +75,6 @@ static peerstore_peer_id peer_n(uint32_t n) {
   return p;
 }
 
-/* Memory bounds are about the service as shipped: under valgrind or the
- * sanitizers its memory is the instrumentation's, so they are skipped. */
-static int memory_measurable(void) {
-#if defined(__SANITIZE_ADDRESS__)
-  return 0;
-#else
-  const char *v = getenv("PEERSTORE_TEST_VALGRIND");
-  return v == NULL || strcmp(v, "1") != 0;
-#endif
-}
 
 /* ------------------------------------------------------------------ */
 /* Counting helpers                                                    */
@@ -421,7 +411,7 @@ static void test_iteration_memory_bounded(void **state) {
    * allocator slack; a buffered result set would be ~100 MiB. */
   print_message("service RSS %ld KiB before, %ld KiB with the iteration "
                 "stalled\n", before, after);
-  if (memory_measurable())
+  if (harness_memory_measurable())
     assert_true(after - before < 16 * 1024);
   close(fd);
   peerstore_disconnect(c, 0);
@@ -470,7 +460,7 @@ static void test_watcher_never_reads_100k(void **state) {
   /* The records themselves (~260 bytes each here) plus the 1 MiB watch
    * limit, plus allocator slack; the unread notifications alone would
    * add 14 MiB more if they were kept. */
-  if (memory_measurable())
+  if (harness_memory_measurable())
     assert_true(after - before < (N * 300 + 6 * 1024 * 1024) / 1024);
   close(fd);
   peerstore_disconnect(c, 0);

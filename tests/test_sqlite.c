@@ -160,7 +160,7 @@ static int put(inst *in, const char *key, const char *value,
   return r.status;
 }
 
-static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
+static int rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
   res *r = arg;
 
   if (r->n < 16) {
@@ -170,6 +170,7 @@ static void rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
     r->writers[r->n] = writer;
   }
   r->n++;
+  return 0;
 }
 
 static void next_cb(void *arg, int status, int more) {
