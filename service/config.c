@@ -75,11 +75,14 @@ static int idlist_add(idlist *l, uint32_t id) {
   return 0;
 }
 
-/* Parses "a, b, @g, self" into users and groups; with gids NULL, every
- * entry is read by kind (users when kind_group is 0, groups when 1). */
+/* Parses "a, b, @g, self" into users and groups, which it replaces (the
+ * last setting of a key wins, a flag over the file); with gids NULL,
+ * every entry is read by kind (users when kind_group is 0, groups when
+ * 1).  On error the lists are left as they were. */
 static int parse_ids(const char *v, idlist *uids, idlist *gids,
                      int kind_group) {
   char *copy = strdup(v), *tok, *save = NULL;
+  idlist nu = {NULL, 0}, ng = {NULL, 0};
   int r = 0;
 
   if (copy == NULL)
@@ -93,10 +96,21 @@ static int parse_ids(const char *v, idlist *uids, idlist *gids,
       tok++;
     }
     r = resolve_id(tok, group, &id) ||
-        idlist_add(group && gids ? gids : uids, id);
+        idlist_add(group && gids ? &ng : &nu, id);
   }
   free(copy);
-  return r ? -1 : 0;
+  if (r) {
+    free(nu.ids);
+    free(ng.ids);
+    return -1;
+  }
+  free(uids->ids);
+  *uids = nu;
+  if (gids != NULL) {
+    free(gids->ids);
+    *gids = ng;
+  }
+  return 0;
 }
 
 static int idlist_has(const idlist *l, uint32_t id) {
@@ -131,14 +145,18 @@ int config_finish(config *cfg) {
 
     if (strcmp(e->section, "write") != 0)
       continue;
-    r = realloc(cfg->write_rules,
-                (cfg->n_write_rules + 1) * sizeof(*cfg->write_rules));
-    if (r == NULL)
-      return -1;
-    cfg->write_rules = r;
-    r = &cfg->write_rules[cfg->n_write_rules++];
-    memset(r, 0, sizeof(*r));
-    r->subsystem = strdup(e->name);
+    /* A subsystem named again: its last line wins, as for every key. */
+    r = (write_rule *)config_write_rule(cfg, e->name);
+    if (r == NULL) {
+      r = realloc(cfg->write_rules,
+                  (cfg->n_write_rules + 1) * sizeof(*cfg->write_rules));
+      if (r == NULL)
+        return -1;
+      cfg->write_rules = r;
+      r = &cfg->write_rules[cfg->n_write_rules++];
+      memset(r, 0, sizeof(*r));
+      r->subsystem = strdup(e->name);
+    }
     if (r->subsystem == NULL || parse_ids(e->value, &r->uids, &r->gids, 0)) {
       fprintf(stderr, "peerstored: [write] %s = %s: unknown user or group\n",
               e->name, e->value);
