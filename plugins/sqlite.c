@@ -995,7 +995,9 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
   }
   sqlite3_extended_result_codes(s->db, 1);
   sqlite3_busy_timeout(s->db, 5000);
-  if ((rc = check_schema(s)) != 0 || (rc = check_pages(s, env)) != 0 ||
+  /* Look before touching: a damaged file is refused as it is, before a
+   * migration or the schema of a new file writes to it. */
+  if ((rc = check_pages(s, env)) != 0 || (rc = check_schema(s)) != 0 ||
       (rc = configure_db(s, env)) != 0 ||
       (rc = prepare_all(s)) != 0) {
     sq_free(s);

@@ -380,6 +380,31 @@ static void test_refuse_damaged_pages(void **state) {
   refused_untouched();
 }
 
+/* An old version with a damaged page in a table of its own: refused
+ * before anything is migrated, so the file is exactly as it was. */
+static void test_refuse_damaged_old_version_without_migrating(void **state) {
+  size_t n;
+  char *script = slurp(fixture, &n), *b;
+  FILE *f;
+
+  (void)state;
+  sql(script);
+  free(script);
+  sql("CREATE TABLE unrelated (x);"
+      "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i "
+      "WHERE n < 200) INSERT INTO unrelated SELECT randomblob(2000) FROM i;");
+  b = slurp(db_path, &n);
+  assert_true(n > 256 * 1024);
+  /* Pages of the unrelated table, at the end of the file. */
+  memset(b + n - 100 * 1024, 0xee, 3 * 4096);
+  f = fopen(db_path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b, 1, n, f), n);
+  fclose(f);
+  free(b);
+  refused_untouched();
+}
+
 static void test_read_only(void **state) {
   inst in;
   opts ro = {"yes", NULL, NULL};
@@ -501,6 +526,8 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_refuse_garbage_file, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(
+          test_refuse_damaged_old_version_without_migrating, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refuse_damaged_pages, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
