@@ -383,6 +383,7 @@ void client_accept(server *s) {
     c->uid = cred.uid;
     c->gid = cred.gid;
     c->pid = cred.pid;
+    c->cred_known = 1;
   }
   c->next = s->clients;
   if (s->clients != NULL)
@@ -390,6 +391,15 @@ void client_accept(server *s) {
   s->clients = c;
   s->n_clients++;
   s->stats.clients_total++;
+  /* Access rules and the writer of every record rest on who the client
+   * is: one whose credentials cannot be read is nobody we can admit. */
+  if (!c->cred_known) {
+    LOG_WARN("refusing client %llu: cannot read its credentials",
+             (unsigned long long)c->id);
+    s->stats.refused++;
+    client_fail(c, PEERSTORE_EACCES, "cannot read the client's credentials");
+    return;
+  }
   if ((s->cfg->allow_uids.n > 0 || s->cfg->allow_gids.n > 0) &&
       !config_id_match(&s->cfg->allow_uids, &s->cfg->allow_gids, c->uid,
                        c->gid)) {

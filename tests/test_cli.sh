@@ -35,10 +35,12 @@ check() {
   fi
 }
 
+svc_env= # NAME=VALUE words for the service's environment only
 start_service() {
   rm -f "$dir/ready"
   mkfifo "$dir/ready"
-  "$PEERSTORED" --socket "$sock" --log-level warn "$@" \
+  # shellcheck disable=SC2086
+  env $svc_env "$PEERSTORED" --socket "$sock" --log-level warn "$@" \
     --ready-fd 3 3>"$dir/ready" 2>>"$dir/service.log" &
   svc=$!
   read -r line <"$dir/ready"
@@ -167,6 +169,14 @@ kill -TERM $svc; wait $svc; svc=
 rc=$?
 [ $rc = 1 ] && grep -q "plugin ABI 2, this service needs 3 (rebuild the plugin" "$dir/plugin.log" && ok "an ABI 2 plugin is refused, naming both ABIs" || not_ok "plugin ABI (rc $rc): $(cat "$dir/plugin.log")"
 [ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
+# A client whose credentials cannot be read (SO_PEERCRED failing, through
+# a preloaded shim) is refused, not taken for root.
+svc_env="LD_PRELOAD=$plugins/fail_peercred.so ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+start_service
+svc_env=
+check "no credentials: refused (exit 4)" 4 "" ps stats
+grep -q "cannot read its credentials" "$dir/service.log" && ok "no credentials: logged" || not_ok "no credentials: not logged"
+kill -TERM $svc; wait $svc; svc=
 # The sqlite plugin, when it was built.
 sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}
 if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
