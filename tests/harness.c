@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#define READY_TIMEOUT_MS 120000
+
 static const char *service_binary(void) {
   const char *p = getenv("PEERSTORED");
   return p != NULL ? p : "../service/peerstored";
@@ -26,6 +28,7 @@ static int start(harness_svc *s, const char *const *extra) {
   int fds[2], n = 0, i;
   struct pollfd pfd;
   ssize_t got = 0, r;
+  uint64_t deadline, now;
 
   if (pipe(fds) != 0)
     return -1;
@@ -81,13 +84,30 @@ static int start(harness_svc *s, const char *const *extra) {
   close(fds[1]);
   pfd.fd = fds[0];
   pfd.events = POLLIN;
-  /* The service writes READY once it listens; EOF first means it died. */
+  /* The service writes READY once it listens; EOF first means it died.
+   * The limit is only for a service that hangs: under valgrind on a busy
+   * machine a start can take many times its usual second or two. */
+  deadline = uv_hrtime() / 1000000 + READY_TIMEOUT_MS;
   while (got < 6) {
-    if (poll(&pfd, 1, 30000) <= 0)
+    now = uv_hrtime() / 1000000;
+    if (now >= deadline) {
+      fprintf(stderr, "harness: no READY from service %d within %d s\n",
+              (int)s->pid, READY_TIMEOUT_MS / 1000);
       break;
-    r = read(fds[0], buf + got, sizeof(buf) - (size_t)got);
+    }
+    r = poll(&pfd, 1, (int)(deadline - now));
+    if (r < 0 && errno != EINTR)
+      break;
     if (r <= 0)
+      continue; /* interrupted, or the deadline: checked above */
+    r = read(fds[0], buf + got, sizeof(buf) - (size_t)got);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      fprintf(stderr, "harness: service %d exited before READY\n",
+              (int)s->pid);
       break;
+    }
     got += r;
   }
   close(fds[0]);
@@ -141,7 +161,8 @@ void harness_kill(harness_svc *s, int sig) {
   if (s->pid <= 0)
     return;
   kill(s->pid, sig);
-  waitpid(s->pid, NULL, 0);
+  while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
+    ;
   s->pid = 0;
 }
 
@@ -151,12 +172,15 @@ int harness_alive(harness_svc *s) {
 
 int harness_stop(harness_svc *s) {
   int st = 0, r = 0;
+  pid_t w;
   char cmd[400];
 
   if (s->pid > 0) {
     kill(s->pid, SIGTERM);
     r = -1;
-    if (waitpid(s->pid, &st, 0) == s->pid && WIFEXITED(st))
+    while ((w = waitpid(s->pid, &st, 0)) < 0 && errno == EINTR)
+      ;
+    if (w == s->pid && WIFEXITED(st))
       r = WEXITSTATUS(st);
     s->pid = 0;
   }
