@@ -174,8 +174,14 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
 
 static void on_deadline(uv_timer_t *t);
 
+/* Deadlines are on the monotonic clock, not the loop's cached time: an
+ * operation made after the program spent a while outside the loop would
+ * otherwise have its timeout counted from before that.  The timer may
+ * then fire early by the loop's lag; on_deadline checks and re-arms. */
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+
 static void arm_deadline(peerstore_client *c) {
-  uint64_t now = uv_now(c->loop);
+  uint64_t now = now_ms();
   ps_op *first = peerstore__heap_top(&c->deadlines);
 
   if (c->handles_closing)
@@ -212,7 +218,7 @@ void peerstore__op_set_timeout(ps_op *op, uint64_t ms) {
 
 static void on_deadline(uv_timer_t *t) {
   peerstore_client *c = t->data;
-  uint64_t now = uv_now(c->loop);
+  uint64_t now = now_ms();
   ps_op *op;
 
   while ((op = peerstore__heap_top(&c->deadlines)) != NULL &&
@@ -246,7 +252,7 @@ void peerstore__op_start(peerstore_client *c, ps_op *op) {
     done_push(c, op, c->fail_status);
     return;
   }
-  op->start = uv_now(c->loop);
+  op->start = now_ms();
   if (op->kind != OP_WATCH && c->opts.timeout_ms > 0) {
     op->timeout = c->opts.timeout_ms;
     heap_place(c, op);
@@ -398,7 +404,9 @@ static int on_record(peerstore_client *c, ps_op *op, const uint8_t *b,
     return PEERSTORE_EPROTO;
   if (op->kind == OP_ITERATE && op->timeout > 0) {
     /* Progress: the timeout counts from the last record.  The heap is
-     * fixed lazily (heap_place would sift on every record). */
+     * fixed lazily (heap_place would sift on every record).  Inside a
+     * read callback the loop's time is current, and cheaper to read; it
+     * is the same monotonic clock. */
     op->start = uv_now(c->loop);
   }
   op->cb.record(op->arg, &w.rec, 0);

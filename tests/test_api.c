@@ -337,8 +337,9 @@ static void test_watchers_hear_a_store_before_its_writer_across_clients(
     assert_non_null(peerstore_store(s, "order", &p, "k", &i, sizeof(i),
                                     PEERSTORE_EXPIRY_NEVER,
                                     PEERSTORE_REPLACE, ordered_ack_cb, &o));
-  assert_int_equal(harness_run_until_ge(&f->loop, &o.acked, 1000, TIMEOUT),
-                   0);
+  if (harness_run_until_ge(&f->loop, &o.acked, 1000, TIMEOUT) != 0)
+    fail_msg("%d acks and %d notifications in %d ms", o.acked,
+             o.watched.records, TIMEOUT);
   assert_int_equal(o.early, 0);
   assert_int_equal(o.watched.records, 1000);
   peerstore_disconnect(w, 0);
