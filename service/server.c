@@ -8,6 +8,7 @@
  * remaining handles, so uv_run returns and uv_loop_close succeeds.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,18 +65,150 @@ static int clear_stale_socket(const char *path) {
   return 0;
 }
 
-/* Creates the socket's directory if it is missing (one level, 0755). */
-static void make_parent_dir(const char *path) {
-  char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
+typedef char sun_path_t[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+/* The socket's directory, created if it is missing (one level, 0755). */
+static void parent_dir(const char *path, sun_path_t dir) {
   char *slash;
 
-  snprintf(dir, sizeof(dir), "%s", path);
+  snprintf(dir, sizeof(sun_path_t), "%s", path);
   slash = strrchr(dir, '/');
-  if (slash == NULL || slash == dir)
+  if (slash == NULL) {
+    snprintf(dir, sizeof(sun_path_t), ".");
     return;
-  *slash = '\0';
+  }
+  *(slash == dir ? slash + 1 : slash) = '\0';
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
     LOG_WARN("cannot create directory %s: %s", dir, strerror(errno));
+}
+
+/* Nobody else may be able to replace or redirect the socket: its directory
+ * belongs to us or to root, and is writable by no one else unless it is
+ * sticky (as /tmp is: there only an entry's owner may rename or remove
+ * it). */
+static int check_dir(const char *dir) {
+  struct stat st;
+
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+    LOG_ERROR("cannot use directory %s for the socket: %s", dir,
+              errno ? strerror(errno) : "not a directory");
+    return -1;
+  }
+  if (st.st_uid != geteuid() && st.st_uid != 0) {
+    LOG_ERROR("directory %s belongs to uid %u, who could replace the "
+              "socket; choose another --socket", dir, (unsigned)st.st_uid);
+    return -1;
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+    LOG_ERROR("directory %s is writable by others and not sticky: anyone "
+              "could replace the socket; choose another --socket", dir);
+    return -1;
+  }
+  return 0;
+}
+
+static int sun_addr(struct sockaddr_un *sa, const char *path) {
+  memset(sa, 0, sizeof(*sa));
+  sa->sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof(sa->sun_path))
+    return -1;
+  memcpy(sa->sun_path, path, strlen(path));
+  return 0;
+}
+
+/* Binds a listening socket at the configured path without a moment in
+ * which someone else could interfere: it is bound in a private directory
+ * of ours (0700), given its mode and group there - never through a
+ * symlink - and then hard-linked into place, which fails rather than
+ * replace anything that appeared at the path meanwhile.  Records the
+ * socket's inode, so that shutdown removes only its own socket.  Returns
+ * the descriptor, or -1 after logging why. */
+static int bind_socket(server *s) {
+  const char *path = s->cfg->socket_path;
+  sun_path_t dir, priv, tmp;
+  struct sockaddr_un sa;
+  struct stat st;
+  const char *step = "bind";
+  mode_t old;
+  int fd = -1, made = 0, bound = 0, r = -1;
+
+  parent_dir(path, dir);
+  if (check_dir(dir) != 0 || clear_stale_socket(path) != 0)
+    return -1;
+  if (strlen(dir) + sizeof("/.peerstore-XXXXXX/s") > sizeof(tmp)) {
+    LOG_ERROR("socket path too long to bind safely: %s", path);
+    return -1;
+  }
+  snprintf(priv, sizeof(priv), "%s/.peerstore-XXXXXX", dir);
+  if (mkdtemp(priv) == NULL) {
+    step = "create a private directory";
+    goto out;
+  }
+  made = 1;
+  memcpy(tmp, priv, strlen(priv));
+  memcpy(tmp + strlen(priv), "/s", 3);
+  sun_addr(&sa, tmp);
+  if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+    goto out;
+  /* Owner-only from the moment it exists. */
+  old = umask(0177);
+  r = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+  umask(old);
+  if (r != 0)
+    goto out;
+  bound = 1;
+  r = -1;
+  step = "set the socket's mode";
+  if (fchmodat(AT_FDCWD, tmp, s->cfg->socket_mode, AT_SYMLINK_NOFOLLOW) !=
+      0)
+    goto out;
+  step = "set the socket's group";
+  if (s->cfg->socket_gid >= 0 &&
+      fchownat(AT_FDCWD, tmp, (uid_t)-1, (gid_t)s->cfg->socket_gid,
+               AT_SYMLINK_NOFOLLOW) != 0)
+    goto out;
+  step = "check the socket";
+  if (lstat(tmp, &st) != 0 || !S_ISSOCK(st.st_mode)) {
+    errno = errno ? errno : EEXIST;
+    goto out;
+  }
+  s->sock_dev = st.st_dev;
+  s->sock_ino = st.st_ino;
+  step = "link the socket into place";
+  if (link(tmp, path) != 0)
+    goto out;
+  step = "listen";
+  if (listen(fd, 511) != 0) {
+    remove_own_socket(s);
+    goto out;
+  }
+  r = 0;
+out:
+  if (r != 0)
+    LOG_ERROR("cannot %s for %s: %s", step, path, strerror(errno));
+  if (bound)
+    unlink(tmp);
+  if (made)
+    rmdir(priv);
+  if (r != 0 && fd >= 0) {
+    close(fd);
+    fd = -1;
+  }
+  return fd;
+}
+
+void remove_own_socket(server *s) {
+  const char *path = s->cfg->socket_path;
+  struct stat st;
+
+  if (s->sock_ino == 0)
+    return;
+  if (lstat(path, &st) == 0 && st.st_dev == s->sock_dev &&
+      st.st_ino == s->sock_ino)
+    unlink(path);
+  else
+    LOG_WARN("%s is no longer this service's socket; leaving it", path);
+  s->sock_ino = 0;
 }
 
 static void on_connection(uv_stream_t *listener, int status) {
@@ -90,33 +223,26 @@ static void on_connection(uv_stream_t *listener, int status) {
 
 static int listen_socket(server *s) {
   const char *path = s->cfg->socket_path;
-  mode_t old;
-  int r;
+  struct sockaddr_un sa;
+  int fd, r;
 
-  if (strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+  if (sun_addr(&sa, path) != 0) {
     LOG_ERROR("socket path too long: %s", path);
     return -1;
   }
-  make_parent_dir(path);
-  if (clear_stale_socket(path) != 0)
+  if ((fd = bind_socket(s)) < 0)
     return -1;
-  if ((r = uv_pipe_init(s->loop, &s->listener, 0)) != 0)
-    return -1;
+  /* libuv gets the descriptor, not the path: it would unlink the path
+   * when the handle closes, whatever is there by then. */
+  uv_pipe_init(s->loop, &s->listener, 0);
   s->listener.data = s;
-  /* Owner-only from the moment it exists; widened to the configured mode
-   * afterwards, so there is no window where it is more open. */
-  old = umask(0177);
-  r = uv_pipe_bind(&s->listener, path);
-  umask(old);
-  if (r == 0 && chmod(path, s->cfg->socket_mode) != 0)
-    r = uv_translate_sys_error(errno);
-  if (r == 0 && s->cfg->socket_gid >= 0 &&
-      chown(path, (uid_t)-1, (gid_t)s->cfg->socket_gid) != 0)
-    r = uv_translate_sys_error(errno);
-  if (r == 0)
+  if ((r = uv_pipe_open(&s->listener, fd)) != 0)
+    close(fd);
+  else
     r = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
   if (r != 0) {
     LOG_ERROR("cannot listen on %s: %s", path, uv_strerror(r));
+    remove_own_socket(s);
     uv_close((uv_handle_t *)&s->listener, NULL);
     return -1;
   }
@@ -327,7 +453,7 @@ void server_stop(server *s) {
   if (s->listening) {
     s->listening = 0;
     uv_close((uv_handle_t *)&s->listener, NULL);
-    unlink(s->cfg->socket_path);
+    remove_own_socket(s);
   }
   uv_timer_stop(&s->purge_timer);
   uv_timer_stop(&s->housekeeping);

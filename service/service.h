@@ -221,6 +221,8 @@ struct server {
   uint64_t started_ms;
   sreq *free_reqs; /* dispatch.c's recycled requests */
   uint32_t n_free_reqs;
+  dev_t sock_dev; /* the socket file this service made (remove_own_socket) */
+  ino_t sock_ino; /* 0: none */
   watch_index watches;
   peerstore__hmap iters; /* every open iteration, by client and request */
   server_stats stats;
@@ -240,6 +242,8 @@ static inline void filter_to_plugin(const peerstore__filter *f,
 
 /* server.c */
 int server_start(server *s, uv_loop_t *loop, config *cfg);
+/* Removes the socket file if it is still the one this service made. */
+void remove_own_socket(server *s);
 void server_stop(server *s);
 /* Runs the idle work soon (flushes, backlogs, shutdown progress). */
 void server_kick(server *s);

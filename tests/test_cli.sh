@@ -171,12 +171,35 @@ rc=$?
 [ ! -e "$sock" ] && ok "failed start leaves no socket" || not_ok "failed start left a socket"
 # A client whose credentials cannot be read (SO_PEERCRED failing, through
 # a preloaded shim) is refused, not taken for root.
-svc_env="LD_PRELOAD=$plugins/fail_peercred.so ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+shim="LD_PRELOAD=$plugins/shim.so ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+svc_env="$shim PEERSTORE_SHIM_NO_PEERCRED=1"
 start_service
 svc_env=
 check "no credentials: refused (exit 4)" 4 "" ps stats
 grep -q "cannot read its credentials" "$dir/service.log" && ok "no credentials: logged" || not_ok "no credentials: not logged"
 kill -TERM $svc; wait $svc; svc=
+# The socket file: bound where nobody can redirect it, in a directory
+# nobody else can write, and removed at shutdown only if it is still ours.
+echo victim >"$dir/victim"; chmod 0644 "$dir/victim"
+# (timeout: a service that wrongly starts would otherwise run forever)
+timeout 60 env $shim PEERSTORE_SHIM_SWAP="$dir/victim" "$PEERSTORED" --socket "$sock" 2>"$dir/swap.log"
+rc=$?
+[ "$(stat -c %a "$dir/victim")" = 644 ] && ok "socket: a symlink swapped in after bind is not followed" || not_ok "socket: victim's mode changed to $(stat -c %a "$dir/victim") (rc $rc)"
+[ $rc = 1 ] && [ ! -e "$sock" ] && ok "socket: swapped socket refused, nothing left" || not_ok "socket: swap (rc $rc): $(cat "$dir/swap.log")"
+mkdir "$dir/shared"; chmod 0777 "$dir/shared"
+timeout 60 "$PEERSTORED" --socket "$dir/shared/s" 2>"$dir/shared.log"
+rc=$?
+[ $rc = 1 ] && grep -q "writable by others and not sticky" "$dir/shared.log" && [ ! -e "$dir/shared/s" ] \
+  && ok "socket: a directory others may write is refused" || not_ok "socket: shared dir (rc $rc): $(cat "$dir/shared.log")"
+chmod 1777 "$dir/shared"
+sock_saved=$sock; sock="$dir/shared/s"
+start_service
+check "socket: a sticky shared directory is fine" 0 "" sh -c "'$CLI' -S '$sock' stats >/dev/null"
+# Replaced while the service runs: shutdown leaves the newcomer alone.
+mv "$sock" "$dir/shared/moved"; echo newcomer >"$sock"
+kill -TERM $svc; wait $svc; svc=
+[ "$(cat "$sock" 2>/dev/null)" = newcomer ] && ok "socket: shutdown removes only its own socket" || not_ok "socket: shutdown removed what replaced its socket"
+rm -f "$sock" "$dir/shared/moved"; sock=$sock_saved
 # The sqlite plugin, when it was built.
 sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}
 if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
