@@ -59,7 +59,7 @@ static void usage(FILE *f) {
 "\n"
 "Exit status: 0 ok; 1 get found nothing; 2 usage error; 3 cannot reach\n"
 "the service or lost it; 4 the service refused the request (the reason is\n"
-"printed); 5 timed out.\n");
+"printed); 5 timed out; 130 interrupted (watch: 0).\n");
 }
 
 typedef struct cli {
@@ -103,6 +103,8 @@ static int parse_hex(const char *s, uint8_t **out, size_t *n) {
   return 0;
 }
 
+/* Reads a whole value: up to PEERSTORE_VALUE_MAX_HARD bytes, the most any
+ * service takes; a longer stream fails with EFBIG. */
 static int read_stream(FILE *f, uint8_t **out, size_t *n) {
   size_t cap = 4096, len = 0, r;
   uint8_t *b = malloc(cap), *nb;
@@ -111,14 +113,22 @@ static int read_stream(FILE *f, uint8_t **out, size_t *n) {
     return -1;
   while ((r = fread(b + len, 1, cap - len, f)) > 0) {
     len += r;
-    if (len == cap) {
-      if (cap >= PEERSTORE_VALUE_MAX_HARD || !(nb = realloc(b, cap * 2))) {
-        free(b);
-        return -1;
-      }
-      b = nb;
-      cap *= 2;
+    if (len < cap)
+      continue;
+    /* Room for one byte past the limit tells a value at the limit from
+     * one over it. */
+    if (cap > PEERSTORE_VALUE_MAX_HARD) {
+      free(b);
+      errno = EFBIG;
+      return -1;
     }
+    cap = cap * 2 > PEERSTORE_VALUE_MAX_HARD ? PEERSTORE_VALUE_MAX_HARD + 1
+                                            : cap * 2;
+    if ((nb = realloc(b, cap)) == NULL) {
+      free(b);
+      return -1;
+    }
+    b = nb;
   }
   if (ferror(f)) {
     free(b);
@@ -199,13 +209,70 @@ static void print_hex(FILE *f, const void *p, size_t n) {
 }
 
 /* A value prints as text when it is all printable ASCII or UTF-8 bytes. */
+/* 1 if p[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), which is what a JSON string may
+ * hold. */
+static int utf8_valid(const uint8_t *p, size_t n) {
+  size_t i = 0;
+
+  while (i < n) {
+    uint8_t c = p[i];
+    size_t len, k;
+    uint32_t cp;
+
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return 0;
+    }
+    if (n - i < len)
+      return 0;
+    for (k = 1; k < len; k++) {
+      if ((p[i + k] & 0xc0) != 0x80)
+        return 0;
+      cp = (cp << 6) | (p[i + k] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+      return 0;
+    i += len;
+  }
+  return 1;
+}
+
+/* Printable as it is: UTF-8 without control characters. */
 static int is_text(const uint8_t *v, size_t n) {
   size_t i;
 
   for (i = 0; i < n; i++)
     if (v[i] < 0x20 || v[i] == 0x7f)
       return 0;
-  return 1;
+  return utf8_valid(v, n);
+}
+
+/* A JSON member "name": string when s is UTF-8, else "name_hex": hex. */
+static void json_text_or_hex(const char *name, const void *s, size_t n,
+                             int comma) {
+  printf("%s\"%s%s\":", comma ? "," : "", name,
+         utf8_valid(s, n) ? "" : "_hex");
+  if (utf8_valid(s, n)) {
+    json_str(stdout, s, n);
+  } else {
+    putchar('"');
+    print_hex(stdout, s, n);
+    putchar('"');
+  }
 }
 
 static void print_record(cli *c, const peerstore_record *r) {
@@ -213,13 +280,15 @@ static void print_record(cli *c, const peerstore_record *r) {
 
   peerstore_peer_to_string(&r->peer, peer);
   if (c->json) {
-    printf("{\"subsystem\":");
-    json_str(stdout, r->subsystem, strlen(r->subsystem));
+    /* Every line is valid JSON: strings that are not UTF-8 come as
+     * hex only (subsystem_hex, key_hex); value_hex is always there. */
+    putchar('{');
+    json_text_or_hex("subsystem", r->subsystem, strlen(r->subsystem), 0);
     printf(",\"peer\":\"%s\",\"peer_hex\":\"", peer);
     print_hex(stdout, r->peer.bytes, sizeof(r->peer.bytes));
-    printf("\",\"key\":");
-    json_str(stdout, r->key, strlen(r->key));
-    if (is_text(r->value, r->value_size)) {
+    putchar('"');
+    json_text_or_hex("key", r->key, strlen(r->key), 1);
+    if (utf8_valid(r->value, r->value_size)) {
       printf(",\"value\":");
       json_str(stdout, r->value, r->value_size);
     }
@@ -532,7 +601,8 @@ int main(int argc, char **argv) {
       fclose(f);
     } else if (strcmp(value_arg, "-") == 0) {
       if (read_stream(stdin, &c.value, &c.value_size) != 0)
-        return usage_error("%s", "cannot read the value from standard input");
+        return usage_error("cannot read the value from standard input: %s",
+                           strerror(errno));
     } else if (c.hex) {
       if (parse_hex(value_arg, &c.value, &c.value_size) != 0)
         return usage_error("bad hex value '%s'", value_arg);

@@ -87,6 +87,14 @@ stdin" sh -c "'$CLI' -S '$sock' iterate -s ss -p $P2 | cut -f2"
 check "iterate json" 0 '{"subsystem":"ss","peer":"'$P1B32'","peer_hex":"'$P1'","key":"addr","value":"quic","value_hex":"71756963","size":4,"expiry":null,"revision":3,"writer":'"$(id -u)"'}' \
   ps iterate --json -s ss -k addr
 check "json binary value" 0 '"value_hex":"00ff10"' sh -c "'$CLI' -S '$sock' iterate -j -s ss -k bin | grep -o '\"value_hex\":\"[0-9a-f]*\"'"
+# --json lines are valid UTF-8 whatever the bytes: a key and a value that
+# are not UTF-8 come as hex only; UTF-8 text comes as text.
+ps store -s ss -p $P1 -k "$(printf 'k\303')" --hex fffe41 >/dev/null
+ps store -s ss -p $P1 -k utf8 "$(printf 'gr\303\274\303\237e')" >/dev/null
+ps iterate -j -s ss >"$dir/json.out"
+iconv -f UTF-8 -t UTF-8 "$dir/json.out" >/dev/null 2>&1 && ok "json: every line is UTF-8" || not_ok "json: invalid UTF-8 in output"
+check "json: a key that is not UTF-8 as key_hex only" 0 '"key_hex":"6bc3","value_hex":"fffe41"' sh -c "grep -o '\"key_hex\":\"6bc3\",\"value_hex\":\"[0-9a-f]*\"' '$dir/json.out'"
+check "json: UTF-8 text as text" 0 "1" sh -c "grep -c '\"value\":\"$(printf 'gr\303\274\303\237e')\"' '$dir/json.out'"
 check "expired record hidden" 0 "" ps store -s ss -p $P1 -k old -e @1 gone
 check "expired not returned" 1 "" ps get -s ss -p $P1 -k old
 check "relative expiry" 0 "" ps store -s ss -p $P1 -k soon -e 1h soon
@@ -177,6 +185,17 @@ start_service
 svc_env=
 check "no credentials: refused (exit 4)" 4 "" ps stats
 grep -q "cannot read its credentials" "$dir/service.log" && ok "no credentials: logged" || not_ok "no credentials: not logged"
+kill -TERM $svc; wait $svc; svc=
+# A value of exactly the largest size any service takes can be read from a
+# file; one byte more is refused before anything is sent.
+start_service -o max_value_size=64M
+truncate -s 64M "$dir/max.bin"
+check "store --file of exactly 64 MiB" 0 "" ps store -s ss -p $P1 -k max --file "$dir/max.bin"
+check "  ... and it is all there" 0 "67108864" sh -c "'$CLI' -S '$sock' iterate -j -s ss -k max | grep -o '\"size\":[0-9]*' | cut -d: -f2"
+truncate -s 67108865 "$dir/max.bin"
+check "store --file of 64 MiB + 1: refused (exit 2)" 2 "" ps store -s ss -p $P1 -k max --file "$dir/max.bin"
+grep -q "File too large" "$dir/err" && ok "  ... saying why" || not_ok "  ... no reason: $(cat "$dir/err")"
+rm -f "$dir/max.bin"
 kill -TERM $svc; wait $svc; svc=
 # The socket file: bound where nobody can redirect it, in a directory
 # nobody else can write, and removed at shutdown only if it is still ours.
