@@ -274,7 +274,11 @@ PEERSTORE_EXTERN void peerstore_iterate_set_timeout(peerstore_iterate_op *op,
 
 /* Reports every store (by any client) that matches the filter, in the order
  * the service applied them, from the moment the service received the watch
- * on.  A MULTIPLE that refreshed an identical value counts.  The watch never
+ * on.  A MULTIPLE that refreshed an identical value counts.  The service
+ * writes a store's notifications before its writer's acknowledgement:
+ * once a store's callback has run, the notification is in every
+ * watcher's socket (a watcher that is behind gets it as it catches up;
+ * the writer is not held back for it).  The watch never
  * ends by itself with 0; rec == NULL means it ended with an error, e.g.
  * PEERSTORE_EOVERFLOW when the client could not keep up (re-read what you
  * watch, then watch again).  cb is required: NULL makes the call return
