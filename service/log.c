@@ -1,6 +1,9 @@
 /* log.c - leveled logging to stderr.  Never given value bytes. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -10,21 +13,39 @@ static int log_level = PEERSTORE_LOG_INFO;
 
 void log_set_level(int level) { log_level = level; }
 
+/* A whole line is formatted first and written with one write(2): the
+ * SQLite worker thread logs too, and lines from two threads must not
+ * interleave (a pipe takes up to PIPE_BUF bytes at once; a file's offset
+ * is shared and moved per write). */
 static void log_v(int level, const char *fmt, va_list ap) {
   static const char *names[] = {"error", "warn", "info", "debug"};
+  char line[2048];
   struct timeval tv;
   struct tm tm;
-  char ts[32];
+  size_t n;
+  int k;
 
-  if (level > log_level)
+  if (level > log_level || level < 0)
     return;
   gettimeofday(&tv, NULL);
   gmtime_r(&tv.tv_sec, &tm);
-  strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-  fprintf(stderr, "%s.%03dZ peerstored %s: ", ts, (int)(tv.tv_usec / 1000),
-          names[level]);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+  k = snprintf(line + n, sizeof(line) - n, ".%03dZ peerstored %s: ",
+               (int)(tv.tv_usec / 1000), names[level]);
+  n += k > 0 ? (size_t)k : 0;
+  k = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+  if (k < 0)
+    k = 0;
+  if ((size_t)k >= sizeof(line) - n - 1) {
+    n = sizeof(line) - 5;
+    memcpy(line + n, "...", 3); /* cut, and said so */
+    n += 3;
+  } else {
+    n += (size_t)k;
+  }
+  line[n++] = '\n';
+  while (write(STDERR_FILENO, line, n) < 0 && errno == EINTR)
+    ;
 }
 
 void log_msg(int level, const char *fmt, ...) {

@@ -1,6 +1,6 @@
-/* test_config.c - peerstored's settings: one rule for every key - the
- * last setting wins, a command-line flag over the file - for lists as for
- * numbers. */
+/* test_config.c - peerstored's settings and log: one rule for every key
+ * (the last setting wins, a command-line flag over the file) for lists as
+ * for numbers; and log lines that stay whole when two threads log. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -93,11 +93,92 @@ static void test_a_bad_value_changes_nothing(void **state) {
   config_free(&cfg);
 }
 
+/* Two threads (the loop and the SQLite worker, in the service) log at
+ * once into a pipe: every line arrives whole. */
+enum { LOG_LINES = 3000 };
+
+static void *log_lines(void *arg) {
+  const char *tag = arg;
+  char body[301];
+  int i;
+
+  memset(body, tag[0], 300);
+  body[300] = '\0';
+  for (i = 0; i < LOG_LINES; i++)
+    log_msg(PEERSTORE_LOG_ERROR, "%s%s", tag, body);
+  return NULL;
+}
+
+typedef struct collected {
+  int fd;
+  char *data;
+  size_t len;
+} collected;
+
+static void *collect(void *arg) {
+  collected *c = arg;
+  size_t cap = 1 << 20;
+  ssize_t r;
+
+  c->data = malloc(cap);
+  for (;;) {
+    if (c->len == cap)
+      c->data = realloc(c->data, cap *= 2);
+    r = read(c->fd, c->data + c->len, cap - c->len);
+    if (r <= 0)
+      break;
+    c->len += (size_t)r;
+  }
+  return NULL;
+}
+
+static void test_log_lines_from_two_threads_stay_whole(void **state) {
+  uv_thread_t a, b, reader;
+  collected col = {0};
+  int fds[2], saved, lines = 0;
+  char *line, *save = NULL;
+
+  (void)state;
+  assert_int_equal(pipe(fds), 0);
+  col.fd = fds[0];
+  saved = dup(STDERR_FILENO);
+  dup2(fds[1], STDERR_FILENO);
+  close(fds[1]);
+  log_set_level(PEERSTORE_LOG_INFO);
+  assert_int_equal(uv_thread_create(&reader, collect, &col), 0);
+  assert_int_equal(uv_thread_create(&a, log_lines, "A"), 0);
+  assert_int_equal(uv_thread_create(&b, log_lines, "B"), 0);
+  uv_thread_join(&a);
+  uv_thread_join(&b);
+  dup2(saved, STDERR_FILENO); /* the pipe's last writer is gone */
+  close(saved);
+  uv_thread_join(&reader);
+  close(fds[0]);
+  log_set_level(-1);
+  assert_non_null(col.data = realloc(col.data, col.len + 1));
+  col.data[col.len] = '\0';
+  for (line = strtok_r(col.data, "\n", &save); line != NULL;
+       line = strtok_r(NULL, "\n", &save)) {
+    const char *msg = strstr(line, "peerstored error: ");
+    size_t k;
+
+    assert_non_null(msg);
+    msg += strlen("peerstored error: ");
+    assert_int_equal(strlen(msg), 301);
+    for (k = 1; k < 301; k++)
+      assert_int_equal(msg[k], msg[0]);
+    lines++;
+  }
+  assert_int_equal(lines, 2 * LOG_LINES);
+  free(col.data);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_flag_replaces_a_list_from_the_file),
       cmocka_unit_test(test_the_last_setting_of_a_key_wins),
       cmocka_unit_test(test_a_bad_value_changes_nothing),
+      cmocka_unit_test(test_log_lines_from_two_threads_stay_whole),
   };
 
   log_set_level(-1);
