@@ -130,8 +130,15 @@ static void done_push(peerstore_client *c, ps_op *op, int status) {
 static void send_frame(peerstore_client *c, ps_op *op) {
   peerstore__buf *out = &c->out.buf;
 
+  if (c->lost_status != 0)
+    return; /* the connection is going: everything is sent again */
   if (peerstore__buf_reserve(out, op->frame.len) != 0) {
-    connection_lost(c, PEERSTORE_ENOMEM);
+    /* Out of memory for the request: the connection is dropped and
+     * everything sent again on the next one.  Not here, though: this
+     * runs inside the caller's call, and losing the connection runs the
+     * state callback.  The idle handle does it, before any flush. */
+    c->lost_status = PEERSTORE_ENOMEM;
+    kick(c);
     return;
   }
   memcpy(out->data + out->len, op->frame.data, op->frame.len);
@@ -337,6 +344,8 @@ static void on_idle(uv_idle_t *h) {
    * what the service said before it left. */
   if (c->peer_gone && c->state == ST_CONNECTED && ++c->peer_gone == 3)
     connection_lost(c, c->gone_status);
+  if (c->lost_status != 0 && c->state == ST_CONNECTED)
+    connection_lost(c, c->lost_status);
   while ((op = c->garbage) != NULL) {
     c->garbage = op->next_done;
     free(op);
@@ -458,7 +467,7 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
       if (version != PEERSTORE_PROTOCOL_VERSION)
         return PEERSTORE_EVERSION;
       c->max_value = max_value;
-      c->attempts = 0;
+      c->welcomed = 1;
       report(c, 1, 0);
       return 0;
     case PEERSTORE_MSG_ERROR:
@@ -652,6 +661,14 @@ static void connection_lost(peerstore_client *c, int status) {
 
   if (c->state == ST_FAILED || c->state == ST_WAITING)
     return;
+  /* A connection that was welcomed and then lost for a reason of its own
+   * (the service restarted, say) is retried at once; one that broke the
+   * protocol was no healthy connection, so the backoff goes on growing
+   * instead of resending everything every few milliseconds. */
+  if (c->welcomed && status != PEERSTORE_EPROTO)
+    c->attempts = 0;
+  c->welcomed = 0;
+  c->lost_status = 0;
   close_pipe(c);
   c->peer_gone = 0;
   peerstore__reader_reset(&c->rd);

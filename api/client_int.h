@@ -82,9 +82,11 @@ struct peerstore_client {
   uint64_t rng;
   int fail_status;
   int gone_status; /* the failed write's error, while peer_gone */
+  int lost_status; /* the connection is to be dropped from the idle turn */
   int handles_open;
   int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
+  unsigned welcomed : 1;     /* this connection got its WELCOME */
   unsigned peer_gone : 2;    /* a write found the service gone: idle turns
                                 since (see write_failed) */
   unsigned closing : 1;      /* peerstore_disconnect was called */

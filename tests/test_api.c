@@ -1003,6 +1003,105 @@ static void test_every_status_has_a_name_and_a_message(void **state) {
   assert_string_equal(peerstore_err_name(12345), "PEERSTORE_EUNKNOWN");
 }
 
+/* A service that welcomes, then answers with a malformed frame: the
+ * client reconnects, but backs off more each time - a protocol error is
+ * not a healthy connection, so the WELCOME before it resets nothing
+ * (before: a reconnect every 5 ms, resending everything, forever). */
+typedef struct bad_service {
+  uv_pipe_t listener;
+  uint64_t at[8]; /* when each connection came, ns */
+  int accepts;
+} bad_service;
+
+static void bad_conn_closed(uv_handle_t *h) { free(h); }
+
+static void bad_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  static char sink[4096];
+  (void)h;
+  (void)hint;
+  *buf = uv_buf_init(sink, sizeof(sink));
+}
+
+static void bad_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  (void)buf;
+  if (n < 0)
+    uv_close((uv_handle_t *)st, bad_conn_closed);
+}
+
+static void bad_connection(uv_stream_t *l, int status) {
+  bad_service *b = l->data;
+  uv_pipe_t *p = malloc(sizeof(*p));
+  peerstore__buf out = {0};
+  peerstore__header h = {0, PEERSTORE_MSG_STATS_RESULT, 1, 7};
+  uv_buf_t ub;
+
+  assert_int_equal(status, 0);
+  assert_non_null(p);
+  uv_pipe_init(l->loop, p, 0);
+  assert_int_equal(uv_accept(l, (uv_stream_t *)p), 0);
+  if (b->accepts < 8)
+    b->at[b->accepts] = uv_hrtime();
+  b->accepts++;
+  assert_int_equal(peerstore__put_welcome(&out, 1024), 0);
+  /* A header with a reserved flag set: no client may accept it. */
+  assert_int_equal(peerstore__buf_reserve(&out, PEERSTORE_HEADER_SIZE), 0);
+  peerstore__wire_put_header(out.data + out.len, &h);
+  out.len += PEERSTORE_HEADER_SIZE;
+  ub = uv_buf_init((char *)out.data, (unsigned)out.len);
+  assert_int_equal(uv_try_write((uv_stream_t *)p, &ub, 1), (int)out.len);
+  peerstore__buf_free(&out);
+  uv_read_start((uv_stream_t *)p, bad_alloc, bad_read);
+}
+
+static void stats_ignore_cb(void *arg, int status, const peerstore_stat *st,
+                            size_t n) {
+  (void)arg;
+  (void)status;
+  (void)st;
+  (void)n;
+}
+
+static void test_malformed_replies_make_the_client_back_off(void **state) {
+  fx *f = *state;
+  bad_service b;
+  char path[400];
+  peerstore_connect_opts o;
+  peerstore_client *c;
+  states st = {0};
+  int k;
+
+  memset(&b, 0, sizeof(b));
+  snprintf(path, sizeof(path), "%s/bad", f->svc.dir);
+  uv_pipe_init(&f->loop, &b.listener, 0);
+  b.listener.data = &b;
+  assert_int_equal(uv_pipe_bind(&b.listener, path), 0);
+  assert_int_equal(uv_listen((uv_stream_t *)&b.listener, 8, bad_connection),
+                   0);
+  peerstore_connect_opts_init(&o);
+  o.backoff_min_ms = 50;
+  o.backoff_max_ms = 5000;
+  o.timeout_ms = 0;
+  o.state_cb = state_cb;
+  o.state_arg = &st;
+  c = peerstore_connect_ex(&f->loop, path, &o);
+  assert_non_null(c);
+  assert_non_null(peerstore_stats(c, stats_ignore_cb, NULL));
+  assert_int_equal(harness_run_until_ge(&f->loop, &b.accepts, 5, TIMEOUT),
+                   0);
+  /* The k-th retry waits at least half of 50 ms * 2^(k-1) (jitter takes
+   * up to half): lower bounds, which a busy machine only exceeds. */
+  for (k = 1; k < 5; k++) {
+    uint64_t gap_ms = (b.at[k] - b.at[k - 1]) / 1000000;
+    print_message("retry %d after %llu ms\n", k, (unsigned long long)gap_ms);
+    assert_true(gap_ms >= (50u << (k - 1)) / 2);
+  }
+  assert_int_equal(st.last_status, PEERSTORE_EPROTO);
+  assert_true(st.downs >= 1);
+  peerstore_disconnect(c, 0);
+  uv_close((uv_handle_t *)&b.listener, NULL);
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_store_replace_multiple, setup,
@@ -1040,6 +1139,8 @@ int main(void) {
           test_a_peer_that_stops_reading_ends_the_connection, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_malformed_replies_make_the_client_back_off, setup, teardown),
       cmocka_unit_test(test_every_status_has_a_name_and_a_message),
   };
   return cmocka_run_group_tests_name("api", tests, NULL, NULL);

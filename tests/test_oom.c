@@ -1,0 +1,110 @@
+/* test_oom.c - the library when memory runs out: a test build of
+ * libpeerstore's sources whose large reallocations can be made to fail
+ * (-Wl,--wrap=realloc), against a real service. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+#include "peerstore.h"
+
+#define TIMEOUT 30000
+
+void *__real_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n);
+
+static int fail_large; /* reallocations of 32 KiB or more fail */
+
+void *__wrap_realloc(void *p, size_t n) {
+  if (fail_large && n >= 32 * 1024)
+    return NULL;
+  return __real_realloc(p, n);
+}
+
+typedef struct seen {
+  int in_call; /* inside a library call made by the test */
+  int state_inside;
+  int downs;
+  int ups;
+  int acks;
+  int status;
+} seen;
+
+static void state_cb(void *arg, int up, int status) {
+  seen *s = arg;
+
+  (void)status;
+  if (s->in_call)
+    s->state_inside++;
+  if (up)
+    s->ups++;
+  else
+    s->downs++;
+}
+
+static void ack_cb(void *arg, int status) {
+  seen *s = arg;
+
+  s->acks++;
+  s->status = status;
+}
+
+/* A store whose request cannot be queued for want of memory ends the
+ * connection, but the state callback runs from the loop, never inside
+ * peerstore_store (the caller may hold locks or be mid-update); once
+ * memory is back, the store is sent again and applied. */
+static void test_out_of_memory_is_reported_from_the_loop(void **state) {
+  harness_svc svc;
+  uv_loop_t loop;
+  peerstore_connect_opts o;
+  peerstore_client *c;
+  peerstore_peer_id p;
+  static uint8_t big[64 * 1024];
+  seen s;
+
+  (void)state;
+  memset(&s, 0, sizeof(s));
+  memset(&p, 1, sizeof(p));
+  assert_int_equal(harness_start(&svc, NULL), 0);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  peerstore_connect_opts_init(&o);
+  o.state_cb = state_cb;
+  o.state_arg = &s;
+  o.timeout_ms = 0;
+  c = peerstore_connect_ex(&loop, svc.socket_path, &o);
+  assert_non_null(c);
+  assert_non_null(peerstore_store(c, "ss", &p, "small", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  ack_cb, &s));
+  assert_int_equal(harness_run_until(&loop, &s.acks, TIMEOUT), 0);
+  assert_int_equal(s.ups, 1);
+  fail_large = 1;
+  s.in_call = 1;
+  assert_non_null(peerstore_store(c, "ss", &p, "big", big, sizeof(big),
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  ack_cb, &s));
+  s.in_call = 0;
+  assert_int_equal(s.state_inside, 0);
+  assert_int_equal(harness_run_until(&loop, &s.downs, TIMEOUT), 0);
+  fail_large = 0;
+  assert_int_equal(harness_run_until_ge(&loop, &s.acks, 2, TIMEOUT), 0);
+  assert_int_equal(s.status, 0);
+  assert_int_equal(s.ups, 2);
+  peerstore_disconnect(c, 0);
+  assert_int_equal(harness_drain(&loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(harness_stop(&svc), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_out_of_memory_is_reported_from_the_loop),
+  };
+
+  return cmocka_run_group_tests_name("oom", tests, NULL, NULL);
+}
