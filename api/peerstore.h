@@ -180,7 +180,10 @@ PEERSTORE_EXTERN void peerstore_disconnect(peerstore_client *c,
  * goes down (up = 0, status = why).  While it is down the client keeps
  * trying to reconnect; once it is up again, every watch is registered
  * again and every store, remove and stats request not yet answered is
- * sent again (stores are idempotent, DESIGN.md section 1).  Stores made
+ * sent again (stores are idempotent, DESIGN.md section 1; a remove is
+ * not: resent after its first attempt was applied, it applies again to
+ * what its filter matches then, records other clients stored meanwhile
+ * included - remove by the exact triple when that matters).  Stores made
  * while it was down reach watchers only after it is up; notifications of
  * stores by others while it was down are lost, so a watcher should re-read
  * what it watches when it sees up = 1 after a down. */
@@ -291,7 +294,9 @@ PEERSTORE_EXTERN peerstore_watch_op *peerstore_watch(
 PEERSTORE_EXTERN void peerstore_watch_cancel(peerstore_watch_op *op);
 
 /* Removes every record of subsystem matching peer and key (NULL: any).
- * cb (may be NULL) runs once with the status and the number removed. */
+ * cb (may be NULL) runs once with the status and the number removed.  A
+ * remove resent after a reconnect applies to what matches then (see
+ * peerstore_state_cb). */
 PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_remove_cb cb, void *arg);
