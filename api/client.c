@@ -92,10 +92,19 @@ static void op_garbage(peerstore_client *c, ps_op *op) {
   kick(c);
 }
 
+/* Ids are 32 bits and wrap around after four billion requests; one still
+ * in use (a watch lives as long as the program) is skipped, so replies
+ * always reach the operation they answer.  Order never depends on ids:
+ * resends follow the list in call order. */
 static uint32_t next_request(peerstore_client *c) {
-  /* Request 0 is reserved for connection-level frames. */
-  if (++c->next_request == 0)
-    ++c->next_request;
+  do {
+    /* Request 0 is reserved for connection-level frames. */
+    if (++c->next_request == 0) {
+      ++c->next_request;
+      c->ids_wrapped = 1;
+    }
+    /* Until the first wrap every id is new: no lookup on the store path. */
+  } while (c->ids_wrapped && op_find(c, c->next_request) != NULL);
   return c->next_request;
 }
 

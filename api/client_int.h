@@ -87,6 +87,7 @@ struct peerstore_client {
   int reported; /* what the state callback last said: -1 nothing, 0, 1 */
   enum ps_state state;
   unsigned welcomed : 1;     /* this connection got its WELCOME */
+  unsigned ids_wrapped : 1;  /* request ids have wrapped around once */
   unsigned peer_gone : 2;    /* a write found the service gone: idle turns
                                 since (see write_failed) */
   unsigned closing : 1;      /* peerstore_disconnect was called */

@@ -1,6 +1,8 @@
-/* test_oom.c - the library when memory runs out: a test build of
- * libpeerstore's sources whose large reallocations can be made to fail
- * (-Wl,--wrap=realloc), against a real service. */
+/* test_lib_edges.c - the library at edges a test cannot reach through
+ * the API alone: memory running out, request ids wrapping around.  A test
+ * build of libpeerstore's sources whose large reallocations can be made
+ * to fail (-Wl,--wrap=realloc) and whose internals it can set, against a
+ * real service. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "client_int.h"
 #include "harness.h"
 #include "peerstore.h"
 
@@ -101,10 +104,63 @@ static void test_out_of_memory_is_reported_from_the_loop(void **state) {
   assert_int_equal(harness_stop(&svc), 0);
 }
 
+static void count_cb(void *arg, int status) {
+  assert_int_equal(status, 0);
+  ++*(int *)arg;
+}
+
+static void watch_cb(void *arg, const peerstore_record *rec, int status) {
+  (void)status;
+  if (rec != NULL)
+    ++*(int *)arg;
+}
+
+/* Request ids are 32 bits and wrap around; an id still in use - here a
+ * watch made first, which lives on - is skipped, so replies are never
+ * routed to the wrong operation. */
+static void test_request_ids_skip_those_in_use_when_they_wrap(void **state) {
+  harness_svc svc;
+  uv_loop_t loop;
+  peerstore_client *c, *other;
+  peerstore_watch_op *w;
+  peerstore_peer_id p;
+  int acks = 0, heard = 0, i;
+
+  (void)state;
+  memset(&p, 2, sizeof(p));
+  assert_int_equal(harness_start(&svc, NULL), 0);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  c = peerstore_connect(&loop, svc.socket_path);
+  other = peerstore_connect(&loop, svc.socket_path);
+  w = peerstore_watch(c, "ids", NULL, NULL, watch_cb, &heard);
+  assert_non_null(w);
+  assert_int_equal(((ps_op *)(void *)w)->request, 1);
+  /* Four billion requests later: */
+  c->next_request = UINT32_MAX - 2;
+  for (i = 0; i < 6; i++)
+    assert_non_null(peerstore_store(c, "ids", &p, "k", &i, sizeof(i),
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_MULTIPLE, count_cb, &acks));
+  assert_int_equal(harness_run_until_ge(&loop, &acks, 6, TIMEOUT), 0);
+  assert_int_equal(harness_run_until_ge(&loop, &heard, 6, TIMEOUT), 0);
+  /* The watch still works for others' stores. */
+  assert_non_null(peerstore_store(other, "ids", &p, "k", "x", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE,
+                                  count_cb, &acks));
+  assert_int_equal(harness_run_until_ge(&loop, &heard, 7, TIMEOUT), 0);
+  assert_int_equal(acks, 7);
+  peerstore_disconnect(c, 0);
+  peerstore_disconnect(other, 0);
+  assert_int_equal(harness_drain(&loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+  assert_int_equal(harness_stop(&svc), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_out_of_memory_is_reported_from_the_loop),
+      cmocka_unit_test(test_request_ids_skip_those_in_use_when_they_wrap),
   };
 
-  return cmocka_run_group_tests_name("oom", tests, NULL, NULL);
+  return cmocka_run_group_tests_name("lib_edges", tests, NULL, NULL);
 }
