@@ -363,6 +363,7 @@ void client_accept(server *s) {
   struct ucred cred;
   socklen_t len = sizeof(cred);
   uv_os_fd_t fd;
+  int known = 0;
 
   if (c == NULL) {
     LOG_ERROR("out of memory accepting a client");
@@ -383,7 +384,7 @@ void client_accept(server *s) {
     c->uid = cred.uid;
     c->gid = cred.gid;
     c->pid = cred.pid;
-    c->cred_known = 1;
+    known = 1;
   }
   c->next = s->clients;
   if (s->clients != NULL)
@@ -393,7 +394,7 @@ void client_accept(server *s) {
   s->stats.clients_total++;
   /* Access rules and the writer of every record rest on who the client
    * is: one whose credentials cannot be read is nobody we can admit. */
-  if (!c->cred_known) {
+  if (!known) {
     LOG_WARN("refusing client %llu: cannot read its credentials",
              (unsigned long long)c->id);
     s->stats.refused++;

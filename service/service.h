@@ -172,7 +172,6 @@ struct client {
   uint32_t n_iters;
   siter *iters;
   unsigned hello : 1;
-  unsigned cred_known : 1; /* uid, gid and pid were read (SO_PEERCRED) */
   unsigned reading : 1;
   unsigned paused : 1; /* not read: its output or requests are at a limit */
   unsigned closing : 1;
