@@ -97,6 +97,7 @@ struct peerstore_plugin_cursor {
   peerstore__hnode h; /* in mem.cursors, under at */
   mem *m;
   struct mrec *at; /* the next record to yield; NULL at the end */
+  struct peerstore_plugin_cursor *moving; /* cursors_step_off's list */
   int list;
   uint64_t max_revision;
   uint64_t now;
@@ -297,24 +298,29 @@ static void cursor_leave(mem *m, peerstore_plugin_cursor *c) {
 }
 
 /* r is about to leave its place in the lists: every cursor resting on it
- * steps to r's successor in the cursor's own list. */
+ * steps to r's successor in the cursor's own list.  One pass over r's
+ * bucket gathers them, then they move: the cost is the number of cursors
+ * on r, which the service bounds (max_iterations per client). */
 static void cursors_step_off(mem *m, struct mrec *r) {
-  uint64_t h = hash_rec(r);
-  peerstore__hnode *e;
+  peerstore_plugin_cursor *moving = NULL, *c;
+  peerstore__hnode *e, *next;
+  uint64_t h;
 
-  while (r->cursors > 0) {
-    for (e = peerstore__hmap_bucket(&m->cursors, h); e != NULL; e = e->next)
-      if (e->hash == h && ((peerstore_plugin_cursor *)e)->at == r)
-        break;
-    if (e == NULL)
-      return; /* cannot happen: the count says one is here */
-    {
-      peerstore_plugin_cursor *c = (peerstore_plugin_cursor *)e;
-      struct mrec *n = r->next[c->list];
-
+  if (r->cursors == 0)
+    return;
+  h = hash_rec(r);
+  for (e = peerstore__hmap_bucket(&m->cursors, h); e != NULL; e = next) {
+    next = e->next;
+    c = (peerstore_plugin_cursor *)e;
+    if (e->hash == h && c->at == r) {
       cursor_leave(m, c);
-      cursor_rest(m, c, n);
+      c->moving = moving;
+      moving = c;
     }
+  }
+  while ((c = moving) != NULL) {
+    moving = c->moving;
+    cursor_rest(m, c, r->next[c->list]);
   }
 }
 

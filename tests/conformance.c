@@ -504,6 +504,42 @@ static void test_filters_return_exactly_theirs_among_many(void **state) {
   assert_int_equal(r.n, 5000);
 }
 
+/* Several cursors resting on the same record - on the same list and on
+ * others - each go on from its successor in their own list when it is
+ * removed. */
+static void test_cursors_on_a_removed_record_go_on_from_its_successor(
+    void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_cursor *c[4];
+  result r[4];
+  int i;
+
+  put_never(f, "ss", 1, "a", "a", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 2, "x", "x", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "b", "b", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "a", "a2", PEERSTORE_MULTIPLE);
+  c[0] = open_it(f, "ss", NULL, NULL, 0);
+  c[1] = open_it(f, "ss", NULL, NULL, 0);
+  c[2] = open_it(f, "ss", &p1, NULL, 0);
+  c[3] = open_it(f, "ss", NULL, "a", 0);
+  /* All four rest on the first record, (1, a, "a"). */
+  assert_int_equal(del(f, "ss", &p1, "a"), 2);
+  for (i = 0; i < 4; i++) {
+    memset(&r[i], 0, sizeof(r[i]));
+    while (next(f, c[i], 1, &r[i]))
+      ;
+    f->ops->iterate_close(c[i]);
+  }
+  assert_int_equal(r[0].n, 2);
+  assert_string_equal(r[0].values[0], "x");
+  assert_string_equal(r[0].values[1], "b");
+  assert_int_equal(r[1].n, 2);
+  assert_int_equal(r[2].n, 1);
+  assert_string_equal(r[2].values[0], "b");
+  assert_int_equal(r[3].n, 0);
+}
+
 /* What an iteration returns (peerstore_plugin.h, iterate_open): the
  * records that existed when it began, as each still is when the cursor
  * reaches it.  One removed, replaced or refreshed after it began is not
@@ -555,6 +591,9 @@ int conformance_run(const char *group, const conformance_target *t) {
       cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_remove_filters, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_cursors_on_a_removed_record_go_on_from_its_successor, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(
           test_iteration_returns_its_snapshot_as_it_still_is, setup,
           teardown),
