@@ -47,8 +47,18 @@ static int start_with(void **state, int sqlite, const char *const *extra) {
   return 0;
 }
 
-static int setup_memory(void **state) { return start_with(state, 0, NULL); }
-static int setup_sqlite(void **state) { return start_with(state, 1, NULL); }
+/* Hostile clients here stall on purpose: the time limits that would end
+ * them are not what these tests measure, and a slow machine (valgrind)
+ * must not reach them first. */
+static const char *const patient[] = {"-o", "iteration_timeout=3600", "-o",
+                                      "write_timeout=3600", NULL};
+
+static int setup_memory(void **state) {
+  return start_with(state, 0, patient);
+}
+static int setup_sqlite(void **state) {
+  return start_with(state, 1, patient);
+}
 
 static int setup_iteration_limits(void **state) {
   static const char *const args[] = {"-o", "max_iterations=8", "-o",
@@ -222,6 +232,7 @@ static void test_iterations_per_client_are_limited_and_idle_ones_end(
   int fd, i, limited = 0, timed_out = 0, acks = 0;
   peerstore_peer_id p = peer_n(1);
   uint32_t request;
+  int32_t status;
 
   assert_non_null(peerstore_store(f->c, "ss", &p, "k", "v", 1,
                                   PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
@@ -230,26 +241,28 @@ static void test_iterations_per_client_are_limited_and_idle_ones_end(
   fd = raw_client(f);
   for (i = 1; i <= OPENED; i++)
     raw_iterate(fd, (uint32_t)i, "ss", NULL, 0);
-  /* Requests past the limit are refused in order, as they arrive. */
-  for (i = 0; i < OPENED - LIMIT; i++) {
-    assert_int_equal(read_iterate_end(fd, &request), PEERSTORE_ELIMIT);
-    assert_true(request > LIMIT);
-    limited++;
-  }
-  assert_int_equal(stat_of(f, "iterations_active"), LIMIT);
-  assert_int_equal(stat_of(f, "limited"), OPENED - LIMIT);
   /* A well-behaved client is served meanwhile. */
   assert_non_null(peerstore_store(f->c, "ss", &p, "k2", "v", 1,
                                   PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
                                   ack_cb, &acks));
   assert_int_equal(harness_run_until_ge(&f->loop, &acks, 2, TIMEOUT), 0);
-  /* The held ones never move: they end by themselves. */
-  for (i = 0; i < LIMIT; i++) {
-    assert_int_equal(read_iterate_end(fd, &request), PEERSTORE_ETIMEDOUT);
-    assert_true(request >= 1 && request <= LIMIT);
-    timed_out++;
+  /* Every iteration ends: past the limit at once with ELIMIT, the held
+   * ones - they never move - by themselves with ETIMEDOUT.  (On a slow
+   * machine the two kinds of end may interleave.) */
+  for (i = 0; i < OPENED; i++) {
+    status = read_iterate_end(fd, &request);
+    if (request <= LIMIT) {
+      assert_int_equal(status, PEERSTORE_ETIMEDOUT);
+      timed_out++;
+    } else {
+      assert_int_equal(status, PEERSTORE_ELIMIT);
+      limited++;
+    }
   }
+  assert_int_equal(limited, OPENED - LIMIT);
+  assert_int_equal(timed_out, LIMIT);
   assert_int_equal(stat_of(f, "iterations_active"), 0);
+  assert_int_equal(stat_of(f, "limited"), OPENED - LIMIT);
   assert_int_equal(stat_of(f, "iterations_timed_out"), LIMIT);
   print_message("%d refused with ELIMIT, %d ended idle\n", limited,
                 timed_out);
