@@ -25,6 +25,11 @@
 #define TIMEOUT 120000
 #define MIB (1u << 20)
 
+/* Failures of the test's own client are counted, not asserted inside
+ * callbacks: an assertion would jump out of uv_run with the loop's state
+ * on the stack.  teardown checks failed == 0. */
+static int failed;
+
 typedef struct fx {
   harness_svc svc;
   uv_loop_t loop;
@@ -36,12 +41,21 @@ static int start_with(void **state, int sqlite, const char *const *extra) {
   fx *f = calloc(1, sizeof(*f));
 
   assert_non_null(f);
+  failed = 0;
   assert_int_equal(uv_loop_init(&f->loop), 0);
   if (sqlite)
     assert_int_equal(harness_start_sqlite(&f->svc, extra), 0);
   else
     assert_int_equal(harness_start(&f->svc, extra), 0);
-  f->c = peerstore_connect(&f->loop, f->svc.socket_path);
+  /* No per-request timeout: under valgrind on a busy machine 64 MiB of
+   * stores take longer than the default 10 s; TIMEOUT bounds each wait. */
+  {
+    peerstore_connect_opts o;
+
+    peerstore_connect_opts_init(&o);
+    o.timeout_ms = 0;
+    f->c = peerstore_connect_ex(&f->loop, f->svc.socket_path, &o);
+  }
   assert_non_null(f->c);
   *state = f;
   return 0;
@@ -74,6 +88,8 @@ static int teardown(void **state) {
   assert_int_equal(uv_loop_close(&f->loop), 0);
   assert_int_equal(harness_stop(&f->svc), 0);
   free(f);
+  /* Every store and remove of the test's own client succeeded. */
+  assert_int_equal(failed, 0);
   return 0;
 }
 
@@ -86,13 +102,15 @@ static peerstore_peer_id peer_n(uint32_t n) {
 }
 
 static void ack_cb(void *arg, int status) {
-  assert_int_equal(status, 0);
+  if (status != 0)
+    failed++;
   ++*(int *)arg;
 }
 
 static void removed_cb(void *arg, int status, uint64_t n) {
   (void)n;
-  assert_int_equal(status, 0);
+  if (status != 0)
+    failed++;
   ++*(int *)arg;
 }
 
