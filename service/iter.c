@@ -43,6 +43,7 @@ struct siter {
   unsigned busy : 1;    /* an iterate_next is outstanding */
   unsigned pumping : 1; /* inside iter_pump, so completions do not recurse */
   unsigned ended : 1;   /* cancelled or finished; free when not busy */
+  unsigned moved : 1;   /* yielded a record in the batch under way */
 };
 
 static void iter_pump(siter *it);
@@ -110,7 +111,7 @@ static int iter_rec(void *arg, const peerstore_record *rec,
     iter_end(it, PEERSTORE_ENOMEM, 0);
     return 1;
   }
-  it->moved_ms = uv_now(c->srv->loop);
+  it->moved = 1;
   if (it->credit > 0)
     it->credit--;
   /* Bounded in bytes: this record may take the output past the limit,
@@ -122,6 +123,10 @@ static void iter_done(void *arg, int status, int more) {
   siter *it = arg;
   client *c = it->c;
 
+  if (it->moved) {
+    it->moved = 0;
+    it->moved_ms = uv_now(c->srv->loop);
+  }
   /* Still busy while ending, so iter_end does not free it under us. */
   if (!it->ended && (status != 0 || !more))
     iter_end(it, status, 0);
