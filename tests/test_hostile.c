@@ -55,34 +55,15 @@ static void iter_cb(void *arg, const peerstore_record *rec, int status) {
     *st = status == 0 ? 1 : -1;
 }
 
-typedef struct stats_got {
-  int done;
-  int64_t overflows;
-} stats_got;
-
-static void stats_cb(void *arg, int status, const peerstore_stat *st,
-                     size_t n) {
-  stats_got *g = arg;
-  size_t i;
-
-  assert_int_equal(status, 0);
-  for (i = 0; i < n; i++)
-    if (strcmp(st[i].name, "watch_overflows") == 0)
-      g->overflows = (int64_t)st[i].value;
-  g->done = 1;
-}
-
 /* A client connected through everything, watching "ss". */
 static void bystander_connect(fx *f) {
-  stats_got sg = {0, -1};
-
   f->bystander = peerstore_connect(&f->loop, f->svc.socket_path);
   assert_non_null(f->bystander);
   assert_non_null(peerstore_watch(f->bystander, "ss", NULL, NULL, watch_cb,
                                   f));
   /* Answered after the watch on the same connection: it is registered. */
-  assert_non_null(peerstore_stats(f->bystander, stats_cb, &sg));
-  assert_int_equal(harness_run_until(&f->loop, &sg.done, TIMEOUT), 0);
+  assert_int_equal(harness_stat(&f->loop, f->bystander, "watches", TIMEOUT),
+                   1);
 }
 
 static int setup(void **state) {
@@ -464,7 +445,6 @@ static void test_watcher_never_reads(void **state) {
   peerstore_peer_id p;
   static uint8_t value[65536];
   int fd, i, failed = 0;
-  stats_got sg = {0, -1};
 
   fd = harness_raw_connect(f->svc.socket_path);
   send_hello(fd, PEERSTORE_PROTOCOL_VERSION);
@@ -488,10 +468,8 @@ static void test_watcher_never_reads(void **state) {
                                     &failed));
   }
   /* Stats come after every store's answer on the same connection. */
-  assert_non_null(peerstore_stats(w, stats_cb, &sg));
-  assert_int_equal(harness_run_until(&f->loop, &sg.done, 30000), 0);
+  assert_int_equal(harness_stat(&f->loop, w, "watch_overflows", 30000), 1);
   assert_int_equal(failed, 0);
-  assert_int_equal(sg.overflows, 1);
   assert_int_equal(find_frame(fd, PEERSTORE_MSG_WATCH_END, 77),
                    PEERSTORE_EOVERFLOW);
   close(fd);

@@ -312,6 +312,28 @@ static void test_migrate_v1(void **state) {
 }
 
 /* A file the plugin must not use is refused and left byte-for-byte. */
+static size_t file_size(void) {
+  size_t n;
+  free(slurp(db_path, &n));
+  return n;
+}
+
+/* Overwrites len bytes of the database file at off (from its end when
+ * negative) with 0xee. */
+static void damage(long off, size_t len) {
+  size_t n;
+  char *b = slurp(db_path, &n);
+  FILE *f;
+
+  assert_true((off < 0 ? (size_t)-off : (size_t)off + len) <= n);
+  memset(b + (off < 0 ? (long)n + off : off), 0xee, len);
+  f = fopen(db_path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(b, 1, n, f), n);
+  fclose(f);
+  free(b);
+}
+
 static void refused_untouched(void) {
   size_t n1, n2;
   char *before = slurp(db_path, &n1), *after;
@@ -354,9 +376,6 @@ static void test_refuse_garbage_file(void **state) {
 static void test_refuse_damaged_pages(void **state) {
   inst in;
   char key[16], big[2000];
-  size_t n;
-  char *b;
-  FILE *f;
   int i;
 
   (void)state;
@@ -369,14 +388,8 @@ static void test_refuse_damaged_pages(void **state) {
   }
   inst_close(&in);
   /* Overwrite a few pages in the middle of the file. */
-  b = slurp(db_path, &n);
-  assert_true(n > 64 * 1024);
-  memset(b + n / 2, 0xee, 3 * 4096);
-  f = fopen(db_path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(b, 1, n, f), n);
-  fclose(f);
-  free(b);
+  assert_true(file_size() > 64 * 1024);
+  damage((long)(file_size() / 2), 3 * 4096);
   refused_untouched();
 }
 
@@ -384,8 +397,7 @@ static void test_refuse_damaged_pages(void **state) {
  * before anything is migrated, so the file is exactly as it was. */
 static void test_refuse_damaged_old_version_without_migrating(void **state) {
   size_t n;
-  char *script = slurp(fixture, &n), *b;
-  FILE *f;
+  char *script = slurp(fixture, &n);
 
   (void)state;
   sql(script);
@@ -393,15 +405,9 @@ static void test_refuse_damaged_old_version_without_migrating(void **state) {
   sql("CREATE TABLE unrelated (x);"
       "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i "
       "WHERE n < 200) INSERT INTO unrelated SELECT randomblob(2000) FROM i;");
-  b = slurp(db_path, &n);
-  assert_true(n > 256 * 1024);
+  assert_true(file_size() > 256 * 1024);
   /* Pages of the unrelated table, at the end of the file. */
-  memset(b + n - 100 * 1024, 0xee, 3 * 4096);
-  f = fopen(db_path, "wb");
-  assert_non_null(f);
-  assert_int_equal(fwrite(b, 1, n, f), n);
-  fclose(f);
-  free(b);
+  damage(-100 * 1024, 3 * 4096);
   refused_untouched();
 }
 
