@@ -18,6 +18,11 @@
  * Expiring records are also kept in a min-heap on expiry, so a purge costs
  * time in the number of expired records, not the size of the store.
  *
+ * Every change is reported through the service's hook with a revision of
+ * its own (PEERSTORE_PLUGIN_REPORTS_REMOVALS): a store, each record a
+ * REPLACE drops, each record a remove deletes, each record the purge
+ * expires.
+ *
  * Memory matters here (a store can hold millions of records): a triple
  * keeps only the head of its list, since it rarely holds more than a few
  * values and appending may walk them, and record fields are no wider than
@@ -454,6 +459,23 @@ static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry,
   return r;
 }
 
+/* Reports a change through the service's hook (peerstore_plugin.h): a
+ * store carries its record's revision; a removal or an expiry takes the
+ * next revision of its own.  Called while r is still in the store. */
+static void report(mem *m, enum peerstore_plugin_change_kind kind,
+                   const struct mrec *r) {
+  peerstore_record view;
+  peerstore_plugin_change ch;
+
+  rec_view(r, &view);
+  ch.kind = kind;
+  ch.revision = kind == PEERSTORE_CHANGE_STORE ? r->revision : ++m->revision;
+  ch.rec = &view;
+  ch.writer = r->writer;
+  ch.flags = 0;
+  m->env.changed(m->env.changed_ctx, &ch);
+}
+
 static int mem_store(void *instance, const peerstore_record *rec,
                      uint32_t writer, enum peerstore_store_option option,
                      peerstore_plugin_store_cb cb, void *arg) {
@@ -464,7 +486,6 @@ static int mem_store(void *instance, const peerstore_record *rec,
   struct triple *t = NULL;
   struct mrec *r = NULL, *old, *next;
   peerstore_record view;
-  peerstore_plugin_change change;
 
   /* The heap slot is taken up front: past this point nothing can fail
    * half-way through changing the lists. */
@@ -486,6 +507,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
       if (old->value_size == rec->value_size &&
           memcmp(old->value, rec->value, rec->value_size) == 0) {
         r = rec_refresh(m, old, rec->expiry, writer);
+        report(m, PEERSTORE_CHANGE_STORE, r);
         goto done;
       }
     }
@@ -494,20 +516,17 @@ static int mem_store(void *instance, const peerstore_record *rec,
   r = rec_new(m, t, rec->value, rec->value_size, rec->expiry, writer);
   if (r == NULL)
     goto fail;
+  report(m, PEERSTORE_CHANGE_STORE, r);
   if (option == PEERSTORE_REPLACE) {
+    /* Each value the new one replaces is a change of its own, after it. */
     for (old = t->first; old != r; old = next) {
       next = old->next[L_TRIPLE];
+      report(m, PEERSTORE_CHANGE_REMOVE, old);
       rec_remove(m, old);
     }
   }
 done:
   rec_view(r, &view);
-  change.kind = PEERSTORE_CHANGE_STORE;
-  change.revision = r->revision;
-  change.rec = &view;
-  change.writer = writer;
-  change.flags = 0;
-  m->env.changed(m->env.changed_ctx, &change);
   cb(arg, 0, &view);
   return 0;
 
@@ -611,13 +630,12 @@ static int mem_remove(void *instance, const peerstore_plugin_filter *f,
   while (head != NULL && *head != NULL) {
     /* The list's node is freed with its last record. */
     int last = (*head)->next[which] == NULL;
+    report(m, PEERSTORE_CHANGE_REMOVE, *head);
     rec_remove_gc(m, *head);
     n++;
     if (last)
       break;
   }
-  if (n > 0)
-    m->revision++;
   cb(arg, 0, n);
   return 0;
 }
@@ -631,6 +649,7 @@ static int mem_purge(void *instance, uint64_t now, uint32_t max,
 
   while ((r = peerstore__heap_top(&m->expiry)) != NULL && r->expiry <= now &&
          n < max) {
+    report(m, PEERSTORE_CHANGE_EXPIRE, r);
     rec_remove_gc(m, r);
     n++;
   }
@@ -659,7 +678,10 @@ static const peerstore_plugin_ops mem_ops = {
 };
 
 static const peerstore_plugin_desc mem_desc = {
-    .abi = PEERSTORE_PLUGIN_ABI, .name = "memory", .ops = &mem_ops};
+    .abi = PEERSTORE_PLUGIN_ABI,
+    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS,
+    .name = "memory",
+    .ops = &mem_ops};
 
 const peerstore_plugin_desc *peerstore_plugin_memory(void) {
   return &mem_desc;

@@ -34,9 +34,12 @@
  * watchers from this hook alone, so a change made elsewhere reaches them
  * exactly as a local one does.
  *
- * Revisions: the plugin numbers every change it applies (each store and
- * each remove that removed something) with a strictly increasing 64-bit
- * revision, and a persistent plugin never reuses one across restarts.
+ * Revisions: the plugin numbers every change it applies with a strictly
+ * increasing 64-bit revision, and a persistent plugin never reuses one
+ * across restarts.  With PEERSTORE_PLUGIN_REPORTS_REMOVALS every change
+ * has its own: each store, each record a REPLACE drops, each record a
+ * remove deletes, each record the purge expires (DESIGN.md section 7);
+ * without it, a remove takes one revision whatever it removed.
  * Records report revisions; "stored order" means ascending revision.
  *
  * Expiry: iterate never yields a record whose expiry is <= now (the now

@@ -20,6 +20,8 @@
 
 static const conformance_target *target;
 
+#define MAXEVENTS 32
+
 typedef struct fx {
   uv_loop_t loop;
   void *inst;
@@ -27,6 +29,14 @@ typedef struct fx {
   /* What the change hook heard. */
   uint64_t stores_reported;
   uint64_t last_reported;
+  uint64_t last_store; /* revision of the last STORE reported */
+  int n_events;
+  struct {
+    int kind;
+    uint64_t revision;     /* the change's */
+    uint64_t rec_revision; /* the record's */
+    char value[16];
+  } events[MAXEVENTS];
 } fx;
 
 typedef struct result {
@@ -72,9 +82,19 @@ static void changed(void *ctx, const peerstore_plugin_change *ch) {
   assert_non_null(ch->rec);
   assert_true(ch->revision > f->last_reported);
   f->last_reported = ch->revision;
+  if (f->n_events < MAXEVENTS) {
+    f->events[f->n_events].kind = (int)ch->kind;
+    f->events[f->n_events].revision = ch->revision;
+    f->events[f->n_events].rec_revision = ch->rec->revision;
+    snprintf(f->events[f->n_events].value,
+             sizeof(f->events[f->n_events].value), "%.*s",
+             (int)ch->rec->value_size, (const char *)ch->rec->value);
+  }
+  f->n_events++;
   if (ch->kind == PEERSTORE_CHANGE_STORE) {
     assert_int_equal(ch->revision, ch->rec->revision);
     f->stores_reported++;
+    f->last_store = ch->revision;
   } else {
     assert_true(target->desc->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS);
   }
@@ -160,7 +180,7 @@ static uint64_t put_as(fx *f, const char *ss, uint8_t peer, const char *key,
    * of a store before its writer does). */
   assert_int_equal(f->stores_reported, reported + 1);
   assert_int_equal(r.reported_at_cb, reported + 1);
-  assert_int_equal(f->last_reported, r.revision);
+  assert_int_equal(f->last_store, r.revision);
   return r.revision;
 }
 
@@ -504,6 +524,55 @@ static void test_filters_return_exactly_theirs_among_many(void **state) {
   assert_int_equal(r.n, 5000);
 }
 
+/* With PEERSTORE_PLUGIN_REPORTS_REMOVALS, every change is reported with a
+ * revision of its own, in order: a store; each record a REPLACE drops,
+ * after the store that dropped it; each record a remove deletes; each
+ * record the purge expires.  Removals carry the record as it was, value
+ * and store revision included. */
+static void test_every_change_is_reported_with_its_own_revision(
+    void **state) {
+  fx *f = *state;
+  uint64_t a, b, c;
+  int k = 0;
+
+  if (!(target->desc->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS)) {
+    print_message("skipped: this plugin does not report removals\n");
+    skip();
+  }
+  a = put_never(f, "ss", 1, "k", "a", PEERSTORE_MULTIPLE);
+  b = put_never(f, "ss", 1, "k", "b", PEERSTORE_MULTIPLE);
+  c = put_never(f, "ss", 1, "k", "c", PEERSTORE_REPLACE);
+  assert_int_equal(del(f, "ss", NULL, "k"), 1);
+  put(f, "ss", 1, "e", "e", 100, PEERSTORE_MULTIPLE);
+  assert_int_equal(purge(f, 1000, 10), 1);
+  assert_int_equal(f->n_events, 8);
+#define EVENT(kind_, value_, rec_rev_)                                         \
+  do {                                                                         \
+    assert_int_equal(f->events[k].kind, kind_);                               \
+    assert_string_equal(f->events[k].value, value_);                          \
+    if (rec_rev_ != 0)                                                         \
+      assert_int_equal(f->events[k].rec_revision, rec_rev_);                  \
+    if (k > 0)                                                                 \
+      assert_int_equal(f->events[k].revision, f->events[k - 1].revision + 1); \
+    k++;                                                                       \
+  } while (0)
+  EVENT(PEERSTORE_CHANGE_STORE, "a", a);
+  EVENT(PEERSTORE_CHANGE_STORE, "b", b);
+  EVENT(PEERSTORE_CHANGE_STORE, "c", c);
+  EVENT(PEERSTORE_CHANGE_REMOVE, "a", a);
+  EVENT(PEERSTORE_CHANGE_REMOVE, "b", b);
+  EVENT(PEERSTORE_CHANGE_REMOVE, "c", c);
+  EVENT(PEERSTORE_CHANGE_STORE, "e", 0);
+  EVENT(PEERSTORE_CHANGE_EXPIRE, "e", f->events[6].rec_revision);
+#undef EVENT
+  /* Nothing was numbered but the changes reported. */
+  {
+    uint64_t n, rev;
+    f->ops->counts(f->inst, &n, &rev);
+    assert_int_equal(rev, f->last_reported);
+  }
+}
+
 /* Several cursors resting on the same record - on the same list and on
  * others - each go on from its successor in their own list when it is
  * removed. */
@@ -588,6 +657,9 @@ int conformance_run(const char *group, const conformance_target *t) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_replace_multiple, setup, teardown),
       cmocka_unit_test_setup_teardown(test_revisions, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_every_change_is_reported_with_its_own_revision, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_remove_filters, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
