@@ -14,10 +14,10 @@
  * Operations live in a hash table by request id, and on a list in the
  * order they were made, which is the order they are sent again in.  A
  * reply for an id that is not in the table belongs to an operation that
- * was cancelled or timed out; it is dropped.  Final callbacks that do not come from a reply run from the
- * idle handle, never inside the call that caused them, and finished
- * operations are freed there too, never while a callback that might still
- * hold them is on the stack.
+ * was cancelled or timed out; it is dropped.  Final callbacks that do
+ * not come from a reply run from the idle handle, never inside the call
+ * that caused them, and finished operations are freed there too, never
+ * while a callback that might still hold them is on the stack.
  */
 #include <signal.h>
 #include <stddef.h>

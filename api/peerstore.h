@@ -261,8 +261,8 @@ PEERSTORE_EXTERN void peerstore_store_set_timeout(peerstore_store_op *op,
  * records only as fast as the callbacks consume them; an iteration whose
  * callbacks stop consuming for the service's iteration_timeout (default
  * 60 s) ends with PEERSTORE_ETIMEDOUT, and one over the service's
- * max_iterations per client (default 64) with PEERSTORE_ELIMIT.  cb is required:
- * NULL makes the call return NULL. */
+ * max_iterations per client (default 64) with PEERSTORE_ELIMIT.  cb is
+ * required: NULL makes the call return NULL. */
 PEERSTORE_EXTERN peerstore_iterate_op *peerstore_iterate(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_record_cb cb, void *arg);

@@ -1,8 +1,8 @@
 /* client.c - one connection to peerstored: its buffers, limits and close.
  *
- * Input: bytes land in c->rd (the frame reader); whole frames are dispatched, at most
- * FRAMES_PER_WAKEUP per read, the rest on the next loop turn, so one busy
- * client cannot starve the others.
+ * Input: bytes land in c->rd (the frame reader); whole frames are
+ * dispatched, at most FRAMES_PER_WAKEUP per read, the rest on the next
+ * loop turn, so one busy client cannot starve the others.
  *
  * Output: replies are appended to c->out and written by the server's idle
  * callback once per loop turn, so a burst of requests costs one write.
