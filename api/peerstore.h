@@ -108,7 +108,8 @@ enum peerstore_store_option {
   XX(EVERSION, -30002, "protocol version not supported by the peer")       \
   XX(ELIMIT, -30003, "service limit reached")                              \
   XX(EPLUGIN, -30004, "storage plugin failed")                             \
-  XX(EINTERRUPTED, -30005, "connection lost; the operation was cut short")
+  XX(EINTERRUPTED, -30005, "connection lost; the operation was cut short") \
+  XX(ECOMPACTED, -30006, "the history no longer reaches back that far")
 
 typedef enum {
 #define PEERSTORE_ERR_DEF(name, val, msg) PEERSTORE_##name = (val),

@@ -23,6 +23,15 @@
  * REPLACE drops, each record a remove deletes, each record the purge
  * expires.
  *
+ * The history is a ring of eight-byte events, each a pointer to the
+ * record it concerns plus its kind.  Records never change once made (a
+ * refresh makes a new one), so a store's event needs nothing but its
+ * record; a record that leaves the store while the ring still holds one
+ * of its events stays allocated, dead, until the ring drops its last
+ * event, and pins the groups its strings live in.  The ring drops its
+ * oldest events as it takes new ones past history_events or
+ * history_bytes: a fixed cost per change.
+ *
  * Memory matters here (a store can hold millions of records): a triple
  * keeps only the head of its list, since it rarely holds more than a few
  * values and appending may walk them, and record fields are no wider than
@@ -31,6 +40,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "heap.h"
 #include "hmap.h"
@@ -74,16 +84,37 @@ struct triple {
 };
 
 struct mrec {
-  struct mrec *next[L_COUNT];
-  struct mrec *prev[L_COUNT];
+  union {
+    struct { /* in the store */
+      struct mrec *next[L_COUNT];
+      struct mrec *prev[L_COUNT];
+    };
+    /* Out of it but kept for the history (dead): the revision of its
+     * REMOVE or EXPIRE event, 0 if it left silently (a refresh). */
+    uint64_t died;
+  };
   struct triple *t;
   uint64_t revision;
   uint64_t expiry;   /* the expiry heap's key */
   uint32_t heap_pos; /* PEERSTORE__HEAP_NONE for records that never expire */
-  uint32_t value_size; /* at most PEERSTORE_VALUE_MAX_HARD */
+  uint32_t value_size : 31; /* at most PEERSTORE_VALUE_MAX_HARD */
+  uint32_t dead : 1;
   uint32_t writer;
   uint32_t cursors; /* resting here (see mem.cursors) */
   uint8_t value[];
+};
+
+/* One event of the history: a record, and in the two low bits the kind.
+ * A record never changes once made (a refresh makes a new one), so a
+ * STORE event's revision is its record's, and a dead record keeps the
+ * revision of its removal: eight bytes hold an event. */
+typedef uintptr_t hev;
+
+/* A group that dead records still point at (see rec_bury). */
+struct pin {
+  peerstore__hnode h;
+  const void *group;
+  uint32_t n;
 };
 
 typedef struct mem {
@@ -96,6 +127,15 @@ typedef struct mem {
   peerstore_plugin_env env;
   uint64_t revision;
   uint64_t records;
+  /* The history: a ring of events, oldest at head. */
+  hev *ring;
+  size_t ring_cap;
+  size_t ring_head;
+  size_t ring_n;
+  uint64_t hist_first; /* every event after this revision is held */
+  uint64_t hist_bytes; /* the ring's events and the dead records */
+  uint64_t hist_id;
+  peerstore__hmap pins; /* groups dead records point at, by address */
 } mem;
 
 struct peerstore_plugin_cursor {
@@ -195,23 +235,64 @@ static struct triple *triple_find(mem *m, struct peer_node *pn,
   return t;
 }
 
-/* Frees whichever of the groups have no records left, innermost first.
- * Any argument may be NULL. */
+/* ------------------------------------------------------------------ */
+/* Pins: groups that dead records still point at                       */
+
+static uint64_t hash_group(const void *g) {
+  return peerstore__hash(&g, sizeof(g), 0x70696eu);
+}
+
+static struct pin *pin_find(mem *m, const void *g) {
+  uint64_t h = hash_group(g);
+  peerstore__hnode *e;
+
+  if (m->pins.count == 0)
+    return NULL;
+  for (e = peerstore__hmap_bucket(&m->pins, h); e != NULL; e = e->next)
+    if (e->hash == h && ((struct pin *)e)->group == g)
+      return (struct pin *)e;
+  return NULL;
+}
+
+static int pin(mem *m, const void *g) {
+  struct pin *p = pin_find(m, g);
+
+  if (p == NULL) {
+    if ((p = calloc(1, sizeof(*p))) == NULL)
+      return PEERSTORE_ENOMEM;
+    p->group = g;
+    peerstore__hmap_insert(&m->pins, &p->h, hash_group(g));
+  }
+  p->n++;
+  return 0;
+}
+
+static void unpin(mem *m, const void *g) {
+  struct pin *p = pin_find(m, g);
+
+  if (p != NULL && --p->n == 0) {
+    peerstore__hmap_remove(&m->pins, &p->h);
+    free(p);
+  }
+}
+
+/* Frees whichever of the groups have no records left, innermost first,
+ * unless a dead record still points at them.  Any argument may be NULL. */
 static void groups_gc(mem *m, struct ss_node *ss, struct peer_node *pn,
                       struct key_node *kn, struct triple *t) {
-  if (t != NULL && t->first == NULL) {
+  if (t != NULL && t->first == NULL && !pin_find(m, t)) {
     peerstore__hmap_remove(&m->triples, &t->h);
     free(t);
   }
-  if (pn != NULL && pn->l.first == NULL) {
+  if (pn != NULL && pn->l.first == NULL && !pin_find(m, pn)) {
     peerstore__hmap_remove(&m->peers, &pn->h);
     free(pn);
   }
-  if (kn != NULL && kn->l.first == NULL) {
+  if (kn != NULL && kn->l.first == NULL && !pin_find(m, kn)) {
     peerstore__hmap_remove(&m->keys, &kn->h);
     free(kn);
   }
-  if (ss != NULL && ss->l.first == NULL) {
+  if (ss != NULL && ss->l.first == NULL && !pin_find(m, ss)) {
     peerstore__hmap_remove(&m->ss, &ss->h);
     free(ss);
   }
@@ -329,23 +410,6 @@ static void cursors_step_off(mem *m, struct mrec *r) {
   }
 }
 
-/* Takes r out of the store and frees it. */
-static void rec_remove(mem *m, struct mrec *r) {
-  cursors_step_off(m, r);
-  rec_detach(r);
-  peerstore__heap_remove(&m->expiry, r);
-  m->records--;
-  free(r);
-}
-
-/* Removes r and frees the groups it leaves empty. */
-static void rec_remove_gc(mem *m, struct mrec *r) {
-  struct triple *t = r->t;
-
-  rec_remove(m, r);
-  groups_gc(m, t->pn->ss, t->pn, t->kn, t);
-}
-
 static void rec_view(const struct mrec *r, peerstore_record *out) {
   out->subsystem = r->t->pn->ss->name;
   out->peer = r->t->pn->peer;
@@ -357,7 +421,205 @@ static void rec_view(const struct mrec *r, peerstore_record *out) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Leaving the store, and the history                                  */
+
+static int hist_on(const mem *m) {
+  return m->env.history_events > 0 && m->env.history_bytes > 0;
+}
+
+static size_t rec_bytes(const struct mrec *r) {
+  return sizeof(*r) + r->value_size;
+}
+
+static struct mrec *hev_rec(hev e) { return (struct mrec *)(e & ~(hev)3); }
+
+static int hev_kind(hev e) { return (int)(e & 3); }
+
+static uint64_t hev_revision(hev e) {
+  const struct mrec *r = hev_rec(e);
+
+  return hev_kind(e) == PEERSTORE_CHANGE_STORE ? r->revision : r->died;
+}
+
+static hev *hist_at(mem *m, size_t i) {
+  size_t k = m->ring_head + i;
+
+  return &m->ring[k >= m->ring_cap ? k - m->ring_cap : k];
+}
+
+/* Takes r out of the lists, the expiry heap and the count. */
+static void rec_unlink(mem *m, struct mrec *r) {
+  cursors_step_off(m, r);
+  rec_detach(r);
+  peerstore__heap_remove(&m->expiry, r);
+  m->records--;
+}
+
+static const void *const *rec_groups(const struct mrec *r, const void *g[4]) {
+  g[0] = r->t;
+  g[1] = r->t->pn;
+  g[2] = r->t->kn;
+  g[3] = r->t->pn->ss;
+  return g;
+}
+
+/* Keeps r's groups while it is dead; 0, or ENOMEM with nothing pinned. */
+static int pin_groups(mem *m, const struct mrec *r) {
+  const void *g[4];
+  int i, j;
+
+  rec_groups(r, g);
+  for (i = 0; i < 4; i++) {
+    if (pin(m, g[i]) != 0) {
+      for (j = 0; j < i; j++)
+        unpin(m, g[j]);
+      return PEERSTORE_ENOMEM;
+    }
+  }
+  return 0;
+}
+
+/* Frees a record that has left the store, and the groups it leaves
+ * empty. */
+static void rec_free(mem *m, struct mrec *r) {
+  struct triple *t = r->t;
+  const void *g[4];
+  int i;
+
+  if (r->dead) {
+    rec_groups(r, g);
+    for (i = 0; i < 4; i++)
+      unpin(m, g[i]);
+    m->hist_bytes -= rec_bytes(r);
+  }
+  free(r);
+  groups_gc(m, t->pn->ss, t->pn, t->kn, t);
+}
+
+/* Drops the oldest event.  A dead record goes with its last event: its
+ * removal, or, for one a refresh replaced, its store. */
+static void hist_drop(mem *m) {
+  hev e = *hist_at(m, 0);
+  struct mrec *r = hev_rec(e);
+
+  m->hist_first = hev_revision(e);
+  m->ring_head = m->ring_head + 1 == m->ring_cap ? 0 : m->ring_head + 1;
+  m->ring_n--;
+  m->hist_bytes -= sizeof(hev);
+  if (r->dead && (hev_kind(e) != PEERSTORE_CHANGE_STORE || r->died == 0))
+    rec_free(m, r);
+}
+
+/* Out of memory for the history: it is forgotten rather than left with a
+ * gap, so a resume from before now is told it was compacted. */
+static void hist_clear(mem *m) {
+  while (m->ring_n > 0)
+    hist_drop(m);
+  m->hist_first = m->revision;
+}
+
+static int hist_grow(mem *m) {
+  size_t cap = m->ring_cap ? m->ring_cap * 2 : 1024, i;
+  hev *ring;
+
+  if (cap > m->env.history_events)
+    cap = (size_t)m->env.history_events;
+  if (cap <= m->ring_cap || (ring = malloc(cap * sizeof(*ring))) == NULL)
+    return PEERSTORE_ENOMEM;
+  for (i = 0; i < m->ring_n; i++)
+    ring[i] = *hist_at(m, i);
+  free(m->ring);
+  m->ring = ring;
+  m->ring_cap = cap;
+  m->ring_head = 0;
+  return 0;
+}
+
+/* Appends r's event of kind, first dropping the oldest ones past the
+ * limits: a fixed cost per change, never a scan. */
+static void hist_push(mem *m, struct mrec *r, int kind) {
+  while (m->ring_n > 0 && (m->ring_n >= m->env.history_events ||
+                           m->hist_bytes + sizeof(hev) >
+                               m->env.history_bytes))
+    hist_drop(m);
+  if (m->ring_n == m->ring_cap && hist_grow(m) != 0) {
+    hist_clear(m);
+    if (r->dead)
+      rec_free(m, r);
+    return;
+  }
+  *hist_at(m, m->ring_n) = (hev)r | (hev)kind;
+  m->ring_n++;
+  m->hist_bytes += sizeof(hev);
+}
+
+/* Reports a change through the service's hook (peerstore_plugin.h),
+ * while r is still in the store. */
+static void report(mem *m, enum peerstore_plugin_change_kind kind,
+                   uint64_t revision, const struct mrec *r) {
+  peerstore_record view;
+  peerstore_plugin_change ch;
+
+  rec_view(r, &view);
+  ch.kind = kind;
+  ch.revision = revision;
+  ch.rec = &view;
+  ch.writer = r->writer;
+  ch.flags = 0;
+  m->env.changed(m->env.changed_ctx, &ch);
+}
+
+/* Whether r, about to leave the store, must stay for the history: it has
+ * an event there still, or is about to (died != 0).  If so its groups are
+ * pinned now, while r still holds them. */
+static int rec_keep(mem *m, const struct mrec *r, uint64_t died) {
+  if (!hist_on(m) || (died == 0 && r->revision <= m->hist_first))
+    return 0;
+  if (pin_groups(m, r) == 0)
+    return 1;
+  /* r is still in the store: clearing cannot free its groups. */
+  hist_clear(m);
+  return 0;
+}
+
+/* r leaves the store: with an event of kind (REMOVE or EXPIRE), or
+ * silently when a refresh has replaced it (kind 0). */
+static void rec_retire(mem *m, struct mrec *r, int kind) {
+  uint64_t died = 0;
+  int keep;
+
+  if (kind != 0) {
+    died = ++m->revision;
+    report(m, (enum peerstore_plugin_change_kind)kind, died, r);
+  }
+  keep = rec_keep(m, r, died);
+  rec_unlink(m, r);
+  if (!keep) {
+    rec_free(m, r);
+    return;
+  }
+  r->dead = 1;
+  r->died = died; /* over the list links, unused from now on */
+  m->hist_bytes += rec_bytes(r);
+  if (kind != 0)
+    hist_push(m, r, kind);
+}
+
+/* ------------------------------------------------------------------ */
 /* Plugin operations                                                   */
+
+/* The first revision of an instance: the wall clock in microseconds.
+ * Revisions then go up by one per change, so an instance never hands out
+ * a revision an earlier one used unless that one made more than a change
+ * per microsecond on average, or the clock was set back; the history's
+ * id tells the library's own resumes apart even then. */
+static uint64_t first_revision(void) {
+  struct timespec ts;
+
+  if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static int mem_open(const peerstore_plugin_env *env, void **instance) {
   mem *m = calloc(1, sizeof(*m));
@@ -366,18 +628,22 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
     return PEERSTORE_ENOMEM;
   if (peerstore__hmap_init(&m->ss) || peerstore__hmap_init(&m->peers) ||
       peerstore__hmap_init(&m->keys) || peerstore__hmap_init(&m->triples) ||
-      peerstore__hmap_init(&m->cursors)) {
+      peerstore__hmap_init(&m->cursors) || peerstore__hmap_init(&m->pins)) {
     peerstore__hmap_free(&m->ss);
     peerstore__hmap_free(&m->peers);
     peerstore__hmap_free(&m->keys);
     peerstore__hmap_free(&m->triples);
     peerstore__hmap_free(&m->cursors);
+    peerstore__hmap_free(&m->pins);
     free(m);
     return PEERSTORE_ENOMEM;
   }
   peerstore__heap_init(&m->expiry, offsetof(struct mrec, expiry),
                        offsetof(struct mrec, heap_pos));
   m->env = *env;
+  m->revision = m->hist_first = first_revision();
+  if (uv_random(NULL, NULL, &m->hist_id, sizeof(m->hist_id), 0, NULL) != 0)
+    m->hist_id = m->revision ^ (uint64_t)(uintptr_t)m;
   *instance = m;
   return 0;
 }
@@ -399,7 +665,15 @@ static void mem_close(void *instance) {
   mem *m = instance;
   size_t i;
 
-  /* Every record is on exactly one triple's list. */
+  /* Every live record is on exactly one triple's list; every dead one
+   * has its last event in the history. */
+  for (i = 0; i < m->ring_n; i++) {
+    hev e = *hist_at(m, i);
+    struct mrec *r = hev_rec(e);
+    if (r->dead && (hev_kind(e) != PEERSTORE_CHANGE_STORE || r->died == 0))
+      free(r);
+  }
+  free(m->ring);
   for (i = 0; i <= m->triples.mask; i++) {
     peerstore__hnode *e = m->triples.buckets[i];
     for (; e != NULL; e = e->next) {
@@ -414,6 +688,7 @@ static void mem_close(void *instance) {
   free_all(&m->peers);
   free_all(&m->keys);
   free_all(&m->ss);
+  free_all(&m->pins);
   peerstore__heap_free(&m->expiry);
   /* The service closes its cursors before the plugin. */
   peerstore__hmap_free(&m->cursors);
@@ -429,7 +704,8 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->t = t;
   r->expiry = expiry;
   r->heap_pos = PEERSTORE__HEAP_NONE;
-  r->value_size = (uint32_t)size;
+  r->value_size = (uint32_t)size & 0x7fffffffu;
+  r->dead = 0;
   r->cursors = 0;
   r->writer = writer;
   if (size > 0)
@@ -439,41 +715,10 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->revision = ++m->revision;
   rec_append(r);
   m->records++;
+  report(m, PEERSTORE_CHANGE_STORE, r->revision, r);
+  if (hist_on(m))
+    hist_push(m, r, PEERSTORE_CHANGE_STORE);
   return r;
-}
-
-/* MULTIPLE with a value already under the triple: a new revision and
- * expiry, moved to the tails.  Cursors resting on it go on from its old
- * place (its new revision is past their snapshot). */
-static struct mrec *rec_refresh(mem *m, struct mrec *r, uint64_t expiry,
-                                uint32_t writer) {
-  cursors_step_off(m, r);
-  rec_detach(r);
-  peerstore__heap_remove(&m->expiry, r);
-  r->expiry = expiry;
-  r->writer = writer;
-  if (expiry != PEERSTORE_EXPIRY_NEVER)
-    peerstore__heap_push(&m->expiry, r);
-  r->revision = ++m->revision;
-  rec_append(r);
-  return r;
-}
-
-/* Reports a change through the service's hook (peerstore_plugin.h): a
- * store carries its record's revision; a removal or an expiry takes the
- * next revision of its own.  Called while r is still in the store. */
-static void report(mem *m, enum peerstore_plugin_change_kind kind,
-                   const struct mrec *r) {
-  peerstore_record view;
-  peerstore_plugin_change ch;
-
-  rec_view(r, &view);
-  ch.kind = kind;
-  ch.revision = kind == PEERSTORE_CHANGE_STORE ? r->revision : ++m->revision;
-  ch.rec = &view;
-  ch.writer = r->writer;
-  ch.flags = 0;
-  m->env.changed(m->env.changed_ctx, &ch);
 }
 
 static int mem_store(void *instance, const peerstore_record *rec,
@@ -484,7 +729,7 @@ static int mem_store(void *instance, const peerstore_record *rec,
   struct peer_node *pn = NULL;
   struct key_node *kn = NULL;
   struct triple *t = NULL;
-  struct mrec *r = NULL, *old, *next;
+  struct mrec *r = NULL, *old = NULL, *next;
   peerstore_record view;
 
   /* The heap slot is taken up front: past this point nothing can fail
@@ -503,29 +748,28 @@ static int mem_store(void *instance, const peerstore_record *rec,
     goto fail;
 
   if (option == PEERSTORE_MULTIPLE) {
-    for (old = t->first; old != NULL; old = old->next[L_TRIPLE]) {
+    for (old = t->first; old != NULL; old = old->next[L_TRIPLE])
       if (old->value_size == rec->value_size &&
-          memcmp(old->value, rec->value, rec->value_size) == 0) {
-        r = rec_refresh(m, old, rec->expiry, writer);
-        report(m, PEERSTORE_CHANGE_STORE, r);
-        goto done;
-      }
-    }
+          memcmp(old->value, rec->value, rec->value_size) == 0)
+        break;
   }
-  /* Create first, then drop the others, so a failed REPLACE loses nothing. */
+  /* Create first, then drop what it replaces, so a failure loses nothing.
+   * A refresh is a new record too: records never change once made, which
+   * is what lets the history hold one of their stores in eight bytes.
+   * Cursors resting on the old one go on from its place; the new one is
+   * past their snapshot. */
   r = rec_new(m, t, rec->value, rec->value_size, rec->expiry, writer);
   if (r == NULL)
     goto fail;
-  report(m, PEERSTORE_CHANGE_STORE, r);
+  if (option == PEERSTORE_MULTIPLE && old != NULL)
+    rec_retire(m, old, 0);
   if (option == PEERSTORE_REPLACE) {
     /* Each value the new one replaces is a change of its own, after it. */
     for (old = t->first; old != r; old = next) {
       next = old->next[L_TRIPLE];
-      report(m, PEERSTORE_CHANGE_REMOVE, old);
-      rec_remove(m, old);
+      rec_retire(m, old, PEERSTORE_CHANGE_REMOVE);
     }
   }
-done:
   rec_view(r, &view);
   cb(arg, 0, &view);
   return 0;
@@ -630,8 +874,7 @@ static int mem_remove(void *instance, const peerstore_plugin_filter *f,
   while (head != NULL && *head != NULL) {
     /* The list's node is freed with its last record. */
     int last = (*head)->next[which] == NULL;
-    report(m, PEERSTORE_CHANGE_REMOVE, *head);
-    rec_remove_gc(m, *head);
+    rec_retire(m, *head, PEERSTORE_CHANGE_REMOVE);
     n++;
     if (last)
       break;
@@ -649,12 +892,91 @@ static int mem_purge(void *instance, uint64_t now, uint32_t max,
 
   while ((r = peerstore__heap_top(&m->expiry)) != NULL && r->expiry <= now &&
          n < max) {
-    report(m, PEERSTORE_CHANGE_EXPIRE, r);
-    rec_remove_gc(m, r);
+    rec_retire(m, r, PEERSTORE_CHANGE_EXPIRE);
     n++;
   }
   cb(arg, 0, n);
   return 0;
+}
+
+/* Events looked at by one history_read before it returns with how far
+ * it got, so a narrow filter over a long history does not hold the loop. */
+#define HISTORY_SCAN_MAX 65536
+
+static int mem_history_read(void *instance,
+                            const peerstore_plugin_filter *f, uint64_t after,
+                            uint32_t max, peerstore_plugin_change_cb ev_cb,
+                            peerstore_plugin_history_cb done_cb, void *arg) {
+  mem *m = instance;
+  uint64_t first = hist_on(m) ? m->hist_first : m->revision;
+  struct ss_node *ss;
+  struct peer_node *pn = NULL;
+  struct key_node *kn = NULL;
+  size_t lo = 0, hi = m->ring_n, i, scanned = 0;
+  uint32_t sent = 0;
+
+  /* From before the history, or from beyond this instance's revisions:
+   * nothing this instance can vouch for. */
+  if (after < first || after > m->revision) {
+    done_cb(arg, PEERSTORE_ECOMPACTED, 0, 0);
+    return 0;
+  }
+  /* Dead records' groups are pinned, so they are found too. */
+  ss = ss_find(m, f->subsystem, 0);
+  if (ss != NULL && f->peer != NULL)
+    pn = peer_find(m, ss, f->peer, 0);
+  if (ss != NULL && f->key != NULL)
+    kn = key_find(m, ss, f->key, 0);
+  if (ss == NULL || (f->peer != NULL && pn == NULL) ||
+      (f->key != NULL && kn == NULL)) {
+    done_cb(arg, 0, m->revision, 0);
+    return 0;
+  }
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (hev_revision(*hist_at(m, mid)) <= after)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (max == 0)
+    max = 1;
+  for (i = lo; i < m->ring_n; i++) {
+    hev e = *hist_at(m, i);
+    struct mrec *r = hev_rec(e);
+    int stop = 0;
+
+    if (r->t->pn->ss == ss && (pn == NULL || r->t->pn == pn) &&
+        (kn == NULL || r->t->kn == kn)) {
+      peerstore_record view;
+      peerstore_plugin_change ch;
+      rec_view(r, &view);
+      ch.kind = (enum peerstore_plugin_change_kind)hev_kind(e);
+      ch.revision = hev_revision(e);
+      ch.rec = &view;
+      ch.writer = r->writer;
+      ch.flags = 0;
+      stop = ev_cb(arg, &ch) != 0 || ++sent == max;
+    }
+    if ((stop || ++scanned == HISTORY_SCAN_MAX) && i + 1 < m->ring_n) {
+      done_cb(arg, 0, hev_revision(e), 1);
+      return 0;
+    }
+  }
+  done_cb(arg, 0, m->revision, 0);
+  return 0;
+}
+
+static void mem_history_info(void *instance,
+                             peerstore_plugin_history_info *info) {
+  mem *m = instance;
+
+  memset(info, 0, sizeof(*info));
+  info->first = hist_on(m) ? m->hist_first : m->revision;
+  info->last = m->revision;
+  info->events = m->ring_n;
+  info->bytes = m->hist_bytes;
+  info->id = m->hist_id;
 }
 
 static void mem_counts(void *instance, uint64_t *records,
@@ -675,6 +997,8 @@ static const peerstore_plugin_ops mem_ops = {
     .remove = mem_remove,
     .purge = mem_purge,
     .counts = mem_counts,
+    .history_read = mem_history_read,
+    .history_info = mem_history_info,
 };
 
 static const peerstore_plugin_desc mem_desc = {

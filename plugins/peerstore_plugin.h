@@ -41,6 +41,16 @@
  * remove deletes, each record the purge expires (DESIGN.md section 7);
  * without it, a remove takes one revision whatever it removed.
  * Records report revisions; "stored order" means ascending revision.
+ * A plugin that keeps nothing across restarts still never hands out a
+ * revision an earlier instance may have used (the memory plugin starts at
+ * the wall clock's microseconds).
+ *
+ * History: a plugin with history_read keeps the changes it reported, so
+ * that a watcher that was away (or behind) can be given exactly what it
+ * missed.  Its history covers every change with a revision above
+ * history_info's first, up to its last; a read from further back fails
+ * with PEERSTORE_ECOMPACTED.  A REMOVE or EXPIRE read back carries the
+ * record as it was, as the hook reported it.
  *
  * Expiry: iterate never yields a record whose expiry is <= now (the now
  * passed to the call); purge deletes them.
@@ -112,7 +122,12 @@ typedef struct peerstore_plugin_env {
   /* The change hook; see "Changes" above. */
   void (*changed)(void *ctx, const peerstore_plugin_change *change);
   void *changed_ctx;
-  void *reserved[8]; /* NULL; room for later calls */
+  /* How much history a plugin with history_read keeps (see "History"
+   * below): the changes of at most the last history_events revisions, in
+   * at most history_bytes bytes.  0 means none. */
+  uint64_t history_events;
+  uint64_t history_bytes;
+  void *reserved[6]; /* NULL; room for later calls */
 } peerstore_plugin_env;
 
 /* subsystem is required; peer and key NULL mean any. */
@@ -139,6 +154,34 @@ typedef void (*peerstore_plugin_count_cb)(void *arg, int status,
                                           uint64_t count);
 
 typedef struct peerstore_plugin_cursor peerstore_plugin_cursor;
+
+/* Yields one change read back from the history, exactly as the hook
+ * reported it; borrowed for the call.  Returns 0 for more, or non-zero to
+ * end the read after this change. */
+typedef int (*peerstore_plugin_change_cb)(void *arg,
+                                          const peerstore_plugin_change *ch);
+/* Ends one history_read.  Every matching change with a revision up to
+ * reached has been yielded.  more == 0: reached is the latest revision
+ * the plugin has given out, every change up to it has already gone
+ * through the hook and every later one will, after this callback - so a
+ * reader goes over from the history to the hook with no gap and no
+ * change twice.  Status PEERSTORE_ECOMPACTED: the history no longer holds
+ * every change after the revision asked for. */
+typedef void (*peerstore_plugin_history_cb)(void *arg, int status,
+                                            uint64_t reached, int more);
+
+/* What a plugin's history holds (history_info). */
+typedef struct peerstore_plugin_history_info {
+  uint64_t first;  /* every change with a revision above this is held */
+  uint64_t last;   /* the latest revision given out */
+  uint64_t events; /* changes held beyond the live records' own */
+  uint64_t bytes;  /* and the bytes they take */
+  /* This line of revisions: the same id and revision always mean the
+   * same change.  A persistent plugin keeps it with its data; one that
+   * keeps nothing draws a new one each time it opens. */
+  uint64_t id;
+  uint64_t reserved[3];
+} peerstore_plugin_history_info;
 
 typedef struct peerstore_plugin_ops {
   /* Opens an instance; returns 0 or a negative status, with a reason
@@ -188,7 +231,25 @@ typedef struct peerstore_plugin_ops {
   /* Number of records held (expired ones not yet purged included) and the
    * last revision given out.  Synchronous. */
   void (*counts)(void *instance, uint64_t *records, uint64_t *revision);
-  void (*reserved[8])(void); /* NULL; room for later operations */
+
+  /* History (optional: NULL in a plugin that keeps none, whose watchers
+   * then cannot resume).  A plugin with it also sets
+   * PEERSTORE_PLUGIN_REPORTS_REMOVALS and keeps every change of the last
+   * env->history_events revisions within env->history_bytes, trimming
+   * older ones no later than its next purge.
+   *
+   * Reads the changes matching filter with a revision above after, in
+   * revision order: up to max of them through ev_cb (fewer if it asks to
+   * stop), then done_cb once.  A plugin may also end a read early after
+   * looking at many changes that did not match; reached says how far it
+   * got. */
+  int (*history_read)(void *instance, const peerstore_plugin_filter *filter,
+                      uint64_t after, uint32_t max,
+                      peerstore_plugin_change_cb ev_cb,
+                      peerstore_plugin_history_cb done_cb, void *arg);
+  /* Synchronous. */
+  void (*history_info)(void *instance, peerstore_plugin_history_info *info);
+  void (*reserved[6])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {

@@ -29,6 +29,8 @@ void config_defaults(config *cfg) {
   cfg->iteration_timeout_ms = 60 * 1000;
   cfg->max_inflight = 4096;
   cfg->write_timeout_ms = 60 * 1000;
+  cfg->history_events = 100000;
+  cfg->history_bytes = 64u << 20;
   cfg->log_level = PEERSTORE_LOG_INFO;
   cfg->ready_fd = -1;
   cfg->socket_gid = -1;
@@ -279,6 +281,10 @@ int config_set(config *cfg, const char *name, const char *v) {
   } else if (strcmp(name, "iteration_timeout") == 0 && n > 0 &&
              n < UINT64_MAX / 1000) {
     cfg->iteration_timeout_ms = n * 1000;
+  } else if (strcmp(name, "history_events") == 0) {
+    cfg->history_events = n;
+  } else if (strcmp(name, "history_bytes") == 0) {
+    cfg->history_bytes = n;
   } else {
     return -1;
   }

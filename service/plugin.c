@@ -122,6 +122,8 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
   env.strerror = peerstore_strerror;
   env.changed = changed;
   env.changed_ctx = ctx;
+  env.history_events = cfg->history_events;
+  env.history_bytes = cfg->history_bytes;
   r = p->desc->ops->open(&env, &p->instance);
   if (r != 0) {
     LOG_ERROR("plugin %s failed to open%s%s: %s", p->desc->name,

@@ -57,6 +57,8 @@ typedef struct config {
   uint64_t iteration_timeout_ms; /* an iteration that has not moved ends */
   uint32_t max_inflight;     /* plugin requests per client before pausing */
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
+  uint64_t history_events;   /* the change history's bounds (0: none) */
+  uint64_t history_bytes;
   int log_level;
   int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
   int socket_gid;            /* -1: leave the socket's group alone */

@@ -26,6 +26,7 @@ typedef struct fx {
   uv_loop_t loop;
   void *inst;
   const peerstore_plugin_ops *ops;
+  uint64_t history_events; /* for env; 0: the default */
   /* What the change hook heard. */
   uint64_t stores_reported;
   uint64_t last_reported;
@@ -100,11 +101,12 @@ static void changed(void *ctx, const peerstore_plugin_change *ch) {
   }
 }
 
-static int setup(void **state) {
+static int setup_with(void **state, uint64_t history_events) {
   fx *f = calloc(1, sizeof(*f));
   peerstore_plugin_env env;
 
   assert_non_null(f);
+  f->history_events = history_events;
   assert_int_equal(uv_loop_init(&f->loop), 0);
   memset(&env, 0, sizeof(env));
   env.loop = &f->loop;
@@ -113,6 +115,8 @@ static int setup(void **state) {
   env.strerror = peerstore_strerror;
   env.changed = changed;
   env.changed_ctx = f;
+  env.history_events = f->history_events ? f->history_events : 100000;
+  env.history_bytes = 64u << 20;
   if (target->prepare != NULL)
     assert_int_equal(target->prepare(target->ctx, &env), 0);
   f->ops = target->desc->ops;
@@ -121,6 +125,11 @@ static int setup(void **state) {
   *state = f;
   return 0;
 }
+
+static int setup(void **state) { return setup_with(state, 0); }
+
+/* A history of 8 events, to see it trimmed. */
+static int setup_small_history(void **state) { return setup_with(state, 8); }
 
 static int teardown(void **state) {
   fx *f = *state;
@@ -659,6 +668,217 @@ static void test_iteration_returns_its_snapshot_as_it_still_is(
   assert_string_equal(r.values[1], "x");
 }
 
+/* ------------------------------------------------------------------ */
+/* History                                                             */
+
+typedef struct hist {
+  int done;
+  int status;
+  int more;
+  uint64_t reached;
+  int n;
+  int stop_after; /* ask to stop after this many (0: never) */
+  struct {
+    int kind;
+    uint64_t revision;
+    uint64_t rec_revision;
+    char value[16];
+    char key[16];
+  } ev[MAXEVENTS];
+} hist;
+
+static int hist_ev(void *arg, const peerstore_plugin_change *ch) {
+  hist *h = arg;
+
+  assert_non_null(ch->rec);
+  if (h->n > 0 && h->n <= MAXEVENTS)
+    assert_true(ch->revision > h->ev[h->n - 1].revision);
+  if (h->n < MAXEVENTS) {
+    h->ev[h->n].kind = (int)ch->kind;
+    h->ev[h->n].revision = ch->revision;
+    h->ev[h->n].rec_revision = ch->rec->revision;
+    snprintf(h->ev[h->n].value, sizeof(h->ev[0].value), "%.*s",
+             (int)ch->rec->value_size, (const char *)ch->rec->value);
+    snprintf(h->ev[h->n].key, sizeof(h->ev[0].key), "%s", ch->rec->key);
+  }
+  h->n++;
+  return h->stop_after != 0 && h->n % h->stop_after == 0;
+}
+
+static void hist_done(void *arg, int status, uint64_t reached, int more) {
+  hist *h = arg;
+
+  h->done = 1;
+  h->status = status;
+  h->reached = reached;
+  h->more = more;
+}
+
+/* Reads the history after `after` to its end, max events per read; the
+ * events accumulate in h.  Returns the status of the last read. */
+static int hist_read(fx *f, const char *ss, const peerstore_peer_id *peer,
+                     const char *key, uint64_t after, uint32_t max,
+                     hist *h) {
+  peerstore_plugin_filter flt = {ss, peer, key};
+
+  do {
+    h->done = 0;
+    assert_int_equal(f->ops->history_read(f->inst, &flt, after, max, hist_ev,
+                                          hist_done, h),
+                     0);
+    assert_int_equal(harness_run_until(&f->loop, &h->done, TIMEOUT), 0);
+    if (h->status != 0)
+      return h->status;
+    assert_true(h->reached >= after);
+    after = h->reached;
+  } while (h->more);
+  return 0;
+}
+
+static void need_history(void) {
+  if (target->desc->ops->history_read == NULL) {
+    fprintf(stderr, "[  SKIP    ] %s keeps no history (history_read is "
+                    "NULL)\n", target->desc->name);
+    skip();
+  }
+  assert_non_null(target->desc->ops->history_info);
+  assert_true(target->desc->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS);
+}
+
+/* Read back from any revision on, the history is exactly what the hook
+ * reported after it - kinds, revisions, records as they were - whether
+ * read in one go or one event at a time; and a read that reaches the end
+ * says so with the plugin's latest revision (the hand-over to the hook). */
+static void test_history_gives_back_every_change_after_a_revision(
+    void **state) {
+  fx *f = *state;
+  uint64_t n, last;
+  int from, i;
+
+  need_history();
+  put_never(f, "ss", 1, "k", "a", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k", "b", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "k", "a", PEERSTORE_MULTIPLE); /* refresh */
+  put_never(f, "ss", 1, "k", "c", PEERSTORE_REPLACE);   /* drops a, b */
+  put_never(f, "ss", 2, "j", "d", PEERSTORE_MULTIPLE);
+  assert_int_equal(del(f, "ss", NULL, "j"), 1);
+  put(f, "ss", 1, "e", "e", 100, PEERSTORE_MULTIPLE);
+  assert_int_equal(purge(f, 1000, 10), 1);
+  assert_int_equal(f->n_events, 10);
+  f->ops->counts(f->inst, &n, &last);
+  for (from = -1; from < f->n_events; from++) {
+    uint32_t max;
+    for (max = 1; max <= 64; max *= 64) {
+      hist h;
+      uint64_t after = from < 0 ? f->events[0].revision - 1
+                                : f->events[from].revision;
+      memset(&h, 0, sizeof(h));
+      assert_int_equal(hist_read(f, "ss", NULL, NULL, after, max, &h), 0);
+      assert_int_equal(h.reached, last);
+      assert_int_equal(h.n, f->n_events - from - 1);
+      for (i = 0; i < h.n; i++) {
+        assert_int_equal(h.ev[i].kind, f->events[from + 1 + i].kind);
+        assert_int_equal(h.ev[i].revision, f->events[from + 1 + i].revision);
+        assert_int_equal(h.ev[i].rec_revision,
+                         f->events[from + 1 + i].rec_revision);
+        assert_string_equal(h.ev[i].value, f->events[from + 1 + i].value);
+      }
+    }
+  }
+}
+
+/* A read yields only its filter's changes - also those of records whose
+ * every group has gone since - and stops where the callback asks. */
+static void test_history_reads_by_filter_and_stops_when_asked(
+    void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1), p2 = peer_n(2);
+  uint64_t base = put_never(f, "zz", 9, "z", "z", PEERSTORE_MULTIPLE);
+  hist h;
+
+  need_history();
+  put_never(f, "ss", 1, "k", "1k", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 2, "k", "2k", PEERSTORE_MULTIPLE);
+  put_never(f, "ss", 1, "j", "1j", PEERSTORE_MULTIPLE);
+  put_never(f, "other", 1, "k", "o", PEERSTORE_MULTIPLE);
+  /* Every record of "ss" goes: its groups are gone from the store. */
+  assert_int_equal(del(f, "ss", NULL, NULL), 3);
+  assert_int_equal(records(f), 2);
+
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", &p1, NULL, base, 100, &h), 0);
+  assert_int_equal(h.n, 4);
+  assert_string_equal(h.ev[0].value, "1k");
+  assert_string_equal(h.ev[1].value, "1j");
+  assert_int_equal(h.ev[2].kind, PEERSTORE_CHANGE_REMOVE);
+  assert_string_equal(h.ev[2].value, "1k");
+  assert_string_equal(h.ev[3].value, "1j");
+
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, "k", base, 100, &h), 0);
+  assert_int_equal(h.n, 4);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", &p2, "k", base, 100, &h), 0);
+  assert_int_equal(h.n, 2);
+  assert_string_equal(h.ev[1].key, "k");
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "nothing", NULL, NULL, base, 100, &h), 0);
+  assert_int_equal(h.n, 0);
+
+  /* Stopping after each event: reached is that event, and more is set. */
+  memset(&h, 0, sizeof(h));
+  h.stop_after = 1;
+  {
+    peerstore_plugin_filter flt = {"ss", NULL, NULL};
+    assert_int_equal(f->ops->history_read(f->inst, &flt, base, 100, hist_ev,
+                                          hist_done, &h),
+                     0);
+    assert_int_equal(harness_run_until(&f->loop, &h.done, TIMEOUT), 0);
+  }
+  assert_int_equal(h.status, 0);
+  assert_int_equal(h.n, 1);
+  assert_int_equal(h.more, 1);
+  assert_int_equal(h.reached, h.ev[0].revision);
+}
+
+/* The history keeps the last history_events revisions (trimmed by the
+ * purge at the latest); a read from further back, or from beyond the
+ * latest revision, is refused as compacted - never a silent gap. */
+static void test_history_is_trimmed_and_older_reads_are_compacted(
+    void **state) {
+  fx *f = *state;
+  peerstore_plugin_history_info info, again;
+  char v[8];
+  hist h;
+  int i;
+
+  need_history();
+  for (i = 0; i < 30; i++) {
+    snprintf(v, sizeof(v), "%d", i);
+    put_never(f, "ss", 1, "k", v, PEERSTORE_REPLACE);
+  }
+  purge(f, 0, 10);
+  f->ops->history_info(f->inst, &info);
+  assert_int_equal(info.last, f->last_reported);
+  assert_true(info.first >= info.last - 8);
+  assert_true(info.first < info.last);
+  assert_true(info.events <= 8);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, NULL, info.first - 1, 100, &h),
+                   PEERSTORE_ECOMPACTED);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, NULL, info.last + 1, 100, &h),
+                   PEERSTORE_ECOMPACTED);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, NULL, info.first, 100, &h), 0);
+  assert_int_equal(h.n, (int)(info.last - info.first));
+  assert_int_equal(h.ev[h.n - 1].revision, info.last);
+  /* The last store is live: its record is read back as it is. */
+  assert_string_equal(h.ev[h.n - 2].value, "29");
+  f->ops->history_info(f->inst, &again);
+  assert_true(again.id == info.id && again.id != 0);
+}
+
 int conformance_run(const char *group, const conformance_target *t) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_filters_and_order, setup,
@@ -679,6 +899,15 @@ int conformance_run(const char *group, const conformance_target *t) {
           teardown),
       cmocka_unit_test_setup_teardown(
           test_filters_return_exactly_theirs_among_many, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_history_gives_back_every_change_after_a_revision, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_history_reads_by_filter_and_stops_when_asked, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_history_is_trimmed_and_older_reads_are_compacted,
+          setup_small_history, teardown),
   };
 
   target = t;
