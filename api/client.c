@@ -141,6 +141,11 @@ static void send_frame(peerstore_client *c, ps_op *op) {
 
   if (c->lost_status != 0)
     return; /* the connection is going: everything is sent again */
+  /* A watch resumes after the last event it had, in the history it came
+   * from (the WELCOME of the connection it came on). */
+  if (op->kind == OP_WATCH)
+    peerstore__wire_set_watch_from(op->frame.data, op->resume,
+                                   op->resume_id);
   if (peerstore__buf_reserve(out, op->frame.len) != 0) {
     /* Out of memory for the request: the connection is dropped and
      * everything sent again on the next one.  Not here, though: this
@@ -171,8 +176,13 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
       op->cb.store(op->arg, status);
     break;
   case OP_ITERATE:
-  case OP_WATCH:
     op->cb.record(op->arg, NULL, status);
+    break;
+  case OP_WATCH:
+    if (op->ex)
+      op->cb.event(op->arg, NULL, status);
+    else
+      op->cb.record(op->arg, NULL, status);
     break;
   case OP_REMOVE:
     if (op->cb.remove != NULL)
@@ -433,6 +443,73 @@ static int on_record(peerstore_client *c, ps_op *op, const uint8_t *b,
   return 0;
 }
 
+/* Delivers one event to a watch.  A watch made with peerstore_watch
+ * hears of stores only; SYNC is for snapshot watches, and otherwise only
+ * marks where to resume from. */
+static void deliver_event(ps_op *op, enum peerstore_event_kind kind,
+                          uint64_t revision, const peerstore_record *rec) {
+  peerstore_event ev;
+
+  if (!op->ex) {
+    if (kind == PEERSTORE_EVENT_STORE) {
+      op->revision = revision;
+      op->cb.record(op->arg, rec, 0);
+    }
+    return;
+  }
+  if (kind == PEERSTORE_EVENT_SYNC && !op->snapshot)
+    return;
+  if (kind != PEERSTORE_EVENT_RESET)
+    op->revision = revision;
+  ev.kind = kind;
+  ev.revision = revision;
+  ev.rec = rec;
+  op->cb.event(op->arg, &ev, 0);
+}
+
+static int on_event(peerstore_client *c, ps_op *op, const uint8_t *b,
+                    size_t n) {
+  peerstore__wrec w;
+  uint64_t revision;
+  uint8_t kind;
+
+  if (op->kind != OP_WATCH ||
+      peerstore__wire_event(b, n, &kind, &revision, &w) != 0)
+    return PEERSTORE_EPROTO;
+  if (op->partial) {
+    /* The snapshot begins again: what the last one gave is forgotten
+     * first (the service sends RESET itself only after a compaction). */
+    op->partial = 0;
+    if (kind != PEERSTORE_EVENT_RESET) {
+      deliver_event(op, PEERSTORE_EVENT_RESET, 0, NULL);
+      if (op->finished || c->closing)
+        return 0;
+    }
+  }
+  switch (kind) {
+  case PEERSTORE_EVENT_SYNC:
+    op->synced = 1;
+    op->resume = revision;
+    op->resume_id = c->history_id;
+    break;
+  case PEERSTORE_EVENT_RESET:
+    op->synced = 0;
+    op->resume = 0;
+    break;
+  default:
+    /* Inside a snapshot, revisions are the records' own: the resume
+     * point is its SYNC. */
+    if (!op->snapshot || op->synced) {
+      op->resume = revision;
+      op->resume_id = c->history_id;
+    }
+    break;
+  }
+  deliver_event(op, (enum peerstore_event_kind)kind, revision,
+                kind <= PEERSTORE_EVENT_EXPIRE ? &w.rec : NULL);
+  return 0;
+}
+
 static int on_stats(peerstore_client *c, ps_op *op, const uint8_t *b,
                     size_t n) {
   peerstore_stat st[64];
@@ -465,17 +542,21 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
   uint64_t extra;
   uint16_t version;
   uint32_t max_value;
+  uint64_t history_id;
   char reason[256];
   ps_op *op;
 
   if (h->request == 0) {
     switch (h->type) {
     case PEERSTORE_MSG_WELCOME:
-      if (peerstore__wire_welcome(b, h->body_len, &version, &max_value) != 0)
-        return PEERSTORE_EPROTO;
+      if (peerstore__wire_welcome(b, h->body_len, &version, &max_value,
+                                  &history_id) != 0)
+        return version != PEERSTORE_PROTOCOL_VERSION ? PEERSTORE_EVERSION
+                                                     : PEERSTORE_EPROTO;
       if (version != PEERSTORE_PROTOCOL_VERSION)
         return PEERSTORE_EVERSION;
       c->max_value = max_value;
+      c->history_id = history_id;
       c->welcomed = 1;
       report(c, 1, 0);
       return 0;
@@ -495,6 +576,8 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
   switch (h->type) {
   case PEERSTORE_MSG_RECORD:
     return on_record(c, op, b, h->body_len);
+  case PEERSTORE_MSG_EVENT:
+    return on_event(c, op, b, h->body_len);
   case PEERSTORE_MSG_STORE_RESULT:
   case PEERSTORE_MSG_REMOVE_RESULT:
     if (op->kind != (h->type == PEERSTORE_MSG_STORE_RESULT ? OP_STORE
@@ -698,6 +781,11 @@ static void connection_lost(peerstore_client *c, int status) {
       op_untable(c, op);
       done_push(c, op, PEERSTORE_EINTERRUPTED);
     }
+    /* A snapshot cut short is taken again from the start; what the
+     * watcher was given of it is to be forgotten first (RESET). */
+    if (op->kind == OP_WATCH && op->snapshot && !op->synced &&
+        op->revision != 0)
+      op->partial = 1;
     op->sent = 0;
   }
   schedule_retry(c);

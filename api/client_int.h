@@ -42,15 +42,27 @@ typedef struct ps_op {
   uint32_t heap_pos; /* in the deadline heap, or PEERSTORE__HEAP_NONE */
   uint32_t request;
   uint32_t consumed; /* iterate: records since the last credit grant */
+  /* watch: the last revision delivered (peerstore_watch_revision), and
+   * the one to resume after on the next connection (0: from now, or a
+   * new snapshot) */
+  uint64_t revision;
+  uint64_t resume;
+  uint64_t resume_id; /* the history resume is in (0: the caller's own) */
   int status;        /* deferred completion status */
   uint8_t kind;
   unsigned in_table : 1;
   unsigned finished : 1; /* final callback ran or was cancelled */
   unsigned on_done : 1;  /* queued for a deferred final callback */
   unsigned sent : 1;     /* its request went out on this connection */
+  unsigned ex : 1;       /* watch: made by peerstore_watch_ex */
+  unsigned snapshot : 1; /* watch: with PEERSTORE_WATCH_SNAPSHOT */
+  unsigned synced : 1;   /* watch: its snapshot's SYNC has come */
+  unsigned partial : 1;  /* watch: a snapshot was cut short after some of
+                            it was delivered: RESET comes first */
   union {
     peerstore_store_cb store;
     peerstore_record_cb record;
+    peerstore_event_cb event;
     peerstore_remove_cb remove;
     peerstore_stats_cb stats;
   } cb;
@@ -77,6 +89,7 @@ struct peerstore_client {
   ps_op *garbage;   /* finished ops to free outside callbacks */
   uint32_t next_request;
   uint32_t max_value;
+  uint64_t history_id; /* the service's, from the last WELCOME */
   uint32_t attempts; /* failed connection attempts in a row */
   uint64_t pending_stores; /* stores whose callback is still owed */
   uint64_t rng;

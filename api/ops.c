@@ -129,6 +129,26 @@ void peerstore_iterate_set_timeout(peerstore_iterate_op *op, uint64_t ms) {
     peerstore__op_set_timeout(&op->op, ms);
 }
 
+/* Both kinds of watch: a WATCH_EX request, whose resume point the client
+ * sets again before each resend. */
+static ps_op *watch_op(peerstore_client *c, const char *subsystem,
+                       const peerstore_peer_id *peer, const char *key,
+                       unsigned flags, uint64_t from, void *arg) {
+  ps_op *op;
+
+  if (!filter_ok(c, subsystem, key))
+    return NULL;
+  op = peerstore__op_new(c, OP_WATCH, sizeof(peerstore_watch_op),
+                         peerstore__len_watch_ex(subsystem, peer, key), arg);
+  if (op == NULL)
+    return NULL;
+  peerstore__put_watch_ex(&op->frame, op->request, subsystem, peer, key,
+                          flags, from, 0);
+  op->resume = from;
+  op->snapshot = (flags & PEERSTORE_WATCH_SNAPSHOT) != 0;
+  return op;
+}
+
 peerstore_watch_op *peerstore_watch(peerstore_client *c, const char *subsystem,
                                     const peerstore_peer_id *peer,
                                     const char *key, peerstore_record_cb cb,
@@ -137,13 +157,45 @@ peerstore_watch_op *peerstore_watch(peerstore_client *c, const char *subsystem,
 
   if (cb == NULL)
     return NULL;
-  op = filter_op(c, OP_WATCH, sizeof(peerstore_watch_op), PEERSTORE_MSG_WATCH,
-                 subsystem, peer, key, arg);
+  op = watch_op(c, subsystem, peer, key, 0, 0, arg);
   if (op == NULL)
     return NULL;
   op->cb.record = cb;
   peerstore__op_start(c, op);
   return (peerstore_watch_op *)op;
+}
+
+peerstore_watch_op *peerstore_watch_ex(peerstore_client *c,
+                                       const char *subsystem,
+                                       const peerstore_peer_id *peer,
+                                       const char *key,
+                                       const peerstore_watch_opts *opts,
+                                       peerstore_event_cb cb, void *arg) {
+  static const peerstore_watch_opts none;
+  ps_op *op;
+  size_t i;
+
+  if (opts == NULL)
+    opts = &none;
+  if (cb == NULL ||
+      (opts->flags & ~(unsigned)(PEERSTORE_WATCH_SNAPSHOT |
+                                 PEERSTORE_WATCH_REMOVALS)) != 0)
+    return NULL;
+  for (i = 0; i < sizeof(opts->reserved) / sizeof(opts->reserved[0]); i++)
+    if (opts->reserved[i] != NULL)
+      return NULL;
+  op = watch_op(c, subsystem, peer, key, opts->flags, opts->from_revision,
+                arg);
+  if (op == NULL)
+    return NULL;
+  op->ex = 1;
+  op->cb.event = cb;
+  peerstore__op_start(c, op);
+  return (peerstore_watch_op *)op;
+}
+
+uint64_t peerstore_watch_revision(const peerstore_watch_op *op) {
+  return op != NULL ? op->op.revision : 0;
 }
 
 void peerstore_watch_cancel(peerstore_watch_op *op) {

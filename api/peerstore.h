@@ -278,21 +278,98 @@ PEERSTORE_EXTERN void peerstore_iterate_set_timeout(peerstore_iterate_op *op,
 
 /* Reports every store (by any client) that matches the filter, in the order
  * the service applied them, from the moment the service received the watch
- * on.  A MULTIPLE that refreshed an identical value counts.  The service
- * writes a store's notifications before its writer's acknowledgement:
- * once a store's callback has run, the notification is in every
- * watcher's socket (a watcher that is behind gets it as it catches up;
- * the writer is not held back for it).  The watch never
- * ends by itself with 0; rec == NULL means it ended with an error, e.g.
- * PEERSTORE_EOVERFLOW when the client could not keep up (re-read what you
- * watch, then watch again).  cb is required: NULL makes the call return
- * NULL. */
+ * on; the same as peerstore_watch_ex with no options, with the events other
+ * than stores left out.  A MULTIPLE that refreshed an identical value
+ * counts.  The service writes a store's notifications before its writer's
+ * acknowledgement: once a store's callback has run, the notification is
+ * in every watcher's socket (a watcher that is behind gets it as it
+ * catches up; the writer is not held back for it).  After a reconnect
+ * the watch resumes by itself from the last store it reported: nothing is
+ * lost while the service's history covers the gap.  The watch never ends
+ * by itself with 0; rec == NULL means it ended with an error, e.g.
+ * PEERSTORE_ECOMPACTED when the history no longer reached back to where it
+ * had to resume (re-read what you watch, then watch again).  cb is
+ * required: NULL makes the call return NULL. */
 PEERSTORE_EXTERN peerstore_watch_op *peerstore_watch(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_record_cb cb, void *arg);
 
 /* Ends the watch: no further callback runs for op. */
 PEERSTORE_EXTERN void peerstore_watch_cancel(peerstore_watch_op *op);
+
+/* ------------------------------------------------------------------ */
+/* The change stream (DESIGN.md section 7)                             */
+
+/* Every change the service applies is an event with a revision of its
+ * own, strictly increasing and never reused. */
+enum peerstore_event_kind {
+  PEERSTORE_EVENT_STORE = 1,  /* rec was stored or refreshed */
+  PEERSTORE_EVENT_REMOVE = 2, /* rec was removed, or dropped by a REPLACE */
+  PEERSTORE_EVENT_EXPIRE = 3, /* rec expired and was purged */
+  PEERSTORE_EVENT_SYNC = 4,   /* the snapshot is complete (see below) */
+  PEERSTORE_EVENT_RESET = 5   /* forget what you hold: a new snapshot
+                                 follows */
+};
+
+typedef struct peerstore_event {
+  enum peerstore_event_kind kind;
+  uint64_t revision;           /* this event's revision; SYNC: the
+                                  snapshot's */
+  const peerstore_record *rec; /* STORE/REMOVE/EXPIRE: the record, value
+                                  included, as it was (its revision is the
+                                  store that wrote it); SYNC/RESET: NULL */
+} peerstore_event;
+
+/* ev == NULL: the watch has ended with status (never 0).  The event and
+ * its record are borrowed for the call. */
+typedef void (*peerstore_event_cb)(void *arg, const peerstore_event *ev,
+                                   int status);
+
+#define PEERSTORE_WATCH_SNAPSHOT 0x1 /* start with the current state */
+#define PEERSTORE_WATCH_REMOVALS 0x2 /* also REMOVE and EXPIRE events */
+
+typedef struct peerstore_watch_opts {
+  unsigned flags;
+  uint64_t from_revision; /* > 0: resume after this revision */
+  void *reserved[4];      /* zero */
+} peerstore_watch_opts;
+
+/* Watches the changes of subsystem that match peer and key (NULL: any),
+ * as events in revision order (opts NULL: no flags, from now on):
+ *  - SNAPSHOT: first every matching record as a STORE event, in revision
+ *    order, then one SYNC event at revision S, then every matching event
+ *    after S as it happens.  Applying them in order gives exactly the
+ *    store's matching records, whatever other clients change meanwhile:
+ *    a record changed after S before the snapshot reached it is left out
+ *    of the snapshot and comes as its event after S instead.
+ *  - REMOVALS: REMOVE and EXPIRE events too, each carrying the record as
+ *    it was (so one of several MULTIPLE values can be told apart).
+ *    Without it only STORE events (and SYNC/RESET) are delivered.
+ *  - from_revision R: every matching event after R the service's history
+ *    still holds, then live ones.  If the history no longer reaches back
+ *    to R + 1 - or R is from another incarnation of a service whose
+ *    plugin keeps nothing, such as memory - then with SNAPSHOT a RESET
+ *    event and a new snapshot and SYNC follow; without it the watch ends
+ *    with PEERSTORE_ECOMPACTED.  Never a silent gap.
+ * After a reconnect the watch resumes by itself from the last event it
+ * delivered, with the rules of from_revision: nothing is lost while the
+ * history covers the gap (history_events and history_bytes, see
+ * peerstored(8)), and a watch that cannot be resumed says so.  A watcher
+ * that falls behind is fed from the history as it catches up; the watch
+ * ends with PEERSTORE_EOVERFLOW only when the history no longer covers
+ * what it missed (with SNAPSHOT: RESET and a new snapshot instead).
+ * cb is required: NULL makes the call return NULL, as do unknown flags
+ * or non-zero reserved fields. */
+PEERSTORE_EXTERN peerstore_watch_op *peerstore_watch_ex(
+    peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, const peerstore_watch_opts *opts, peerstore_event_cb cb,
+    void *arg);
+
+/* The revision of the last event delivered to op's callback (0: none);
+ * SYNC counts.  A program that keeps what it watched can resume after a
+ * restart of its own with from_revision set to this. */
+PEERSTORE_EXTERN uint64_t peerstore_watch_revision(
+    const peerstore_watch_op *op);
 
 /* Removes every record of subsystem matching peer and key (NULL: any).
  * cb (may be NULL) runs once with the status and the number removed.  A

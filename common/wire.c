@@ -113,6 +113,8 @@ size_t peerstore__wire_min_body(uint16_t type) {
   case PEERSTORE_MSG_WATCH:
   case PEERSTORE_MSG_REMOVE:
     return 1 + 2 + 1;
+  case PEERSTORE_MSG_WATCH_EX:
+    return 4 + 8 + 8 + 1 + 2 + 1;
   case PEERSTORE_MSG_CANCEL:
   case PEERSTORE_MSG_STATS:
     return 0;
@@ -131,11 +133,12 @@ int peerstore__wire_hello(const uint8_t *p, size_t n, uint32_t *magic,
 }
 
 int peerstore__wire_welcome(const uint8_t *p, size_t n, uint16_t *version,
-                            uint32_t *max_value) {
+                            uint32_t *max_value, uint64_t *history_id) {
   rd r = {p, n, 0};
 
   *version = rd_u16(&r);
   *max_value = rd_u32(&r);
+  *history_id = *version >= 3 ? rd_u64(&r) : 0;
   return rd_end(&r);
 }
 
@@ -171,35 +174,71 @@ int peerstore__wire_store(const uint8_t *p, size_t n, peerstore__wrec *out) {
   return rd_end(&r);
 }
 
-int peerstore__wire_filter(const uint8_t *p, size_t n, peerstore__filter *f,
-                           uint32_t *credit) {
-  rd r = {p, n, 0};
-  uint8_t which = rd_u8(&r);
+static void rd_filter(rd *r, peerstore__filter *f) {
+  uint8_t which = rd_u8(r);
 
   if (which & ~(PEERSTORE_FILTER_PEER | PEERSTORE_FILTER_KEY))
-    r.bad = 1;
+    r->bad = 1;
   f->has_peer = (which & PEERSTORE_FILTER_PEER) != 0;
   f->has_key = (which & PEERSTORE_FILTER_KEY) != 0;
-  rd_str(&r, PEERSTORE_SUBSYSTEM_MAX, f->subsystem);
+  rd_str(r, PEERSTORE_SUBSYSTEM_MAX, f->subsystem);
   if (f->has_peer)
-    rd_peer(&r, &f->peer);
+    rd_peer(r, &f->peer);
   else
     memset(&f->peer, 0, sizeof(f->peer));
   f->key[0] = '\0';
   if (f->has_key)
-    rd_str(&r, PEERSTORE_KEY_MAX, f->key);
+    rd_str(r, PEERSTORE_KEY_MAX, f->key);
+}
+
+int peerstore__wire_filter(const uint8_t *p, size_t n, peerstore__filter *f,
+                           uint32_t *credit) {
+  rd r = {p, n, 0};
+
+  rd_filter(&r, f);
   if (credit != NULL)
     *credit = rd_u32(&r);
   return rd_end(&r);
 }
 
+int peerstore__wire_watch_ex(const uint8_t *p, size_t n, peerstore__filter *f,
+                             uint32_t *flags, uint64_t *from,
+                             uint64_t *history_id) {
+  rd r = {p, n, 0};
+
+  *flags = rd_u32(&r);
+  *from = rd_u64(&r);
+  *history_id = rd_u64(&r);
+  rd_filter(&r, f);
+  if (*flags & ~PEERSTORE__WATCH_FLAGS)
+    r.bad = 1;
+  return rd_end(&r);
+}
+
+static void rd_record(rd *r, peerstore__wrec *out) {
+  rd_triple(r, out);
+  out->rec.revision = rd_u64(r);
+  out->writer = rd_u32(r);
+  rd_value(r, &out->rec);
+}
+
 int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out) {
   rd r = {p, n, 0};
 
-  rd_triple(&r, out);
-  out->rec.revision = rd_u64(&r);
-  out->writer = rd_u32(&r);
-  rd_value(&r, &out->rec);
+  rd_record(&r, out);
+  return rd_end(&r);
+}
+
+int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
+                          uint64_t *revision, peerstore__wrec *out) {
+  rd r = {p, n, 0};
+
+  *kind = rd_u8(&r);
+  *revision = rd_u64(&r);
+  if (*kind >= PEERSTORE_EVENT_STORE && *kind <= PEERSTORE_EVENT_EXPIRE)
+    rd_record(&r, out);
+  else if (*kind != PEERSTORE_EVENT_SYNC && *kind != PEERSTORE_EVENT_RESET)
+    r.bad = 1;
   return rd_end(&r);
 }
 
@@ -373,13 +412,17 @@ int peerstore__put_hello(peerstore__buf *b) {
   return peerstore__put_hello_version(b, PEERSTORE_PROTOCOL_VERSION);
 }
 
-int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value) {
-  uint8_t *p = frame_begin(b, PEERSTORE_MSG_WELCOME, 0, 6);
+int peerstore__put_welcome(peerstore__buf *b, uint16_t version,
+                           uint32_t max_value, uint64_t history_id) {
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_WELCOME, 0, version >= 3 ? 14 : 6);
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
-  p = wr_u16(p, PEERSTORE_PROTOCOL_VERSION);
-  return frame_end(b, wr_u32(p, max_value));
+  p = wr_u16(p, version);
+  p = wr_u32(p, max_value);
+  if (version >= 3)
+    p = wr_u64(p, history_id);
+  return frame_end(b, p);
 }
 
 int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
@@ -401,37 +444,71 @@ int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
   return frame_end(b, wr_bytes(p, value, size));
 }
 
+static uint8_t *wr_filter(uint8_t *p, const char *ss,
+                          const peerstore_peer_id *peer, const char *key) {
+  uint8_t which = (uint8_t)((peer ? PEERSTORE_FILTER_PEER : 0) |
+                            (key ? PEERSTORE_FILTER_KEY : 0));
+
+  p = wr_u8(p, which);
+  p = wr_str(p, ss, strlen(ss));
+  if (peer != NULL)
+    p = wr_bytes(p, peer->bytes, PEERSTORE_PEER_ID_SIZE);
+  if (key != NULL)
+    p = wr_str(p, key, strlen(key));
+  return p;
+}
+
 int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
                           const char *ss, const peerstore_peer_id *peer,
                           const char *key, uint32_t credit) {
-  size_t ssn = strlen(ss), kn = key ? strlen(key) : 0;
-  size_t body = filter_body(type, ssn, peer != NULL, kn, key != NULL);
-  uint8_t which = (uint8_t)((peer ? PEERSTORE_FILTER_PEER : 0) |
-                            (key ? PEERSTORE_FILTER_KEY : 0));
+  size_t body = filter_body(type, strlen(ss), peer != NULL,
+                            key ? strlen(key) : 0, key != NULL);
   uint8_t *p = frame_begin(b, type, req, body);
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
-  p = wr_u8(p, which);
-  p = wr_str(p, ss, ssn);
-  if (peer != NULL)
-    p = wr_bytes(p, peer->bytes, PEERSTORE_PEER_ID_SIZE);
-  if (key != NULL)
-    p = wr_str(p, key, kn);
+  p = wr_filter(p, ss, peer, key);
   if (type == PEERSTORE_MSG_ITERATE)
     p = wr_u32(p, credit);
   return frame_end(b, p);
 }
 
-int peerstore__put_record(peerstore__buf *b, uint32_t req,
-                          const peerstore_record *rec, uint32_t writer) {
-  size_t ssn = strlen(rec->subsystem), kn = strlen(rec->key);
-  uint8_t *p =
-      frame_begin(b, PEERSTORE_MSG_RECORD, req,
-                  2 + ssn + 32 + 2 + kn + 8 + 8 + 4 + 4 + rec->value_size);
+size_t peerstore__len_watch_ex(const char *ss, const peerstore_peer_id *peer,
+                               const char *key) {
+  return 4 + 8 + 8 + peerstore__len_filter(PEERSTORE_MSG_WATCH, ss, peer, key);
+}
+
+int peerstore__put_watch_ex(peerstore__buf *b, uint32_t req, const char *ss,
+                            const peerstore_peer_id *peer, const char *key,
+                            uint32_t flags, uint64_t from,
+                            uint64_t history_id) {
+  uint8_t *p = frame_begin(
+      b, PEERSTORE_MSG_WATCH_EX, req,
+      peerstore__len_watch_ex(ss, peer, key) - PEERSTORE_HEADER_SIZE);
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
+  p = wr_u32(p, flags);
+  p = wr_u64(p, from);
+  p = wr_u64(p, history_id);
+  return frame_end(b, wr_filter(p, ss, peer, key));
+}
+
+void peerstore__wire_set_watch_from(uint8_t *frame, uint64_t from,
+                                    uint64_t history_id) {
+  wr_u64(frame + PEERSTORE__WATCH_FROM_AT, from);
+  wr_u64(frame + PEERSTORE__WATCH_ID_AT, history_id);
+}
+
+static size_t record_body(const peerstore_record *rec) {
+  return 2 + strlen(rec->subsystem) + 32 + 2 + strlen(rec->key) + 8 + 8 + 4 +
+         4 + rec->value_size;
+}
+
+static uint8_t *wr_record(uint8_t *p, const peerstore_record *rec,
+                          uint32_t writer) {
+  size_t ssn = strlen(rec->subsystem), kn = strlen(rec->key);
+
   p = wr_str(p, rec->subsystem, ssn);
   p = wr_bytes(p, rec->peer.bytes, PEERSTORE_PEER_ID_SIZE);
   p = wr_str(p, rec->key, kn);
@@ -439,7 +516,29 @@ int peerstore__put_record(peerstore__buf *b, uint32_t req,
   p = wr_u64(p, rec->revision);
   p = wr_u32(p, writer);
   p = wr_u32(p, (uint32_t)rec->value_size);
-  return frame_end(b, wr_bytes(p, rec->value, rec->value_size));
+  return wr_bytes(p, rec->value, rec->value_size);
+}
+
+int peerstore__put_record(peerstore__buf *b, uint32_t req,
+                          const peerstore_record *rec, uint32_t writer) {
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_RECORD, req, record_body(rec));
+
+  return p == NULL ? PEERSTORE_ENOMEM : frame_end(b, wr_record(p, rec, writer));
+}
+
+int peerstore__put_event(peerstore__buf *b, uint32_t req, uint8_t kind,
+                         uint64_t revision, const peerstore_record *rec,
+                         uint32_t writer) {
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_EVENT, req,
+                           1 + 8 + (rec != NULL ? record_body(rec) : 0));
+
+  if (p == NULL)
+    return PEERSTORE_ENOMEM;
+  p = wr_u8(p, kind);
+  p = wr_u64(p, revision);
+  if (rec != NULL)
+    p = wr_record(p, rec, writer);
+  return frame_end(b, p);
 }
 
 int peerstore__put_empty(peerstore__buf *b, uint16_t type, uint32_t req) {

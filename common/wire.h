@@ -31,7 +31,11 @@
 #include "buf.h"
 #include "peerstore.h"
 
-#define PEERSTORE_PROTOCOL_VERSION 2
+/* The version this code speaks, and the oldest one the service still
+ * serves (version 2 clients get its semantics: RECORD notifications of
+ * stores only, no history). */
+#define PEERSTORE_PROTOCOL_VERSION 3
+#define PEERSTORE_PROTOCOL_MIN 2
 #define PEERSTORE_PROTOCOL_MAGIC 0x50535452u /* "PSTR" */
 #define PEERSTORE_HEADER_SIZE 12
 /* Everything of a STORE or RECORD but the value, rounded up. */
@@ -50,21 +54,33 @@ enum peerstore__msg_type {
   PEERSTORE_MSG_WATCH = 6,   /* filter */
   PEERSTORE_MSG_REMOVE = 7,  /* filter */
   PEERSTORE_MSG_STATS = 8,   /* (empty) */
+  PEERSTORE_MSG_WATCH_EX = 9, /* v3: u32 flags, u64 from_revision, u64
+                                 history id (0: any), filter */
 
   /* service -> client */
-  PEERSTORE_MSG_WELCOME = 64,      /* u16 version, u32 max value size */
+  PEERSTORE_MSG_WELCOME = 64,      /* u16 version, u32 max value size;
+                                      v3: u64 history id */
   PEERSTORE_MSG_STORE_RESULT = 65, /* i32 status, u64 revision */
   PEERSTORE_MSG_RECORD = 66,       /* record; for an iteration or watch */
   PEERSTORE_MSG_ITERATE_END = 67,  /* i32 status */
   PEERSTORE_MSG_WATCH_END = 68,    /* i32 status (never 0) */
   PEERSTORE_MSG_REMOVE_RESULT = 69, /* i32 status, u64 removed */
   PEERSTORE_MSG_STATS_RESULT = 70, /* u16 n, n x (u8 len, name, u64) */
-  PEERSTORE_MSG_ERROR = 71         /* i32 status, string reason; the
+  PEERSTORE_MSG_ERROR = 71,        /* i32 status, string reason; the
                                       service closes the connection next */
+  PEERSTORE_MSG_EVENT = 72         /* v3: u8 kind, u64 revision, and for
+                                      STORE/REMOVE/EXPIRE the record */
 };
 
 #define PEERSTORE_FILTER_PEER 1u
 #define PEERSTORE_FILTER_KEY 2u
+
+/* WATCH_EX flags (the same bits as peerstore_watch_opts.flags). */
+#define PEERSTORE__WATCH_FLAGS 3u
+/* Where WATCH_EX keeps from_revision and the history id, so that the
+ * library can set them in its stored request before sending it again. */
+#define PEERSTORE__WATCH_FROM_AT (PEERSTORE_HEADER_SIZE + 4)
+#define PEERSTORE__WATCH_ID_AT (PEERSTORE_HEADER_SIZE + 12)
 
 /* ------------------------------------------------------------------ */
 /* Decoded messages                                                    */
@@ -111,12 +127,20 @@ size_t peerstore__wire_min_body(uint16_t type);
  * empty, too long or holding a NUL; an unknown option or filter bit). */
 int peerstore__wire_hello(const uint8_t *p, size_t n, uint32_t *magic,
                           uint16_t *version);
+/* history_id is 0 for a version 2 WELCOME. */
 int peerstore__wire_welcome(const uint8_t *p, size_t n, uint16_t *version,
-                            uint32_t *max_value);
+                            uint32_t *max_value, uint64_t *history_id);
 int peerstore__wire_store(const uint8_t *p, size_t n, peerstore__wrec *out);
 int peerstore__wire_filter(const uint8_t *p, size_t n, peerstore__filter *f,
                            uint32_t *credit /* ITERATE only, else NULL */);
 int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out);
+int peerstore__wire_watch_ex(const uint8_t *p, size_t n, peerstore__filter *f,
+                             uint32_t *flags, uint64_t *from,
+                             uint64_t *history_id);
+/* kind is a peerstore_event_kind; out is filled for STORE, REMOVE and
+ * EXPIRE only. */
+int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
+                          uint64_t *revision, peerstore__wrec *out);
 int peerstore__wire_u32(const uint8_t *p, size_t n, uint32_t *v);
 int peerstore__wire_status(const uint8_t *p, size_t n, int32_t *status,
                            uint64_t *extra /* NULL if none follows */);
@@ -139,7 +163,8 @@ size_t peerstore__len_filter(uint16_t type, const char *ss,
 int peerstore__put_hello(peerstore__buf *b);
 /* HELLO for another protocol version (tests of old and future peers). */
 int peerstore__put_hello_version(peerstore__buf *b, uint16_t version);
-int peerstore__put_welcome(peerstore__buf *b, uint32_t max_value);
+int peerstore__put_welcome(peerstore__buf *b, uint16_t version,
+                           uint32_t max_value, uint64_t history_id);
 int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
                          const peerstore_peer_id *peer, const char *key,
                          const void *value, size_t size, uint64_t expiry,
@@ -150,6 +175,19 @@ int peerstore__put_filter(peerstore__buf *b, uint16_t type, uint32_t req,
                           const char *key, uint32_t credit);
 int peerstore__put_record(peerstore__buf *b, uint32_t req,
                           const peerstore_record *rec, uint32_t writer);
+size_t peerstore__len_watch_ex(const char *ss, const peerstore_peer_id *peer,
+                               const char *key);
+int peerstore__put_watch_ex(peerstore__buf *b, uint32_t req, const char *ss,
+                            const peerstore_peer_id *peer, const char *key,
+                            uint32_t flags, uint64_t from,
+                            uint64_t history_id);
+/* Sets from_revision and the history id of an encoded WATCH_EX. */
+void peerstore__wire_set_watch_from(uint8_t *frame, uint64_t from,
+                                    uint64_t history_id);
+/* rec is NULL for SYNC and RESET. */
+int peerstore__put_event(peerstore__buf *b, uint32_t req, uint8_t kind,
+                         uint64_t revision, const peerstore_record *rec,
+                         uint32_t writer);
 /* An empty frame (CANCEL, STATS). */
 int peerstore__put_empty(peerstore__buf *b, uint16_t type, uint32_t req);
 int peerstore__put_u32(peerstore__buf *b, uint16_t type, uint32_t req,

@@ -193,6 +193,7 @@ void client_resume(client *c) {
     client_set_backlog(c, 1);
   }
   iter_pump_all(c);
+  watch_pump_all(c);
 }
 
 void client_request_done(client *c) {

@@ -87,6 +87,17 @@ static int may_write(client *c, const char *subsystem) {
 /* ------------------------------------------------------------------ */
 /* HELLO                                                               */
 
+/* The line of revisions resume points belong to (0: no history). */
+static uint64_t history_id(const server *s) {
+  peerstore_plugin_history_info info;
+  const peerstore_plugin_ops *o = s->plugin.desc->ops;
+
+  if (o->history_info == NULL)
+    return 0;
+  o->history_info(s->plugin.instance, &info);
+  return info.id;
+}
+
 static int on_hello(client *c, const peerstore__header *h, const uint8_t *b) {
   uint32_t magic;
   uint16_t version;
@@ -95,10 +106,12 @@ static int on_hello(client *c, const peerstore__header *h, const uint8_t *b) {
       peerstore__wire_hello(b, h->body_len, &magic, &version) != 0 ||
       magic != PEERSTORE_PROTOCOL_MAGIC)
     return PEERSTORE_EPROTO;
-  if (version != PEERSTORE_PROTOCOL_VERSION)
+  if (version < PEERSTORE_PROTOCOL_MIN || version > PEERSTORE_PROTOCOL_VERSION)
     return PEERSTORE_EVERSION;
   c->hello = 1;
-  if (peerstore__put_welcome(&c->out.buf, c->srv->cfg->max_value_size) != 0)
+  c->version = version;
+  if (peerstore__put_welcome(&c->out.buf, version, c->srv->cfg->max_value_size,
+                             history_id(c->srv)) != 0)
     return PEERSTORE_ENOMEM;
   client_output_ready(c);
   return 0;
@@ -214,11 +227,22 @@ static int on_cancel(client *c, const peerstore__header *h,
 
 static int on_watch(client *c, const peerstore__header *h, const uint8_t *b) {
   peerstore__filter f;
+  watch_opts o;
   int r;
 
-  if (peerstore__wire_filter(b, h->body_len, &f, NULL) != 0)
+  memset(&o, 0, sizeof(o));
+  if (h->type == PEERSTORE_MSG_WATCH) {
+    o.v2 = 1;
+    r = peerstore__wire_filter(b, h->body_len, &f, NULL);
+  } else {
+    r = c->version < 3 ? PEERSTORE_EPROTO
+                       : peerstore__wire_watch_ex(b, h->body_len, &f,
+                                                  &o.flags, &o.from,
+                                                  &o.history_id);
+  }
+  if (r != 0)
     return PEERSTORE_EPROTO;
-  r = watch_add(c->srv, c, h->request, &f);
+  r = watch_add(c, h->request, &f, &o);
   if (r != 0)
     dispatch_reply(c, PEERSTORE_MSG_WATCH_END, h->request, r, NULL);
   return 0;
@@ -288,6 +312,16 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("iterations_timed_out", s->stats.iterations_timed_out);
   STAT("clients_total", s->stats.clients_total);
   STAT("purged", s->stats.purged);
+  STAT("watches_syncing", s->watches.syncing);
+  STAT("watch_resets", s->stats.watch_resets);
+  if (s->plugin.desc->ops->history_info != NULL) {
+    peerstore_plugin_history_info hi;
+    s->plugin.desc->ops->history_info(s->plugin.instance, &hi);
+    STAT("history_first", hi.first);
+    STAT("history_last", hi.last);
+    STAT("history_events", hi.events);
+    STAT("history_bytes", hi.bytes);
+  }
   STAT("max_value_size", s->cfg->max_value_size);
   STAT("uptime_s", (uv_now(s->loop) - s->started_ms) / 1000);
 #undef STAT
@@ -311,6 +345,7 @@ static const struct {
     {PEERSTORE_MSG_ITERATE, on_iterate}, {PEERSTORE_MSG_CREDIT, on_credit},
     {PEERSTORE_MSG_CANCEL, on_cancel},   {PEERSTORE_MSG_WATCH, on_watch},
     {PEERSTORE_MSG_REMOVE, on_remove},   {PEERSTORE_MSG_STATS, on_stats},
+    {PEERSTORE_MSG_WATCH_EX, on_watch},
 };
 
 int dispatch_frame(client *c, const peerstore__header *h,

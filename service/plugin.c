@@ -50,6 +50,15 @@ static int try_file(plugin *p, const char *path, const char *name) {
                   : "");
     return -1;
   }
+  /* A history without removals, or half of one, would give watchers
+   * gaps; refused rather than trusted. */
+  if ((d->ops->history_read == NULL) != (d->ops->history_info == NULL) ||
+      (d->ops->history_read != NULL &&
+       !(d->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS))) {
+    LOG_ERROR("plugin %s: %s has history_read without history_info or "
+              "without PEERSTORE_PLUGIN_REPORTS_REMOVALS", name, path);
+    return -1;
+  }
   p->desc = d;
   LOG_INFO("loaded plugin %s from %s", d->name, path);
   return 1;

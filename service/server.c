@@ -412,6 +412,11 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
     s->done = 1;
     return -1;
   }
+  {
+    /* Everything the plugin holds counts as reported. */
+    uint64_t records;
+    s->plugin.desc->ops->counts(s->plugin.instance, &records, &s->reported);
+  }
   uv_idle_init(loop, &s->idle);
   s->idle.data = s;
   uv_timer_init(loop, &s->purge_timer);

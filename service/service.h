@@ -140,9 +140,19 @@ typedef struct sreq sreq;
 /* The watches of all clients, hashed by filter (watch.c). */
 typedef struct watch_index {
   peerstore__hmap map;
-  peerstore__buf note; /* the notification being fanned out */
+  peerstore__buf note;    /* the change being fanned out, as EVENT */
+  peerstore__buf note_v2; /* ... and as RECORD, for version 2 watches */
   uint32_t count;
+  uint32_t syncing; /* watches taking a snapshot or catching up */
 } watch_index;
+
+/* What a WATCH or WATCH_EX asked for. */
+typedef struct watch_opts {
+  uint32_t flags;      /* PEERSTORE_WATCH_SNAPSHOT | _REMOVALS */
+  uint64_t from;       /* resume after this revision; 0: from now */
+  uint64_t history_id; /* the history `from` belongs to; 0: unchecked */
+  int v2;              /* a version 2 WATCH */
+} watch_opts;
 
 /* What a client's queued output is judged for; each use has its limit in
  * one table (client.c, client_output_ok). */
@@ -173,6 +183,7 @@ struct client {
   watch *watches;
   uint32_t n_iters;
   siter *iters;
+  uint16_t version; /* of the protocol, from HELLO */
   unsigned hello : 1;
   unsigned reading : 1;
   unsigned paused : 1; /* not read: its output or requests are at a limit */
@@ -194,6 +205,7 @@ typedef struct server_stats {
   uint64_t iterations_timed_out;
   uint64_t clients_total;
   uint64_t purged;
+  uint64_t watch_resets; /* snapshots begun again after a compaction */
 } server_stats;
 
 struct server {
@@ -225,6 +237,9 @@ struct server {
   dev_t sock_dev; /* the socket file this service made (remove_own_socket) */
   ino_t sock_ino; /* 0: none */
   watch_index watches;
+  /* The revision of the last change the plugin reported: a watch that
+   * starts now is live from here. */
+  uint64_t reported;
   peerstore__hmap iters; /* every open iteration, by client and request */
   server_stats stats;
   unsigned listening : 1;
@@ -315,8 +330,13 @@ void iter_end_all(client *c, int status);
 /* watch.c */
 int watch_init(server *s);
 void watch_fini(server *s);
-int watch_add(server *s, client *c, uint32_t request,
-              const peerstore__filter *f);
+/* Adds watch `request` of c; returns 0 (the watch may have ended at
+ * once, with its WATCH_END queued) or a status to refuse it with. */
+int watch_add(client *c, uint32_t request, const peerstore__filter *f,
+              const watch_opts *o);
+/* Reads the snapshot or history of each of c's syncing watches, as far as
+ * its output allows. */
+void watch_pump_all(client *c);
 int watch_cancel(client *c, uint32_t request);
 /* Ends all of c's watches with status (0: silently, for a closing client). */
 void watch_end_all(client *c, int status);
