@@ -25,11 +25,12 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "peerstore_plugin.h"
 #include "sqlite_queries.h"
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define APPLICATION_ID 0x50535452 /* "PSTR" */
 #define EXPIRY_NEVER_SQL INT64_MAX
 #define RECORD_BATCH_MAX 4096
@@ -41,8 +42,9 @@
 extern const char peerstore_sqlite_schema[];
 extern const char peerstore_sqlite_migrate_1_2[];
 extern const char peerstore_sqlite_migrate_2_3[];
+extern const char peerstore_sqlite_migrate_3_4[];
 
-enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE };
+enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST };
 
 typedef struct sq sq;
 
@@ -54,12 +56,18 @@ typedef struct filt {
   int has_peer;
 } filt;
 
-/* Records one iterate_next yielded, copied out by the worker. */
+/* Records copied out by the worker for the loop: a batch of an
+ * iteration or a history read, or the records a write took out of the
+ * table (their changes, for the hook).  kinds and revs are the changes'
+ * (history reads and removals only). */
 typedef struct rbuf {
   peerstore_record *recs;
   uint32_t *writers;
+  uint64_t *revs;
+  uint8_t *kinds;
   uint8_t *bytes; /* strings and values of recs, back to back */
   size_t n;
+  size_t cap;
   size_t bytes_len;
   size_t bytes_cap;
 } rbuf;
@@ -86,6 +94,7 @@ typedef struct job {
       uint32_t writer;
       uint8_t option;
       char *data;
+      rbuf gone; /* what a REPLACE dropped */
       peerstore_plugin_store_cb cb;
     } store;
     struct {
@@ -101,8 +110,19 @@ typedef struct job {
       uint64_t now;
       uint32_t max;
       uint64_t count;
+      rbuf gone; /* what it removed or expired */
       peerstore_plugin_count_cb cb;
     } count; /* remove and purge */
+    struct {
+      filt f;
+      uint64_t after;
+      uint32_t max;
+      int more;
+      uint64_t reached;
+      rbuf out;
+      peerstore_plugin_change_cb ev_cb;
+      peerstore_plugin_history_cb done_cb;
+    } hist;
   } u;
 } job;
 
@@ -129,16 +149,28 @@ struct sq {
   jobq done; /* worker -> loop, under lock */
   int stopping;
   int read_only;
+  uint64_t hist_max_events; /* env's limits; 0: no history */
+  uint64_t hist_max_bytes;
+  uint64_t hist_id;
   /* Owned by the worker once it runs. */
   uint64_t revision;
   uint64_t records;
-  /* Their values after the last group, for counts(), under lock. */
+  uint64_t hist_first; /* every change after it is in the history */
+  uint64_t hist_rows;  /* rows of the history table, and their bytes */
+  uint64_t hist_bytes;
+  /* Their values after the last group, for counts() and history_info(),
+   * under lock. */
   uint64_t pub_revision;
   uint64_t pub_records;
-  sqlite3_stmt *st_find, *st_refresh, *st_delete_triple, *st_insert,
-      *st_set_revision, *st_purge;
+  uint64_t pub_hist_first;
+  uint64_t pub_hist_rows;
+  uint64_t pub_hist_bytes;
+  sqlite3_stmt *st_find, *st_refresh, *st_insert, *st_set_revision,
+      *st_keep, *st_delete, *st_replaced, *st_expired, *st_trim_bytes,
+      *st_trim;
   sqlite3_stmt *st_iter[F_COUNT];
   sqlite3_stmt *st_remove[F_COUNT];
+  sqlite3_stmt *st_hist[F_COUNT];
 };
 
 /* ------------------------------------------------------------------ */
@@ -244,64 +276,6 @@ static int exec(sq *s, const char *sql) {
 /* ------------------------------------------------------------------ */
 /* Worker: applying jobs                                               */
 
-static int do_store(sq *s, job *j) {
-  peerstore_record *r = &j->u.store.rec;
-  int64_t found = 0;
-  int rc;
-
-  if (j->u.store.option == PEERSTORE_MULTIPLE) {
-    sqlite3_bind_blob(s->st_find, 1, r->subsystem, (int)strlen(r->subsystem),
-                      SQLITE_STATIC);
-    sqlite3_bind_blob(s->st_find, 2, r->peer.bytes, PEERSTORE_PEER_ID_SIZE,
-                      SQLITE_STATIC);
-    sqlite3_bind_blob(s->st_find, 3, r->key, (int)strlen(r->key),
-                      SQLITE_STATIC);
-    sqlite3_bind_blob(s->st_find, 4, r->value, (int)r->value_size,
-                      SQLITE_STATIC);
-    rc = sqlite3_step(s->st_find);
-    if (rc == SQLITE_ROW)
-      found = sqlite3_column_int64(s->st_find, 0);
-    sqlite3_reset(s->st_find);
-    sqlite3_clear_bindings(s->st_find);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-      return map_error(rc);
-  } else {
-    sqlite3_bind_blob(s->st_delete_triple, 1, r->subsystem,
-                      (int)strlen(r->subsystem), SQLITE_STATIC);
-    sqlite3_bind_blob(s->st_delete_triple, 2, r->peer.bytes,
-                      PEERSTORE_PEER_ID_SIZE, SQLITE_STATIC);
-    sqlite3_bind_blob(s->st_delete_triple, 3, r->key, (int)strlen(r->key),
-                      SQLITE_STATIC);
-    if ((rc = step_done(s->st_delete_triple)) != 0)
-      return rc;
-    s->records -= (uint64_t)sqlite3_changes(s->db);
-  }
-  r->revision = ++s->revision;
-  if (found != 0) {
-    /* A refresh: the same row, moved to the end of the stored order. */
-    sqlite3_bind_int64(s->st_refresh, 1, (int64_t)r->revision);
-    sqlite3_bind_int64(s->st_refresh, 2, expiry_to_sql(r->expiry));
-    sqlite3_bind_int64(s->st_refresh, 3, found);
-    sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(j->u.store.writer));
-    return step_done(s->st_refresh);
-  }
-  sqlite3_bind_int64(s->st_insert, 1, (int64_t)r->revision);
-  sqlite3_bind_blob(s->st_insert, 2, r->subsystem, (int)strlen(r->subsystem),
-                    SQLITE_STATIC);
-  sqlite3_bind_blob(s->st_insert, 3, r->peer.bytes, PEERSTORE_PEER_ID_SIZE,
-                    SQLITE_STATIC);
-  sqlite3_bind_blob(s->st_insert, 4, r->key, (int)strlen(r->key),
-                    SQLITE_STATIC);
-  sqlite3_bind_blob(s->st_insert, 5, r->value, (int)r->value_size,
-                    SQLITE_STATIC);
-  sqlite3_bind_int64(s->st_insert, 6, expiry_to_sql(r->expiry));
-  sqlite3_bind_int64(s->st_insert, 7, writer_to_sql(j->u.store.writer));
-  if ((rc = step_done(s->st_insert)) != 0)
-    return rc;
-  s->records++;
-  return 0;
-}
-
 /* Appends n bytes to the batch's byte area; returns their offset. */
 static int rbuf_put(rbuf *b, const void *p, size_t n, int nul, size_t *off) {
   size_t need = b->bytes_len + n + (size_t)nul;
@@ -325,6 +299,229 @@ static int rbuf_put(rbuf *b, const void *p, size_t n, int nul, size_t *off) {
   return 0;
 }
 
+static int rbuf_grow(rbuf *b) {
+  size_t cap = b->cap ? b->cap * 2 : 16;
+  peerstore_record *recs;
+  uint32_t *writers;
+  uint64_t *revs;
+  uint8_t *kinds;
+
+  if ((recs = realloc(b->recs, cap * sizeof(*recs))) == NULL)
+    return PEERSTORE_ENOMEM;
+  b->recs = recs;
+  if ((writers = realloc(b->writers, cap * sizeof(*writers))) == NULL)
+    return PEERSTORE_ENOMEM;
+  b->writers = writers;
+  if ((revs = realloc(b->revs, cap * sizeof(*revs))) == NULL)
+    return PEERSTORE_ENOMEM;
+  b->revs = revs;
+  if ((kinds = realloc(b->kinds, cap * sizeof(*kinds))) == NULL)
+    return PEERSTORE_ENOMEM;
+  b->kinds = kinds;
+  b->cap = cap;
+  return 0;
+}
+
+/* Copies the row st is on - revision, subsystem, peer, key, value,
+ * expiry, writer from column c on - to the end of b; with c == 2, the
+ * first two columns are a change's revision and kind.  Strings and values
+ * are kept as offsets into the byte area, which may still move; the loop
+ * makes them pointers (rbuf_fixup). */
+static int rbuf_row(rbuf *b, sqlite3_stmt *st, int c) {
+  peerstore_record *r;
+  size_t o_ss, o_key, o_val;
+  int ss_n = sqlite3_column_bytes(st, c + 1);
+  int key_n = sqlite3_column_bytes(st, c + 3);
+  int val_n = sqlite3_column_bytes(st, c + 4);
+
+  if ((b->n == b->cap && rbuf_grow(b) != 0) ||
+      sqlite3_column_bytes(st, c + 2) != PEERSTORE_PEER_ID_SIZE ||
+      rbuf_put(b, sqlite3_column_blob(st, c + 1), (size_t)ss_n, 1, &o_ss) ||
+      rbuf_put(b, sqlite3_column_blob(st, c + 3), (size_t)key_n, 1, &o_key) ||
+      rbuf_put(b, sqlite3_column_blob(st, c + 4), (size_t)val_n, 0, &o_val))
+    return PEERSTORE_ENOMEM;
+  r = &b->recs[b->n];
+  r->revision = (uint64_t)sqlite3_column_int64(st, c);
+  memcpy(r->peer.bytes, sqlite3_column_blob(st, c + 2),
+         PEERSTORE_PEER_ID_SIZE);
+  r->subsystem = (const char *)(uintptr_t)o_ss;
+  r->key = (const char *)(uintptr_t)o_key;
+  r->value = (const void *)(uintptr_t)o_val;
+  r->value_size = (size_t)val_n;
+  r->expiry = expiry_from_sql(sqlite3_column_int64(st, c + 5));
+  b->writers[b->n] = writer_from_sql(sqlite3_column_int64(st, c + 6));
+  b->revs[b->n] = c == 2 ? (uint64_t)sqlite3_column_int64(st, 0)
+                         : r->revision;
+  b->kinds[b->n] = c == 2 ? (uint8_t)sqlite3_column_int(st, 1)
+                          : (uint8_t)PEERSTORE_CHANGE_STORE;
+  b->n++;
+  return 0;
+}
+
+/* Steps st, already bound, for up to max rows into b (fewer once b holds
+ * RECORD_BATCH_BYTES), from column c as rbuf_row reads them; *more says
+ * whether rows were left.  Returns 0 or a mapped status. */
+static int read_batch(sqlite3_stmt *st, rbuf *b, uint32_t max, int c,
+                      int *more) {
+  int rc;
+
+  *more = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    if (b->n == max || b->bytes_len >= RECORD_BATCH_BYTES) {
+      *more = 1;
+      break;
+    }
+    if (rbuf_row(b, st, c) != 0) {
+      rc = SQLITE_NOMEM;
+      break;
+    }
+  }
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : map_error(rc);
+}
+
+static void rbuf_fixup(rbuf *b) {
+  size_t i;
+
+  for (i = 0; i < b->n; i++) {
+    peerstore_record *r = &b->recs[i];
+    r->subsystem = (const char *)b->bytes + (uintptr_t)r->subsystem;
+    r->key = (const char *)b->bytes + (uintptr_t)r->key;
+    r->value = b->bytes + (uintptr_t)r->value;
+  }
+}
+
+static void rbuf_free(rbuf *b) {
+  free(b->recs);
+  free(b->writers);
+  free(b->revs);
+  free(b->kinds);
+  free(b->bytes);
+}
+
+/* What a history row is counted as, beyond its value and strings. */
+#define HISTORY_ROW_BYTES 72
+
+static int history_on(const sq *s) {
+  return s->hist_max_events > 0 && s->hist_max_bytes > 0;
+}
+
+/* Copies the record at revision `stored` into the history as a change
+ * of kind at revision rev; size is its strings' and value's bytes. */
+static int keep(sq *s, uint64_t rev, int kind, uint64_t stored, size_t size) {
+  int rc;
+
+  sqlite3_bind_int64(s->st_keep, 1, (int64_t)rev);
+  sqlite3_bind_int(s->st_keep, 2, kind);
+  sqlite3_bind_int64(s->st_keep, 3, (int64_t)stored);
+  if ((rc = step_done(s->st_keep)) != 0)
+    return rc;
+  s->hist_rows++;
+  s->hist_bytes += HISTORY_ROW_BYTES + size;
+  return 0;
+}
+
+/* Takes the records sel yields (in the order it yields them) out of the
+ * table: each is a change of kind with a revision of its own, kept in
+ * the history, and in gone for the hook. */
+static int retire(sq *s, sqlite3_stmt *sel, int kind, rbuf *gone) {
+  size_t i, first = gone->n;
+  int rc;
+
+  while ((rc = sqlite3_step(sel)) == SQLITE_ROW)
+    if (rbuf_row(gone, sel, 0) != 0) {
+      rc = SQLITE_NOMEM;
+      break;
+    }
+  sqlite3_reset(sel);
+  sqlite3_clear_bindings(sel);
+  if (rc != SQLITE_DONE)
+    return map_error(rc);
+  for (i = first; i < gone->n; i++) {
+    const peerstore_record *r = &gone->recs[i];
+    gone->revs[i] = ++s->revision;
+    gone->kinds[i] = (uint8_t)kind;
+    if (history_on(s) &&
+        (rc = keep(s, gone->revs[i], kind, r->revision,
+                   r->value_size +
+                       strlen((const char *)gone->bytes +
+                              (uintptr_t)r->subsystem) +
+                       strlen((const char *)gone->bytes +
+                              (uintptr_t)r->key))) != 0)
+      return rc;
+    sqlite3_bind_int64(s->st_delete, 1, (int64_t)r->revision);
+    if ((rc = step_done(s->st_delete)) != 0)
+      return rc;
+    s->records--;
+  }
+  return 0;
+}
+
+static void bind_triple(sqlite3_stmt *st, const peerstore_record *r) {
+  sqlite3_bind_blob(st, 1, r->subsystem, (int)strlen(r->subsystem),
+                    SQLITE_STATIC);
+  sqlite3_bind_blob(st, 2, r->peer.bytes, PEERSTORE_PEER_ID_SIZE,
+                    SQLITE_STATIC);
+  sqlite3_bind_blob(st, 3, r->key, (int)strlen(r->key), SQLITE_STATIC);
+}
+
+static int do_store(sq *s, job *j) {
+  peerstore_record *r = &j->u.store.rec;
+  int64_t found = 0;
+  int rc;
+
+  if (j->u.store.option == PEERSTORE_MULTIPLE) {
+    bind_triple(s->st_find, r);
+    sqlite3_bind_blob(s->st_find, 4, r->value, (int)r->value_size,
+                      SQLITE_STATIC);
+    rc = sqlite3_step(s->st_find);
+    if (rc == SQLITE_ROW)
+      found = sqlite3_column_int64(s->st_find, 0);
+    sqlite3_reset(s->st_find);
+    sqlite3_clear_bindings(s->st_find);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+      return map_error(rc);
+  }
+  r->revision = ++s->revision;
+  if (found != 0) {
+    /* A refresh: the same row, moved to the end of the stored order.  Its
+     * earlier store stays in the history, as it was. */
+    if (history_on(s) &&
+        (rc = keep(s, (uint64_t)found, PEERSTORE_CHANGE_STORE,
+                   (uint64_t)found,
+                   r->value_size + strlen(r->subsystem) + strlen(r->key))) !=
+            0)
+      return rc;
+    sqlite3_bind_int64(s->st_refresh, 1, (int64_t)r->revision);
+    sqlite3_bind_int64(s->st_refresh, 2, expiry_to_sql(r->expiry));
+    sqlite3_bind_int64(s->st_refresh, 3, found);
+    sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(j->u.store.writer));
+    return step_done(s->st_refresh);
+  }
+  sqlite3_bind_int64(s->st_insert, 1, (int64_t)r->revision);
+  sqlite3_bind_blob(s->st_insert, 2, r->subsystem, (int)strlen(r->subsystem),
+                    SQLITE_STATIC);
+  sqlite3_bind_blob(s->st_insert, 3, r->peer.bytes, PEERSTORE_PEER_ID_SIZE,
+                    SQLITE_STATIC);
+  sqlite3_bind_blob(s->st_insert, 4, r->key, (int)strlen(r->key),
+                    SQLITE_STATIC);
+  sqlite3_bind_blob(s->st_insert, 5, r->value, (int)r->value_size,
+                    SQLITE_STATIC);
+  sqlite3_bind_int64(s->st_insert, 6, expiry_to_sql(r->expiry));
+  sqlite3_bind_int64(s->st_insert, 7, writer_to_sql(j->u.store.writer));
+  if ((rc = step_done(s->st_insert)) != 0)
+    return rc;
+  s->records++;
+  if (j->u.store.option != PEERSTORE_REPLACE)
+    return 0;
+  /* The values it replaces go after it, each a change of its own. */
+  bind_triple(s->st_replaced, r);
+  sqlite3_bind_int64(s->st_replaced, 4, (int64_t)r->revision);
+  return retire(s, s->st_replaced, PEERSTORE_CHANGE_REMOVE,
+                &j->u.store.gone);
+}
+
 /* The snapshot of an iteration is the revision when its J_OPEN runs:
  * after every job queued before it, so a store made before the iteration
  * is in it, and nothing queued after. */
@@ -340,51 +537,16 @@ static int do_next(sq *s, job *j) {
   uint32_t max = j->u.next.max;
   int i, rc;
 
-  if ((b->recs = calloc(max ? max : 1, sizeof(*b->recs))) == NULL ||
-      (b->writers = calloc(max ? max : 1, sizeof(*b->writers))) == NULL)
-    return PEERSTORE_ENOMEM;
   i = bind_filter(st, &c->f);
   sqlite3_bind_int64(st, i++, (int64_t)c->after);
   sqlite3_bind_int64(st, i++, (int64_t)c->max_revision);
   sqlite3_bind_int64(st, i++, expiry_to_sql(c->now));
   /* One more than asked for tells whether there is more. */
   sqlite3_bind_int64(st, i++, (int64_t)max + 1);
-  j->u.next.more = 0;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    peerstore_record *r;
-    size_t o_ss, o_key, o_val;
-    int ss_n = sqlite3_column_bytes(st, 1), key_n = sqlite3_column_bytes(st, 3);
-    int val_n = sqlite3_column_bytes(st, 4);
-
-    if (b->n == max || b->bytes_len >= RECORD_BATCH_BYTES) {
-      j->u.next.more = 1;
-      break;
-    }
-    r = &b->recs[b->n];
-    r->revision = (uint64_t)sqlite3_column_int64(st, 0);
-    if (sqlite3_column_bytes(st, 2) != PEERSTORE_PEER_ID_SIZE ||
-        rbuf_put(b, sqlite3_column_blob(st, 1), (size_t)ss_n, 1, &o_ss) ||
-        rbuf_put(b, sqlite3_column_blob(st, 3), (size_t)key_n, 1, &o_key) ||
-        rbuf_put(b, sqlite3_column_blob(st, 4), (size_t)val_n, 0, &o_val)) {
-      rc = SQLITE_NOMEM;
-      break;
-    }
-    memcpy(r->peer.bytes, sqlite3_column_blob(st, 2), PEERSTORE_PEER_ID_SIZE);
-    /* Offsets for now: the byte area may still move. */
-    r->subsystem = (const char *)(uintptr_t)o_ss;
-    r->key = (const char *)(uintptr_t)o_key;
-    r->value = (const void *)(uintptr_t)o_val;
-    r->value_size = (size_t)val_n;
-    r->expiry = expiry_from_sql(sqlite3_column_int64(st, 5));
-    b->writers[b->n] = writer_from_sql(sqlite3_column_int64(st, 6));
-    c->after = r->revision;
-    b->n++;
-  }
-  sqlite3_reset(st);
-  sqlite3_clear_bindings(st);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-    return map_error(rc);
-  return 0;
+  rc = read_batch(st, b, max, 0, &j->u.next.more);
+  if (b->n > 0)
+    c->after = b->recs[b->n - 1].revision;
+  return rc;
 }
 
 static int do_remove(sq *s, job *j) {
@@ -392,24 +554,87 @@ static int do_remove(sq *s, job *j) {
   int rc;
 
   bind_filter(st, &j->u.count.f);
-  if ((rc = step_done(st)) != 0)
-    return rc;
-  j->u.count.count = (uint64_t)sqlite3_changes(s->db);
-  s->records -= j->u.count.count;
-  if (j->u.count.count > 0)
-    s->revision++; /* a removal is a change too */
+  rc = retire(s, st, PEERSTORE_CHANGE_REMOVE, &j->u.count.gone);
+  j->u.count.count = j->u.count.gone.n;
+  return rc;
+}
+
+/* Trims the history to its limits: the changes of the last
+ * hist_max_events revisions, within hist_max_bytes.  It walks only the
+ * rows it drops (and one more). */
+static int trim_history(sq *s) {
+  uint64_t cut = s->hist_first, rows = 0, bytes = 0, rev, size;
+  int rc;
+
+  if (!history_on(s))
+    cut = s->revision;
+  else if (s->revision > s->hist_max_events &&
+           s->revision - s->hist_max_events > cut)
+    cut = s->revision - s->hist_max_events;
+  while ((rc = sqlite3_step(s->st_trim_bytes)) == SQLITE_ROW) {
+    rev = (uint64_t)sqlite3_column_int64(s->st_trim_bytes, 0);
+    size = (uint64_t)sqlite3_column_int64(s->st_trim_bytes, 1);
+    if (rev > cut && s->hist_bytes - bytes <= s->hist_max_bytes)
+      break;
+    if (rev > cut)
+      cut = rev;
+    rows++;
+    bytes += size;
+  }
+  sqlite3_reset(s->st_trim_bytes);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+    return map_error(rc);
+  if (rows > 0) {
+    sqlite3_bind_int64(s->st_trim, 1, (int64_t)cut);
+    if ((rc = step_done(s->st_trim)) != 0)
+      return rc;
+  }
+  s->hist_rows -= rows < s->hist_rows ? rows : s->hist_rows;
+  s->hist_bytes -= bytes < s->hist_bytes ? bytes : s->hist_bytes;
+  s->hist_first = cut;
   return 0;
 }
 
 static int do_purge(sq *s, job *j) {
   int rc;
 
-  sqlite3_bind_int64(s->st_purge, 1, expiry_to_sql(j->u.count.now));
-  sqlite3_bind_int64(s->st_purge, 2, j->u.count.max);
-  if ((rc = step_done(s->st_purge)) != 0)
+  sqlite3_bind_int64(s->st_expired, 1, expiry_to_sql(j->u.count.now));
+  sqlite3_bind_int64(s->st_expired, 2, j->u.count.max);
+  if ((rc = retire(s, s->st_expired, PEERSTORE_CHANGE_EXPIRE,
+                   &j->u.count.gone)) != 0)
     return rc;
-  j->u.count.count = (uint64_t)sqlite3_changes(s->db);
-  s->records -= j->u.count.count;
+  j->u.count.count = j->u.count.gone.n;
+  return trim_history(s);
+}
+
+/* Binds a history read's filter as ?1 subsystem, ?2 peer, ?3 key. */
+static void bind_hist_filter(sqlite3_stmt *st, const filt *f) {
+  sqlite3_bind_blob(st, 1, f->subsystem, (int)strlen(f->subsystem),
+                    SQLITE_STATIC);
+  if (f->has_peer)
+    sqlite3_bind_blob(st, 2, f->peer.bytes, PEERSTORE_PEER_ID_SIZE,
+                      SQLITE_STATIC);
+  if (f->key != NULL)
+    sqlite3_bind_blob(st, 3, f->key, (int)strlen(f->key), SQLITE_STATIC);
+}
+
+static int do_hist(sq *s, job *j) {
+  sqlite3_stmt *st = s->st_hist[filt_kind(&j->u.hist.f)];
+  rbuf *b = &j->u.hist.out;
+  uint32_t max = j->u.hist.max ? j->u.hist.max : 1;
+  int rc;
+
+  /* From before the history, or beyond the revisions of this database. */
+  if (j->u.hist.after < s->hist_first || j->u.hist.after > s->revision)
+    return PEERSTORE_ECOMPACTED;
+  bind_hist_filter(st, &j->u.hist.f);
+  sqlite3_bind_int64(st, 4, (int64_t)j->u.hist.after);
+  sqlite3_bind_int64(st, 5, (int64_t)max + 1);
+  if ((rc = read_batch(st, b, max, 2, &j->u.hist.more)) != 0)
+    return rc;
+  /* All of it: every later change is made after this job, and reported
+   * after its callback. */
+  j->u.hist.reached = j->u.hist.more ? b->revs[b->n - 1] : s->revision;
   return 0;
 }
 
@@ -419,7 +644,8 @@ static int is_write(const job *j) {
 
 /* Applies a group of jobs in one transaction. */
 static void run_group(sq *s, job *head) {
-  uint64_t rev0 = s->revision, rec0 = s->records;
+  uint64_t rev0 = s->revision, rec0 = s->records, first0 = s->hist_first,
+           rows0 = s->hist_rows, bytes0 = s->hist_bytes;
   int writes = 0, rc = 0, failed = 0;
   job *j;
 
@@ -437,6 +663,7 @@ static void run_group(sq *s, job *head) {
     case J_NEXT: j->status = do_next(s, j); break;
     case J_REMOVE: j->status = do_remove(s, j); break;
     case J_PURGE: j->status = do_purge(s, j); break;
+    case J_HIST: j->status = do_hist(s, j); break;
     }
     if (j->status != 0 && is_write(j)) {
       failed = j->status;
@@ -444,7 +671,11 @@ static void run_group(sq *s, job *head) {
     }
   }
   if (writes && !failed) {
+    /* Without a history, every change is past it at once. */
+    if (!history_on(s))
+      s->hist_first = s->revision;
     sqlite3_bind_int64(s->st_set_revision, 1, (int64_t)s->revision);
+    sqlite3_bind_int64(s->st_set_revision, 2, (int64_t)s->hist_first);
     if ((rc = step_done(s->st_set_revision)) != 0 ||
         (rc = exec(s, "COMMIT")) != 0)
       failed = rc;
@@ -456,6 +687,9 @@ static void run_group(sq *s, job *head) {
   exec(s, "ROLLBACK");
   s->revision = rev0;
   s->records = rec0;
+  s->hist_first = first0;
+  s->hist_rows = rows0;
+  s->hist_bytes = bytes0;
   s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
          "sqlite %s: write failed, %s; group rolled back", s->path,
          s->strerror(failed));
@@ -480,6 +714,9 @@ static void worker_main(void *arg) {
     uv_mutex_lock(&s->lock);
     s->pub_revision = s->revision;
     s->pub_records = s->records;
+    s->pub_hist_first = s->hist_first;
+    s->pub_hist_rows = s->hist_rows;
+    s->pub_hist_bytes = s->hist_bytes;
     if (s->done.tail != NULL)
       s->done.tail->next = group;
     else
@@ -499,17 +736,21 @@ static void job_free(job *j) {
   switch (j->kind) {
   case J_STORE:
     free(j->u.store.data);
+    rbuf_free(&j->u.store.gone);
     break;
   case J_NEXT:
-    free(j->u.next.out.recs);
-    free(j->u.next.out.writers);
-    free(j->u.next.out.bytes);
+    rbuf_free(&j->u.next.out);
     break;
   case J_REMOVE:
+  case J_PURGE:
     filt_free(&j->u.count.f);
+    rbuf_free(&j->u.count.gone);
+    break;
+  case J_HIST:
+    filt_free(&j->u.hist.f);
+    rbuf_free(&j->u.hist.out);
     break;
   case J_OPEN:
-  case J_PURGE:
     break;
   }
   free(j);
@@ -518,6 +759,22 @@ static void job_free(job *j) {
 static void cursor_free(peerstore_plugin_cursor *c) {
   filt_free(&c->f);
   free(c);
+}
+
+/* Reports the changes in b (records a write took out) through the hook. */
+static void report_gone(sq *s, rbuf *b) {
+  peerstore_plugin_change ch;
+  size_t i;
+
+  rbuf_fixup(b);
+  for (i = 0; i < b->n; i++) {
+    ch.kind = (enum peerstore_plugin_change_kind)b->kinds[i];
+    ch.revision = b->revs[i];
+    ch.rec = &b->recs[i];
+    ch.writer = b->writers[i];
+    ch.flags = 0;
+    s->changed(s->changed_ctx, &ch);
+  }
 }
 
 static void job_complete(sq *s, job *j) {
@@ -533,6 +790,7 @@ static void job_complete(sq *s, job *j) {
       ch.writer = j->u.store.writer;
       ch.flags = 0;
       s->changed(s->changed_ctx, &ch);
+      report_gone(s, &j->u.store.gone);
     }
     j->u.store.cb(j->arg, j->status, j->status ? NULL : &j->u.store.rec);
     break;
@@ -547,15 +805,13 @@ static void job_complete(sq *s, job *j) {
     rbuf *b = &j->u.next.out;
     peerstore_plugin_cursor *c = j->u.next.cursor;
     if (j->status == 0) {
+      rbuf_fixup(b);
       for (i = 0; i < b->n; i++) {
-        peerstore_record *r = &b->recs[i];
-        r->subsystem = (const char *)b->bytes + (uintptr_t)r->subsystem;
-        r->key = (const char *)b->bytes + (uintptr_t)r->key;
-        r->value = b->bytes + (uintptr_t)r->value;
-        if (j->u.next.rec_cb(j->arg, r, b->writers[i]) && i + 1 < b->n) {
+        if (j->u.next.rec_cb(j->arg, &b->recs[i], b->writers[i]) &&
+            i + 1 < b->n) {
           /* The service holds enough: the rest of the batch is read
            * again by the next one. */
-          c->after = r->revision;
+          c->after = b->recs[i].revision;
           j->u.next.more = 1;
           break;
         }
@@ -567,8 +823,33 @@ static void job_complete(sq *s, job *j) {
   }
   case J_REMOVE:
   case J_PURGE:
+    if (j->status == 0)
+      report_gone(s, &j->u.count.gone);
     j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
     break;
+  case J_HIST: {
+    rbuf *b = &j->u.hist.out;
+    uint64_t reached = j->u.hist.reached;
+    int more = j->u.hist.more;
+    if (j->status == 0) {
+      rbuf_fixup(b);
+      for (i = 0; i < b->n; i++) {
+        ch.kind = (enum peerstore_plugin_change_kind)b->kinds[i];
+        ch.revision = b->revs[i];
+        ch.rec = &b->recs[i];
+        ch.writer = b->writers[i];
+        ch.flags = 0;
+        if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
+          reached = b->revs[i];
+          more = 1;
+          break;
+        }
+      }
+    }
+    j->u.hist.done_cb(j->arg, j->status, j->status ? 0 : reached,
+                      j->status == 0 && more);
+    break;
+  }
   }
   job_free(j);
 }
@@ -719,6 +1000,44 @@ static int sq_purge(void *instance, uint64_t now, uint32_t max,
   return count_job(instance, J_PURGE, NULL, now, max, cb, arg);
 }
 
+static int sq_history_read(void *instance, const peerstore_plugin_filter *f,
+                           uint64_t after, uint32_t max,
+                           peerstore_plugin_change_cb ev_cb,
+                           peerstore_plugin_history_cb done_cb, void *arg) {
+  sq *s = instance;
+  job *j = calloc(1, sizeof(*j));
+
+  if (j == NULL)
+    return PEERSTORE_ENOMEM;
+  if (filt_copy(&j->u.hist.f, f) != 0) {
+    filt_free(&j->u.hist.f);
+    free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  j->kind = J_HIST;
+  j->arg = arg;
+  j->u.hist.after = after;
+  j->u.hist.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
+  j->u.hist.ev_cb = ev_cb;
+  j->u.hist.done_cb = done_cb;
+  submit(s, j);
+  return 0;
+}
+
+static void sq_history_info(void *instance,
+                            peerstore_plugin_history_info *info) {
+  sq *s = instance;
+
+  memset(info, 0, sizeof(*info));
+  uv_mutex_lock(&s->lock);
+  info->first = s->pub_hist_first;
+  info->last = s->pub_revision;
+  info->events = s->pub_hist_rows;
+  info->bytes = s->pub_hist_bytes;
+  uv_mutex_unlock(&s->lock);
+  info->id = s->hist_id;
+}
+
 static void sq_counts(void *instance, uint64_t *records, uint64_t *revision) {
   sq *s = instance;
 
@@ -743,8 +1062,11 @@ static int prepare(sq *s, sqlite3_stmt **st, const char *sql) {
   return 0;
 }
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 static int prepare_all(sq *s) {
-  char sql[512];
+  char sql[1024];
   int i, rc = 0;
 
   rc |= prepare(s, &s->st_find,
@@ -753,21 +1075,39 @@ static int prepare_all(sq *s) {
   rc |= prepare(s, &s->st_refresh,
                 "UPDATE records SET revision = ?1, expiry = ?2, writer = ?4 "
                 "WHERE revision = ?3");
-  rc |= prepare(s, &s->st_delete_triple,
-                "DELETE FROM records WHERE subsystem = ?1 AND peer = ?2 "
-                "AND key = ?3");
   rc |= prepare(s, &s->st_insert,
                 "INSERT INTO records (revision, subsystem, peer, key, value, "
                 "expiry, writer) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
   rc |= prepare(s, &s->st_set_revision,
-                "UPDATE meta SET value = ?1 WHERE name = 'revision'");
-  rc |= prepare(s, &s->st_purge, SQLITE_PURGE_SQL);
+                "UPDATE meta SET value = CASE name WHEN 'revision' THEN ?1 "
+                "ELSE ?2 END WHERE name IN ('revision', 'history_first')");
+  rc |= prepare(s, &s->st_keep,
+                "INSERT INTO history (revision, kind, stored, subsystem, "
+                "peer, key, value, expiry, writer) SELECT ?1, ?2, revision, "
+                "subsystem, peer, key, value, expiry, writer FROM records "
+                "WHERE revision = ?3");
+  rc |= prepare(s, &s->st_delete, "DELETE FROM records WHERE revision = ?1");
+  rc |= prepare(s, &s->st_replaced,
+                "SELECT revision, subsystem, peer, key, value, expiry, "
+                "writer FROM records WHERE subsystem = ?1 AND peer = ?2 AND "
+                "key = ?3 AND revision < ?4 ORDER BY revision");
+  rc |= prepare(s, &s->st_expired, SQLITE_PURGE_SQL);
+  rc |= prepare(s, &s->st_trim_bytes,
+                "SELECT revision, length(subsystem) + length(key) + "
+                "length(value) + " STR(HISTORY_ROW_BYTES) " FROM history "
+                "ORDER BY revision");
+  rc |= prepare(s, &s->st_trim, "DELETE FROM history WHERE revision <= ?1");
   for (i = 0; i < F_COUNT; i++) {
     snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_iter[i], sql);
-    snprintf(sql, sizeof(sql), "DELETE FROM records WHERE %s",
+    snprintf(sql, sizeof(sql),
+             "SELECT revision, subsystem, peer, key, value, expiry, writer "
+             "FROM records WHERE %s ORDER BY revision",
              sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_remove[i], sql);
+    snprintf(sql, sizeof(sql), SQLITE_HISTORY_SQL, sqlite_history_where[i],
+             sqlite_history_where[i], sqlite_history_where[i]);
+    rc |= prepare(s, &s->st_hist[i], sql);
   }
   return rc ? PEERSTORE_EPLUGIN : 0;
 }
@@ -792,11 +1132,19 @@ static int pragma_int(sq *s, const char *sql, int64_t *out) {
   return 0;
 }
 
+static uint64_t wall_clock_us(void) {
+  struct timespec ts;
+
+  if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* Creates, checks or migrates the schema.  Nothing is written to a file
  * that is refused. */
 static int check_schema(sq *s) {
   int64_t app = 0, version = 0, tables = 0;
-  char sql[128];
+  char sql[256];
   int rc;
 
   if ((rc = pragma_int(s, "PRAGMA application_id", &app)) != 0 ||
@@ -809,9 +1157,14 @@ static int check_schema(sq *s) {
              "sqlite %s: empty database and read_only set", s->path);
       return PEERSTORE_EROFS;
     }
+    /* Revisions begin at the wall clock's microseconds, as the memory
+     * plugin's do: a resume point from a database that was deleted and
+     * made again under this name lies before this one's history. */
     snprintf(sql, sizeof(sql),
-             "PRAGMA application_id = %d; PRAGMA user_version = %d;",
-             APPLICATION_ID, SCHEMA_VERSION);
+             "PRAGMA application_id = %d; PRAGMA user_version = %d; "
+             "UPDATE meta SET value = %" PRIu64 " WHERE name IN "
+             "('revision', 'history_first');",
+             APPLICATION_ID, SCHEMA_VERSION, wall_clock_us());
     if ((rc = exec(s, "BEGIN IMMEDIATE")) != 0)
       return rc;
     if ((rc = exec(s, peerstore_sqlite_schema)) != 0 ||
@@ -852,6 +1205,7 @@ static int check_schema(sq *s) {
     return rc;
   if ((version < 2 && (rc = exec(s, peerstore_sqlite_migrate_1_2)) != 0) ||
       (version < 3 && (rc = exec(s, peerstore_sqlite_migrate_2_3)) != 0) ||
+      (version < 4 && (rc = exec(s, peerstore_sqlite_migrate_3_4)) != 0) ||
       (rc = exec(s, sql)) != 0 || (rc = exec(s, "COMMIT")) != 0) {
     exec(s, "ROLLBACK");
     return rc;
@@ -870,8 +1224,11 @@ static int option_yes(const peerstore_plugin_env *env, const char *name) {
 }
 
 static void sq_free(sq *s) {
-  sqlite3_stmt **all[] = {&s->st_find, &s->st_refresh, &s->st_delete_triple,
-                          &s->st_insert, &s->st_set_revision, &s->st_purge};
+  sqlite3_stmt **all[] = {&s->st_find,        &s->st_refresh,
+                          &s->st_insert,      &s->st_set_revision,
+                          &s->st_keep,        &s->st_delete,
+                          &s->st_replaced,    &s->st_expired,
+                          &s->st_trim_bytes,  &s->st_trim};
   size_t i;
 
   for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -879,6 +1236,7 @@ static void sq_free(sq *s) {
   for (i = 0; i < F_COUNT; i++) {
     sqlite3_finalize(s->st_iter[i]);
     sqlite3_finalize(s->st_remove[i]);
+    sqlite3_finalize(s->st_hist[i]);
   }
   if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite %s: close: %s", s->path,
@@ -925,7 +1283,7 @@ static int configure_db(sq *s, const peerstore_plugin_env *env) {
   const char *pages =
       env->option ? env->option(env->option_ctx, "max_page_count") : NULL;
   char sql[128];
-  int64_t records = 0, revision = 0;
+  int64_t records = 0, revision = 0, first = 0, id = 0, rows = 0, bytes = 0;
   int rc;
 
   if (sync == NULL)
@@ -950,10 +1308,24 @@ static int configure_db(sq *s, const peerstore_plugin_env *env) {
   }
   if ((rc = pragma_int(s, "SELECT value FROM meta WHERE name = 'revision'",
                        &revision)) != 0 ||
-      (rc = pragma_int(s, "SELECT count(*) FROM records", &records)) != 0)
+      (rc = pragma_int(s, "SELECT count(*) FROM records", &records)) != 0 ||
+      (rc = pragma_int(s, "SELECT value FROM meta WHERE name = "
+                          "'history_first'", &first)) != 0 ||
+      (rc = pragma_int(s, "SELECT value FROM meta WHERE name = 'history_id'",
+                       &id)) != 0 ||
+      (rc = pragma_int(s, "SELECT count(*) FROM history", &rows)) != 0 ||
+      (rc = pragma_int(s, "SELECT total(length(subsystem) + length(key) + "
+                          "length(value) + " STR(HISTORY_ROW_BYTES)
+                          ") FROM history", &bytes)) != 0)
     return rc;
   s->revision = s->pub_revision = (uint64_t)revision;
   s->records = s->pub_records = (uint64_t)records;
+  s->hist_first = s->pub_hist_first = (uint64_t)first;
+  s->hist_rows = s->pub_hist_rows = (uint64_t)rows;
+  s->hist_bytes = s->pub_hist_bytes = (uint64_t)bytes;
+  s->hist_id = (uint64_t)id;
+  s->hist_max_events = env->history_events;
+  s->hist_max_bytes = env->history_bytes;
   s->log(s->log_ctx, PEERSTORE_LOG_INFO,
          "sqlite %s: %" PRId64 " records, revision %" PRId64
          ", synchronous=%s%s",
@@ -1053,10 +1425,15 @@ static const peerstore_plugin_ops sq_ops = {
     .remove = sq_remove,
     .purge = sq_purge,
     .counts = sq_counts,
+    .history_read = sq_history_read,
+    .history_info = sq_history_info,
 };
 
 static const peerstore_plugin_desc sq_desc = {
-    .abi = PEERSTORE_PLUGIN_ABI, .name = "sqlite", .ops = &sq_ops};
+    .abi = PEERSTORE_PLUGIN_ABI,
+    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS,
+    .name = "sqlite",
+    .ops = &sq_ops};
 
 const peerstore_plugin_desc *peerstore_plugin_entry(void);
 const peerstore_plugin_desc *peerstore_plugin_entry(void) { return &sq_desc; }

@@ -20,11 +20,36 @@ static const char *const sqlite_filter_where[F_COUNT] = {
   "WHERE %s AND revision > ? AND revision <= ? AND expiry > ? "               \
   "ORDER BY revision LIMIT ?"
 
-/* The second expiry term repeats the partial index's condition, which is
- * what lets SQLite use that index. */
+/* The records the purge expires, soonest first.  The second expiry term
+ * repeats the partial index's condition, which is what lets SQLite use
+ * that index. */
 #define SQLITE_PURGE_SQL                                                       \
-  "DELETE FROM records WHERE revision IN (SELECT revision FROM records "      \
-  "WHERE expiry <= ?1 AND expiry < 9223372036854775807 "                      \
-  "ORDER BY expiry LIMIT ?2)"
+  "SELECT revision, subsystem, peer, key, value, expiry, writer "           \
+  "FROM records WHERE expiry <= ?1 AND expiry < 9223372036854775807 "         \
+  "ORDER BY expiry LIMIT ?2"
+
+/* A history read's filter, with numbered parameters: ?1 subsystem, ?2
+ * peer, ?3 key (each arm of the query below repeats it). */
+static const char *const sqlite_history_where[F_COUNT] = {
+    "subsystem = ?1", "subsystem = ?1 AND peer = ?2",
+    "subsystem = ?1 AND key = ?3", "subsystem = ?1 AND peer = ?2 AND key = ?3"};
+
+/* printf format: the history's where clause above, three times.  The
+ * changes after revision ?4, at most ?5 of them, in revision order:
+ * change revision, kind, then the record (its store's revision first).
+ * A live record is its own STORE; the history table holds removals and
+ * the stores that refreshes moved on; a removed record's STORE is read
+ * from its removal row.  Each arm comes in revision order from the table
+ * or an index, so SQLite merges them and stops at the limit. */
+#define SQLITE_HISTORY_SQL                                                     \
+  "SELECT revision, 1, revision, subsystem, peer, key, value, expiry, "       \
+  "writer FROM records WHERE %s AND revision > ?4 "                           \
+  "UNION ALL "                                                                \
+  "SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "      \
+  "writer FROM history WHERE %s AND revision > ?4 "                           \
+  "UNION ALL "                                                                \
+  "SELECT stored, 1, stored, subsystem, peer, key, value, expiry, writer "    \
+  "FROM history WHERE %s AND kind <> 1 AND stored > ?4 "                      \
+  "ORDER BY 1 LIMIT ?5"
 
 #endif

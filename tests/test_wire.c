@@ -239,6 +239,7 @@ static void test_small_messages(void **state) {
   peerstore_stat st[2] = {{"records", 5}, {"clients", 6}}, out[4];
   char names[4][64];
   size_t count;
+  uint64_t id;
 
   (void)state;
   assert_int_equal(peerstore__put_hello(&b), 0);
@@ -249,10 +250,22 @@ static void test_small_messages(void **state) {
   assert_int_equal(peerstore__wire_hello(body, n - 1, &magic, &version),
                    PEERSTORE_EPROTO);
   b.len = 0;
-  assert_int_equal(peerstore__put_welcome(&b, 1000), 0);
+  assert_int_equal(peerstore__put_welcome(&b, 3, 1000, 0x1122334455667788ull),
+                   0);
   body = body_of(&b, PEERSTORE_MSG_WELCOME, 0, &n);
-  assert_int_equal(peerstore__wire_welcome(body, n, &version, &maxv), 0);
+  assert_int_equal(n, 14);
+  assert_int_equal(peerstore__wire_welcome(body, n, &version, &maxv, &id), 0);
   assert_int_equal(maxv, 1000);
+  assert_int_equal(version, 3);
+  assert_int_equal(id, 0x1122334455667788ull);
+  /* Version 2's WELCOME has no history id. */
+  b.len = 0;
+  assert_int_equal(peerstore__put_welcome(&b, 2, 1000, 99), 0);
+  body = body_of(&b, PEERSTORE_MSG_WELCOME, 0, &n);
+  assert_int_equal(n, 6);
+  assert_int_equal(peerstore__wire_welcome(body, n, &version, &maxv, &id), 0);
+  assert_int_equal(version, 2);
+  assert_int_equal(id, 0);
   b.len = 0;
   assert_int_equal(peerstore__put_status(&b, PEERSTORE_MSG_STORE_RESULT, 9,
                                          PEERSTORE_ETOOBIG, &extra),
@@ -629,6 +642,103 @@ static void test_heap_returns_smallest_key_first(void **state) {
   peerstore__heap_free(&h);
 }
 
+/* WATCH_EX carries its flags, resume point and history id, which the
+ * library can set again in place; unknown flag bits are refused. */
+static void test_watch_ex_round_trip_and_resume_point_in_place(
+    void **state) {
+  peerstore__buf b = {0};
+  peerstore__filter f;
+  peerstore_peer_id p;
+  const uint8_t *body;
+  uint32_t flags;
+  uint64_t from, id;
+  size_t n;
+
+  (void)state;
+  memset(&p, 7, sizeof(p));
+  assert_int_equal(peerstore__put_watch_ex(&b, 5, "ss", &p, "key",
+                                           PEERSTORE_WATCH_SNAPSHOT, 41, 42),
+                   0);
+  assert_int_equal(b.len, peerstore__len_watch_ex("ss", &p, "key"));
+  body = body_of(&b, PEERSTORE_MSG_WATCH_EX, 5, &n);
+  assert_int_equal(
+      peerstore__wire_watch_ex(body, n, &f, &flags, &from, &id), 0);
+  assert_int_equal(flags, PEERSTORE_WATCH_SNAPSHOT);
+  assert_int_equal(from, 41);
+  assert_int_equal(id, 42);
+  assert_string_equal(f.subsystem, "ss");
+  assert_string_equal(f.key, "key");
+  assert_true(f.has_peer && f.has_key);
+  peerstore__wire_set_watch_from(b.data, 0x0102030405060708ull, 9);
+  assert_int_equal(
+      peerstore__wire_watch_ex(body, n, &f, &flags, &from, &id), 0);
+  assert_int_equal(from, 0x0102030405060708ull);
+  assert_int_equal(id, 9);
+  assert_true(n >= peerstore__wire_min_body(PEERSTORE_MSG_WATCH_EX));
+  b.data[PEERSTORE_HEADER_SIZE + 3] = 0x4; /* an unknown flag */
+  assert_int_equal(
+      peerstore__wire_watch_ex(body, n, &f, &flags, &from, &id),
+      PEERSTORE_EPROTO);
+  assert_int_equal(
+      peerstore__wire_watch_ex(body, n - 1, &f, &flags, &from, &id),
+      PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
+/* EVENT: a record for STORE, REMOVE and EXPIRE, nothing for SYNC and
+ * RESET; other kinds and trailing bytes are refused. */
+static void test_event_round_trip_by_kind(void **state) {
+  peerstore__buf b = {0};
+  peerstore_record r;
+  peerstore__wrec w;
+  const uint8_t *body;
+  uint64_t rev;
+  uint8_t kind;
+  size_t n;
+
+  (void)state;
+  memset(&r, 0, sizeof(r));
+  r.subsystem = "ss";
+  r.key = "k";
+  r.value = "v";
+  r.value_size = 1;
+  r.revision = 3;
+  r.expiry = 4;
+  assert_int_equal(peerstore__put_event(&b, 8, PEERSTORE_EVENT_REMOVE, 10,
+                                        &r, 1000),
+                   0);
+  body = body_of(&b, PEERSTORE_MSG_EVENT, 8, &n);
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w), 0);
+  assert_int_equal(kind, PEERSTORE_EVENT_REMOVE);
+  assert_int_equal(rev, 10);
+  assert_int_equal(w.rec.revision, 3);
+  assert_int_equal(w.writer, 1000);
+  assert_memory_equal(w.rec.value, "v", 1);
+  b.len = 0;
+  assert_int_equal(
+      peerstore__put_event(&b, 8, PEERSTORE_EVENT_SYNC, 77, NULL, 0), 0);
+  body = body_of(&b, PEERSTORE_MSG_EVENT, 8, &n);
+  assert_int_equal(n, 9);
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w), 0);
+  assert_int_equal(kind, PEERSTORE_EVENT_SYNC);
+  assert_int_equal(rev, 77);
+  /* SYNC with a record after it, or an unknown kind. */
+  b.len = 0;
+  assert_int_equal(
+      peerstore__put_event(&b, 8, PEERSTORE_EVENT_STORE, 1, &r, 0), 0);
+  body = body_of(&b, PEERSTORE_MSG_EVENT, 8, &n);
+  b.data[PEERSTORE_HEADER_SIZE] = PEERSTORE_EVENT_SYNC;
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
+                   PEERSTORE_EPROTO);
+  b.data[PEERSTORE_HEADER_SIZE] = 6;
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
+                   PEERSTORE_EPROTO);
+  b.data[PEERSTORE_HEADER_SIZE] = 0;
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
+                   PEERSTORE_EPROTO);
+  peerstore__buf_free(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_header_big_endian),
@@ -645,6 +755,8 @@ int main(void) {
       cmocka_unit_test(test_reader_skips_oversized_frames_without_holding_them),
       cmocka_unit_test(test_reader_refuses_impossible_headers),
       cmocka_unit_test(test_heap_returns_smallest_key_first),
+      cmocka_unit_test(test_watch_ex_round_trip_and_resume_point_in_place),
+      cmocka_unit_test(test_event_round_trip_by_kind),
   };
   return cmocka_run_group_tests_name("wire", tests, NULL, NULL);
 }

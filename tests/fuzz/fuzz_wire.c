@@ -20,7 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint32_t u32, magic, credit;
   uint16_t version;
   int32_t status;
-  uint64_t extra;
+  uint64_t extra, from;
+  uint8_t kind;
   size_t count, off = 0;
 
   while (size - off >= PEERSTORE_HEADER_SIZE) {
@@ -34,7 +35,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     n = h.body_len < size - off ? h.body_len : size - off;
     body = data + off;
     (void)peerstore__wire_hello(body, n, &magic, &version);
-    (void)peerstore__wire_welcome(body, n, &version, &u32);
+    (void)peerstore__wire_welcome(body, n, &version, &u32, &extra);
+    (void)peerstore__wire_watch_ex(body, n, &f, &u32, &extra, &from);
+    if (peerstore__wire_event(body, n, &kind, &extra, &w) == 0 &&
+        kind <= PEERSTORE_EVENT_EXPIRE &&
+        (const uint8_t *)w.rec.value + w.rec.value_size > body + n)
+      __builtin_trap();
     if (peerstore__wire_store(body, n, &w) == 0) {
       /* What a decoder accepts must be sane: NUL-terminated strings of
        * legal length, a value inside the body. */
