@@ -35,7 +35,8 @@ static void usage(FILE *f) {
 "  store    store VALUE (or --hex/--file/stdin with -) under -s -p -k\n"
 "  get      print the values under -s -p -k, oldest first\n"
 "  iterate  list the records of -s, filtered by -p and/or -k\n"
-"  watch    print matching records as they are stored (until ^C or --count)\n"
+"  watch    print changes to matching records as they happen: the event,\n"
+"           its revision, the record (until ^C or --count)\n"
 "  remove   remove the records of -s matching -p and/or -k\n"
 "  stats    print the service's counters\n"
 "  peer     print a peer id (-p) in base32 and hex\n"
@@ -49,7 +50,10 @@ static void usage(FILE *f) {
 "  -r, --replace          store replaces all values under the key\n"
 "  -e, --expiry WHEN      never (default), a relative time (90s, 15m, 1h,\n"
 "                         7d), @UNIXSECONDS, or microseconds since epoch\n"
-"  -n, --count N          watch: exit after N records\n"
+"  -n, --count N          watch: exit after N events\n"
+"      --snapshot         watch: the current records first, then \"sync\"\n"
+"      --removals         watch: removals and expiries too\n"
+"      --from REV         watch: resume after revision REV\n"
 "  -j, --json             one JSON object per line\n"
 "  -S, --socket PATH      service socket (default: $PEERSTORE_SOCKET, else\n"
 "                         $XDG_RUNTIME_DIR/peerstore.sock, else\n"
@@ -78,6 +82,7 @@ typedef struct cli {
   uint64_t expiry;
   uint64_t count_limit;
   uint64_t seen;
+  peerstore_watch_opts wopts;
   uint8_t *value;
   size_t value_size;
   int exit_code;
@@ -275,7 +280,14 @@ static void json_text_or_hex(const char *name, const void *s, size_t n,
   }
 }
 
-static void print_record(cli *c, const peerstore_record *r) {
+static const char *const event_names[] = {"?",      "store", "remove",
+                                          "expire", "sync",  "reset"};
+
+/* Prints a record; for watch, ev is the event it came with (its kind and
+ * revision lead the line; a removal's record keeps the revision of the
+ * store that wrote it, as record_revision). */
+static void print_record(cli *c, const peerstore_record *r,
+                         const peerstore_event *ev) {
   char peer[PEERSTORE_PEER_B32_LEN + 1];
 
   peerstore_peer_to_string(&r->peer, peer);
@@ -283,6 +295,8 @@ static void print_record(cli *c, const peerstore_record *r) {
     /* Every line is valid JSON: strings that are not UTF-8 come as
      * hex only (subsystem_hex, key_hex); value_hex is always there. */
     putchar('{');
+    if (ev != NULL)
+      printf("\"event\":\"%s\",", event_names[ev->kind]);
     json_text_or_hex("subsystem", r->subsystem, strlen(r->subsystem), 0);
     printf(",\"peer\":\"%s\",\"peer_hex\":\"", peer);
     print_hex(stdout, r->peer.bytes, sizeof(r->peer.bytes));
@@ -299,7 +313,9 @@ static void print_record(cli *c, const peerstore_record *r) {
       printf("null");
     else
       printf("%" PRIu64, r->expiry);
-    printf(",\"revision\":%" PRIu64, r->revision);
+    printf(",\"revision\":%" PRIu64, ev != NULL ? ev->revision : r->revision);
+    if (ev != NULL && ev->revision != r->revision)
+      printf(",\"record_revision\":%" PRIu64, r->revision);
     if (peerstore_record_writer(r) == PEERSTORE_WRITER_UNKNOWN)
       printf(",\"writer\":null}\n");
     else
@@ -311,6 +327,8 @@ static void print_record(cli *c, const peerstore_record *r) {
       fwrite(r->value, 1, r->value_size, stdout);
     putchar('\n');
   } else {
+    if (ev != NULL)
+      printf("%s\t%" PRIu64 "\t", event_names[ev->kind], ev->revision);
     printf("%s\t%s\t", peer, r->key);
     if (!c->hex && is_text(r->value, r->value_size))
       fwrite(r->value, 1, r->value_size, stdout);
@@ -384,19 +402,53 @@ static void on_store(void *arg, int status) {
   finish(c, EXIT_OK);
 }
 
+/* The reader went away (SIGPIPE is ignored by libpeerstore), or the
+ * count is reached: 1 when the command is done. */
+static int printed(cli *c) {
+  if (ferror(stdout)) {
+    finish(c, EXIT_OK);
+    return 1;
+  }
+  c->seen++;
+  if (c->count_limit > 0 && c->seen >= c->count_limit) {
+    finish(c, EXIT_OK);
+    return 1;
+  }
+  return 0;
+}
+
+static void on_event(void *arg, const peerstore_event *ev, int status) {
+  cli *c = arg;
+
+  if (ev == NULL) {
+    fail(c, status);
+    return;
+  }
+  if (ev->rec != NULL) {
+    print_record(c, ev->rec, ev);
+    printed(c);
+    return;
+  }
+  /* SYNC and RESET carry no record. */
+  if (c->json && ev->kind == PEERSTORE_EVENT_SYNC)
+    printf("{\"event\":\"sync\",\"revision\":%" PRIu64 "}\n", ev->revision);
+  else if (c->json)
+    printf("{\"event\":\"%s\"}\n", event_names[ev->kind]);
+  else if (ev->kind == PEERSTORE_EVENT_SYNC)
+    printf("sync\t%" PRIu64 "\n", ev->revision);
+  else
+    printf("%s\n", event_names[ev->kind]);
+  fflush(stdout);
+  if (ferror(stdout))
+    finish(c, EXIT_OK);
+}
+
 static void on_record(void *arg, const peerstore_record *rec, int status) {
   cli *c = arg;
 
   if (rec != NULL) {
-    print_record(c, rec);
-    if (ferror(stdout)) {
-      /* The reader went away (SIGPIPE is ignored by libpeerstore). */
-      finish(c, EXIT_OK);
-      return;
-    }
-    c->seen++;
-    if (c->count_limit > 0 && c->seen >= c->count_limit)
-      finish(c, EXIT_OK);
+    print_record(c, rec, NULL);
+    printed(c);
     return;
   }
   if (status != 0) {
@@ -474,7 +526,8 @@ static int start(cli *c) {
     op = peerstore_iterate(c->client, c->subsystem, peer, c->key, on_record,
                            c);
   else if (strcmp(cmd, "watch") == 0)
-    op = peerstore_watch(c->client, c->subsystem, peer, c->key, on_record, c);
+    op = peerstore_watch_ex(c->client, c->subsystem, peer, c->key, &c->wopts,
+                            on_event, c);
   else if (strcmp(cmd, "remove") == 0)
     op = peerstore_remove(c->client, c->subsystem, peer, c->key, on_remove,
                           c);
@@ -510,6 +563,9 @@ int main(int argc, char **argv) {
       {"socket", required_argument, NULL, 'S'},
       {"timeout", required_argument, NULL, 't'},
       {"help", no_argument, NULL, 'h'},
+      {"snapshot", no_argument, NULL, 'P'},
+      {"removals", no_argument, NULL, 'R'},
+      {"from", required_argument, NULL, 'F'},
       {NULL, 0, NULL, 0}};
   static const char *commands[] = {"store",  "get",   "iterate", "watch",
                                    "remove", "stats", "peer"};
@@ -552,6 +608,13 @@ int main(int argc, char **argv) {
       timeout_s = strtod(optarg, &end);
       if (*optarg == '\0' || *end != '\0' || timeout_s < 0)
         return usage_error("bad timeout '%s'", optarg);
+      break;
+    case 'P': c.wopts.flags |= PEERSTORE_WATCH_SNAPSHOT; break;
+    case 'R': c.wopts.flags |= PEERSTORE_WATCH_REMOVALS; break;
+    case 'F':
+      c.wopts.from_revision = strtoull(optarg, &end, 10);
+      if (*optarg == '\0' || *end != '\0' || c.wopts.from_revision == 0)
+        return usage_error("bad revision '%s'", optarg);
       break;
     case 'h': usage(stdout); return EXIT_OK;
     default: usage(stderr); return EXIT_USAGE;
@@ -616,9 +679,10 @@ int main(int argc, char **argv) {
 
   uv_loop_init(&c.loop);
   /* A one-shot tool fails fast rather than waiting for a service to come
-   * back; the timeout below bounds the rest. */
+   * back; the timeout below bounds the rest.  A watch goes on across a
+   * restart of the service, resuming where it was. */
   peerstore_connect_opts_init(&copts);
-  copts.reconnect = 0;
+  copts.reconnect = strcmp(c.command, "watch") == 0;
   copts.timeout_ms = 0;
   c.client = peerstore_connect_ex(&c.loop, socket_path, &copts);
   if (c.client == NULL) {

@@ -111,7 +111,29 @@ ps store -s ss -p $P1 -k w first >/dev/null
 ps store -s ss -p $P2 -k w second >/dev/null
 wait $wpid
 check "watch saw both stores" 0 "first
-second" cut -f3 "$dir/watch.out"
+second" cut -f5 "$dir/watch.out"
+check "watch lines lead with the event and its revision" 0 "store
+store" sh -c "cut -f1 '$dir/watch.out'"
+# The change stream: a snapshot, SYNC, then a removal and a store.
+ps store -s cw -p $P1 -k a one >/dev/null
+ps watch -s cw --snapshot --removals --json -n 3 >"$dir/cw.out" &
+wpid=$!
+until [ "$(ps stats | awk '$1=="watches"{print $2}')" = 1 ]; do
+  kill -0 $wpid 2>/dev/null || break
+done
+ps remove -s cw -k a >/dev/null
+ps store -s cw -p $P1 -k b two >/dev/null
+wait $wpid
+check "watch --snapshot --removals: events in order" 0 "store
+sync
+remove
+store" sh -c "grep -o '\"event\":\"[a-z]*\"' '$dir/cw.out' | cut -d'\"' -f4"
+check "watch json: a removal names the store it removed" 0 "1" sh -c "grep '\"event\":\"remove\"' '$dir/cw.out' | grep -c '\"record_revision\":'"
+rev_one=$(sed -n 1p "$dir/cw.out" | grep -o '"revision":[0-9]*' | cut -d: -f2)
+check "watch --from REV: the stores after it (no removals asked)" 0 "two" \
+  sh -c "'$CLI' -S '$sock' watch -s cw --from $rev_one -n 1 | cut -f5"
+check "usage: bad --from" 2 "" ps watch -s cw --from 0
+check "stats: the history's bounds" 0 "2" sh -c "'$CLI' -S '$sock' stats | grep -c '^history_\(first\|last\)'"
 check "remove by key" 0 "2" ps remove -s ss -k w
 check "remove json" 0 '{"removed":1}' ps remove -j -s ss -p $P2 -k bin
 check "oversize value refused: exit 4" 4 "" sh -c "head -c 1048577 /dev/zero | '$CLI' -S '$sock' store -s ss -p $P1 -k big -"
