@@ -179,15 +179,16 @@ PEERSTORE_EXTERN void peerstore_disconnect(peerstore_client *c,
 
 /* Called when the connection comes up (up = 1, status = 0) and when it
  * goes down (up = 0, status = why).  While it is down the client keeps
- * trying to reconnect; once it is up again, every watch is registered
- * again and every store, remove and stats request not yet answered is
- * sent again (stores are idempotent, DESIGN.md section 1; a remove is
- * not: resent after its first attempt was applied, it applies again to
- * what its filter matches then, records other clients stored meanwhile
- * included - remove by the exact triple when that matters).  Stores made
- * while it was down reach watchers only after it is up; notifications of
- * stores by others while it was down are lost, so a watcher should re-read
- * what it watches when it sees up = 1 after a down. */
+ * trying to reconnect; once it is up again, every watch resumes after the
+ * last event it delivered (nothing is lost while the service's history
+ * covers the gap; when it does not, the watch says so: RESET for a
+ * SNAPSHOT watch, else PEERSTORE_ECOMPACTED), and every store, remove and
+ * stats request not yet answered is sent again (stores are idempotent,
+ * DESIGN.md section 1; a remove is not: resent after its first attempt
+ * was applied, it applies again to what its filter matches then, records
+ * other clients stored meanwhile included - remove by the exact triple
+ * when that matters).  Stores made while it was down reach watchers only
+ * after it is up. */
 typedef void (*peerstore_state_cb)(void *arg, int up, int status);
 
 typedef struct peerstore_connect_opts {
