@@ -303,7 +303,7 @@ static void test_snapshot_under_churn_equals_a_fresh_iterate(void **state) {
   fx *f = *state;
   peerstore_client *churner;
   static view v;
-  listing l;
+  static listing l; /* megabytes: not for the stack */
   acks a = {0};
   char key[16], value[16];
   int i;
@@ -352,7 +352,7 @@ static void test_resume_gets_exactly_the_events_after_a_revision(
     void **state) {
   fx *f = *state;
   static view v;
-  listing l;
+  static listing l;
   acks a = {0};
   char key[16];
   int i;
@@ -485,8 +485,8 @@ static void test_resume_older_than_the_history_is_compacted(void **state) {
 static void test_restart_resumes_exactly_or_says_so(void **state) {
   fx *f = *state;
   static view snap, plain;
+  static listing l;
   peerstore_client *writer;
-  listing l;
   acks a = {0};
   char key[16];
   int i;
