@@ -239,6 +239,94 @@ static double iterate_all(harness_svc *svc, long *records) {
 }
 
 /* ------------------------------------------------------------------ */
+/* W6: catching up from the history                                    */
+
+typedef struct catchup {
+  ctx *x;
+  long events;
+  long want;
+} catchup;
+
+static void catchup_cb(void *arg, const peerstore_event *ev, int status) {
+  catchup *k = arg;
+
+  if (ev == NULL)
+    bench_die(peerstore_strerror(status));
+  if (ev->rec != NULL && ++k->events == k->want)
+    k->x->done = 1;
+}
+
+static int64_t stat_of(ctx *x, const char *name) {
+  int64_t v = harness_stat(&x->loop, x->c, name, 600000);
+
+  if (v < 0)
+    bench_die(name);
+  return v;
+}
+
+/* A watcher (with REMOVALS) resuming from revision `from`, after which
+ * the history holds `events` changes of subsystem "bench": events per
+ * second it receives. */
+static double catch_up(harness_svc *svc, uint64_t from, long events) {
+  peerstore_watch_opts o;
+  catchup k = {0};
+  ctx x;
+  double t0, r;
+
+  ctx_open(&x, svc);
+  memset(&o, 0, sizeof(o));
+  o.flags = PEERSTORE_WATCH_REMOVALS;
+  o.from_revision = from;
+  if (from < (uint64_t)stat_of(&x, "history_first"))
+    bench_die("the history does not reach back to the catch-up point");
+  k.x = &x;
+  k.want = events;
+  t0 = bench_now();
+  if (peerstore_watch_ex(x.c, "bench", NULL, NULL, &o, catchup_cb, &k) ==
+      NULL)
+    bench_die("watch refused");
+  wait_for(&x, &x.done, 1);
+  r = k.events / (bench_now() - t0);
+  ctx_close(&x);
+  return r;
+}
+
+/* The service's revision now. */
+static uint64_t revision_of(harness_svc *svc) {
+  ctx x;
+  uint64_t r;
+
+  ctx_open(&x, svc);
+  r = (uint64_t)stat_of(&x, "revision");
+  ctx_close(&x);
+  return r;
+}
+
+/* What the history holds per event: n REPLACE stores over 1,000 records
+ * (each drops the value before it: two events, and a record the history
+ * keeps), read from the service's counters. */
+static double history_bytes_per_event(harness_svc *svc, int n) {
+  static uint8_t value[VALUE_SIZE];
+  int64_t b0, e0;
+  ctx x;
+  int i;
+
+  ctx_open(&x, svc);
+  b0 = stat_of(&x, "history_bytes");
+  e0 = stat_of(&x, "history_last") - stat_of(&x, "history_first");
+  for (i = 0; i < n; i++) {
+    value[0] = (uint8_t)i;
+    value[1] = (uint8_t)(i >> 8);
+    store_one(&x, i % 1000, value, sizeof(value), ack_cb);
+  }
+  wait_for(&x, &x.acks, n);
+  b0 = stat_of(&x, "history_bytes") - b0;
+  e0 = stat_of(&x, "history_last") - stat_of(&x, "history_first") - e0;
+  ctx_close(&x);
+  return e0 > 0 ? (double)b0 / (double)e0 : 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* W4: fan-out                                                         */
 
 typedef struct fan {
@@ -325,10 +413,13 @@ static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
   ctx_close(&f.writer);
 }
 
+static double fanout_rate;
+
 static void fanout_rows(harness_svc *svc) {
   double rate, p50, p99, raw50, raw99;
 
   w4_fanout(svc, 1000, 0, &rate, &p50, &p99);
+  fanout_rate = rate;
   bench_fact("W4 fan-out 50 watchers", rate, "notif/s");
   limit_fanout(1000, &raw50, &raw99);
   w4_fanout(svc, 1000, 1, &rate, &p50, &p99);
@@ -337,6 +428,48 @@ static void fanout_rows(harness_svc *svc) {
             raw50 * 1e6, 1);
   bench_row("W4 latency p99 (paced)", p99 * 1e6, "us", "relay to 50 sockets",
             raw99 * 1e6, 1);
+}
+
+/* W6 on a service of its own (W2's stores are the whole history, within
+ * the default 100,000 events), and the history's size per event. */
+static void history_rows(double w3) {
+  int n = bench.records < 100000 ? bench.records : 100000;
+  harness_svc svc;
+  uint64_t from;
+  ctx x;
+  double per;
+
+  if (harness_start(&svc, NULL) != 0)
+    bench_die("cannot start peerstored");
+  from = revision_of(&svc);
+  (void)pipelined(&svc, n);
+  bench_row("W6 catch-up from the history", catch_up(&svc, from, n), "ev/s",
+            "W3 iterate", w3, 0);
+  ctx_open(&x, &svc);
+  per = (double)stat_of(&x, "history_bytes") /
+        (double)stat_of(&x, "history_events");
+  ctx_close(&x);
+  bench_fact("W6 history bytes per event (stores)", per, "B");
+  bench_fact("W6 history bytes per event (REPLACE churn)",
+             history_bytes_per_event(&svc, n), "B");
+  harness_stop(&svc);
+}
+
+/* W2 and W4 on a service keeping no history, beside the figures with it
+ * (the default, 100,000 events) from the same run. */
+static void history_off_rows(double w2_with) {
+  static const char *const off[] = {"-o", "history_events=0", NULL};
+  double with = fanout_rate, rate, p50, p99, w2;
+  harness_svc svc;
+
+  if (harness_start(&svc, off) != 0)
+    bench_die("cannot start peerstored");
+  w2 = pipelined(&svc, bench.records);
+  w4_fanout(&svc, 1000, 0, &rate, &p50, &p99);
+  harness_stop(&svc);
+  bench_row("W2 with the history", w2_with, "/s", "W2, history off", w2, 0);
+  bench_row("W4 fan-out with the history", with, "notif/s",
+            "W4, history off", rate, 0);
 }
 
 /* W4 alone, on a service of its own (--only fanout). */
@@ -387,6 +520,8 @@ void workloads_memory(void) {
   bench_fact("W3 iterate (ss, key) x 100", per_key, "it/s");
   fanout_rows(&svc);
   harness_stop(&svc);
+  history_rows(w3);
+  history_off_rows(w2);
 
   if (bench.big) {
     /* The same filters over ten times the records: the cost per returned
@@ -426,6 +561,7 @@ void workloads_sqlite(void) {
   char db[300], conf[300];
   harness_svc svc;
   struct stat st;
+  uint64_t from;
   double w2;
   FILE *f;
 
@@ -437,11 +573,22 @@ void workloads_sqlite(void) {
   fclose(f);
   if (start_sqlite(&svc, db, conf) != 0)
     bench_die("cannot start peerstored with the sqlite plugin");
+  from = revision_of(&svc);
   w2 = pipelined(&svc, bench.records);
   bench_row("sqlite: W2 pipelined stores", w2, "/s",
             "raw inserts, 1000 rows/tx", raw_batch, 0);
+  {
+    long n;
+    double w3 = iterate_all(&svc, &n);
+    bench_fact("sqlite: W3 iterate (ss), records", w3, "rec/s");
+    bench_row("sqlite: W6 catch-up from the history",
+              catch_up(&svc, from, bench.records), "ev/s",
+              "sqlite W3 iterate", w3, 0);
+  }
   bench_row("sqlite: sequential stores", sequential(&svc, bench.records),
             "/s", "raw inserts, 1 row/tx", raw_row, 0);
+  bench_fact("sqlite: history bytes per event (REPLACE churn, counted)",
+             history_bytes_per_event(&svc, bench.records), "B");
   harness_stop(&svc); /* checkpoints: the file holds everything */
   if (stat(db, &st) == 0)
     bench_fact("W5 database bytes per record",
