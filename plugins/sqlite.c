@@ -486,8 +486,9 @@ static int do_store(sq *s, job *j) {
   r->revision = ++s->revision;
   if (found != 0) {
     /* A refresh: the same row, moved to the end of the stored order.  Its
-     * earlier store stays in the history, as it was. */
-    if (history_on(s) &&
+     * earlier store stays in the history, as it was (unless the history
+     * has passed it already). */
+    if (history_on(s) && (uint64_t)found > s->hist_first &&
         (rc = keep(s, (uint64_t)found, PEERSTORE_CHANGE_STORE,
                    (uint64_t)found,
                    r->value_size + strlen(r->subsystem) + strlen(r->key))) !=
