@@ -54,8 +54,31 @@ int main(int argc, char **argv) {
   peerstore__put_status(&b, PEERSTORE_MSG_STORE_RESULT, 1, 0, &rev);
   peerstore__put_status(&b, PEERSTORE_MSG_ITERATE_END, 4, 0, NULL);
   peerstore__put_error(&b, 0, PEERSTORE_EPROTO, "bad");
-  peerstore__put_welcome(&b, 1024);
+  peerstore__put_welcome(&b, PEERSTORE_PROTOCOL_VERSION, 1024, 99);
+  peerstore__put_event(&b, 3, PEERSTORE_EVENT_STORE, 1, &r, 1000);
+  peerstore__put_event(&b, 3, PEERSTORE_EVENT_REMOVE, 2, &r, 1000);
+  peerstore__put_event(&b, 3, PEERSTORE_EVENT_SYNC, 2, NULL, 0);
+  peerstore__put_event(&b, 3, PEERSTORE_EVENT_RESET, 0, NULL, 0);
   save(dir, "replies", &b);
+  /* The change stream: a snapshot with removals over churn, a resume
+   * from a revision, one from the future, cancelled. */
+  b.len = 0;
+  peerstore__put_hello(&b);
+  peerstore__put_store(&b, 1, "ss", &p, "key", "value", 5,
+                       PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE);
+  peerstore__put_watch_ex(&b, 2, "ss", NULL, NULL,
+                          PEERSTORE_WATCH_SNAPSHOT | PEERSTORE_WATCH_REMOVALS,
+                          0, 0);
+  peerstore__put_store(&b, 3, "ss", &p, "key", "other", 5,
+                       PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE);
+  peerstore__put_watch_ex(&b, 4, "ss", &p, "key", PEERSTORE_WATCH_REMOVALS, 1,
+                          0);
+  peerstore__put_watch_ex(&b, 5, "ss", NULL, "key", PEERSTORE_WATCH_SNAPSHOT,
+                          UINT64_MAX, 12345);
+  peerstore__put_filter(&b, PEERSTORE_MSG_REMOVE, 6, "ss", NULL, NULL, 0);
+  peerstore__put_empty(&b, PEERSTORE_MSG_CANCEL, 2);
+  peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 7);
+  save(dir, "change-stream", &b);
   peerstore__buf_free(&b);
   return 0;
 }
