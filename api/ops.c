@@ -146,6 +146,9 @@ static ps_op *watch_op(peerstore_client *c, const char *subsystem,
                           flags, from, 0);
   op->resume = from;
   op->snapshot = (flags & PEERSTORE_WATCH_SNAPSHOT) != 0;
+  /* A resume begins past its snapshot: the caller holds the state at
+   * `from`.  Only a RESET from the service starts a snapshot again. */
+  op->synced = from > 0;
   return op;
 }
 

@@ -131,8 +131,6 @@ static void watch_end(watch *w, int status) {
   if (w->ended)
     return;
   w->ended = 1;
-  if (status != 0)
-    dispatch_reply(c, PEERSTORE_MSG_WATCH_END, w->request, status, NULL);
   peerstore__hmap_remove(&s->watches.map, &w->h);
   for (pp = &c->watches; *pp != NULL; pp = &(*pp)->next_of_client) {
     if (*pp == w) {
@@ -144,6 +142,10 @@ static void watch_end(watch *w, int status) {
   s->watches.count--;
   if (w->state != W_LIVE)
     s->watches.syncing--;
+  /* Unlinked first: a reply that fails closes the client, which ends
+   * its other watches. */
+  if (status != 0)
+    dispatch_reply(c, PEERSTORE_MSG_WATCH_END, w->request, status, NULL);
   if (!w->busy && !w->pumping)
     watch_free(w);
 }
@@ -448,7 +450,7 @@ typedef struct note {
   int ready[2];
 } note;
 
-static void fell_behind(server *s, watch *w) {
+static void fell_behind(server *s, watch *w, uint64_t revision) {
   client *c = w->c;
 
   s->stats.overflows++;
@@ -466,7 +468,9 @@ static void fell_behind(server *s, watch *w) {
            "queued); it will catch up from the history",
            (unsigned long long)c->id, (unsigned)c->uid,
            (unsigned)w->request, peerstore__out_queued(&c->out));
+  /* Live until now, it has every change before this one. */
   w->behind = 1;
+  w->pos = revision - 1;
   set_state(w, W_CATCHUP);
 }
 
@@ -494,7 +498,7 @@ static void deliver(server *s, watch *w, note *n) {
     n->ready[v] = 1;
   }
   if (!client_output_ok(c, OUT_WATCH, frame->len)) {
-    fell_behind(s, w);
+    fell_behind(s, w, ch->revision);
     return;
   }
   if (peerstore__buf_reserve(out, frame->len) != 0) {

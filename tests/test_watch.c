@@ -533,6 +533,56 @@ static void test_restart_resumes_exactly_or_says_so(void **state) {
   peerstore_disconnect(writer, 0);
 }
 
+/* A SNAPSHOT watch made to resume from a revision the history covers
+ * (the cache of docs/api.md, started again) gets no snapshot - it holds
+ * the state already - and keeps that state across a later reconnect:
+ * the library must not take it for a snapshot cut short.  (memory: the
+ * restart is a new incarnation, so RESET and a snapshot, which gives the
+ * same view.) */
+static void test_resumed_snapshot_watch_keeps_its_view_across_a_reconnect(
+    void **state) {
+  fx *f = *state;
+  static view first, again;
+  static listing l;
+  acks a = {0};
+  uint64_t saved;
+  char key[16];
+  int i;
+
+  memset(&first, 0, sizeof(first));
+  for (i = 0; i < 5; i++) {
+    snprintf(key, sizeof(key), "old%d", i);
+    put(f, NULL, "ss", 1, key, key, PEERSTORE_EXPIRY_NEVER,
+        PEERSTORE_MULTIPLE, &a);
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, 5, TIMEOUT), 0);
+  watch(f, "ss", PEERSTORE_WATCH_SNAPSHOT | PEERSTORE_WATCH_REMOVALS, 0,
+        &first);
+  sync_with(f, &first, NULL, "ss");
+  saved = peerstore_watch_revision(first.op);
+  peerstore_watch_cancel(first.op);
+  /* The program keeps its view and revision, and comes back later. */
+  again = first;
+  again.op = NULL;
+  again.nlog = 0;
+  memset(again.counts, 0, sizeof(again.counts));
+  put(f, NULL, "ss", 1, "mid", "mid", PEERSTORE_EXPIRY_NEVER,
+      PEERSTORE_MULTIPLE, &a);
+  watch(f, "ss", PEERSTORE_WATCH_SNAPSHOT | PEERSTORE_WATCH_REMOVALS, saved,
+        &again);
+  sync_with(f, &again, NULL, "ss");
+  assert_int_equal(again.counts[PEERSTORE_EVENT_RESET], 0);
+  assert_int_equal(again.counts[PEERSTORE_EVENT_SYNC], 0);
+  harness_kill(&f->svc, SIGKILL);
+  assert_int_equal(harness_restart(&f->svc, f->svc.args), 0);
+  put(f, NULL, "ss", 3, "after", "after", PEERSTORE_EXPIRY_NEVER,
+      PEERSTORE_MULTIPLE, &a);
+  sync_with(f, &again, NULL, "ss");
+  list(f, "ss", &l);
+  assert_view_is(&again, &l);
+  assert_int_equal(again.counts[PEERSTORE_EVENT_RESET], use_sqlite ? 0 : 1);
+}
+
 static int setup_small_watch_limit(void **state) {
   static const char *const args[] = {"-o", "watch_output_limit=256k", "-o",
                                      "write_timeout=3600", NULL};
@@ -704,6 +754,9 @@ int main(void) {
           setup_short_history, teardown),
       cmocka_unit_test_setup_teardown(
           test_restart_resumes_exactly_or_says_so, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_resumed_snapshot_watch_keeps_its_view_across_a_reconnect,
+          setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_stalled_watcher_gets_every_event_in_order,
           setup_small_watch_limit, teardown),
