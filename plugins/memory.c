@@ -455,12 +455,11 @@ static void rec_unlink(mem *m, struct mrec *r) {
   m->records--;
 }
 
-static const void *const *rec_groups(const struct mrec *r, const void *g[4]) {
+static void rec_groups(const struct mrec *r, const void *g[4]) {
   g[0] = r->t;
   g[1] = r->t->pn;
   g[2] = r->t->kn;
   g[3] = r->t->pn->ss;
-  return g;
 }
 
 /* Keeps r's groups while it is dead; 0, or ENOMEM with nothing pinned. */

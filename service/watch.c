@@ -208,6 +208,9 @@ static void compacted(watch *w) {
     return;
   }
   s->stats.watch_resets++;
+  LOG_INFO("client %llu: watch %u: history compacted past revision %llu; "
+           "sending a new snapshot", (unsigned long long)w->c->id,
+           (unsigned)w->request, (unsigned long long)w->pos);
   if ((r = put_marker(w, PEERSTORE_EVENT_RESET, 0)) != 0 ||
       (r = start_snapshot(w)) != 0)
     watch_end(w, r);

@@ -27,6 +27,7 @@ typedef struct fx {
   void *inst;
   const peerstore_plugin_ops *ops;
   uint64_t history_events; /* for env; 0: the default */
+  uint64_t history_bytes;
   /* What the change hook heard. */
   uint64_t stores_reported;
   uint64_t last_reported;
@@ -101,12 +102,14 @@ static void changed(void *ctx, const peerstore_plugin_change *ch) {
   }
 }
 
-static int setup_with(void **state, uint64_t history_events) {
+static int setup_with(void **state, uint64_t history_events,
+                      uint64_t history_bytes) {
   fx *f = calloc(1, sizeof(*f));
   peerstore_plugin_env env;
 
   assert_non_null(f);
   f->history_events = history_events;
+  f->history_bytes = history_bytes;
   assert_int_equal(uv_loop_init(&f->loop), 0);
   memset(&env, 0, sizeof(env));
   env.loop = &f->loop;
@@ -116,7 +119,7 @@ static int setup_with(void **state, uint64_t history_events) {
   env.changed = changed;
   env.changed_ctx = f;
   env.history_events = f->history_events ? f->history_events : 100000;
-  env.history_bytes = 64u << 20;
+  env.history_bytes = f->history_bytes ? f->history_bytes : 64u << 20;
   if (target->prepare != NULL)
     assert_int_equal(target->prepare(target->ctx, &env), 0);
   f->ops = target->desc->ops;
@@ -126,10 +129,18 @@ static int setup_with(void **state, uint64_t history_events) {
   return 0;
 }
 
-static int setup(void **state) { return setup_with(state, 0); }
+static int setup(void **state) { return setup_with(state, 0, 0); }
 
 /* A history of 8 events, to see it trimmed. */
-static int setup_small_history(void **state) { return setup_with(state, 8); }
+static int setup_small_history(void **state) {
+  return setup_with(state, 8, 0);
+}
+
+/* A history of 2 KiB, to see it trimmed by size. */
+#define SMALL_HISTORY_BYTES 2048
+static int setup_small_history_bytes(void **state) {
+  return setup_with(state, 0, SMALL_HISTORY_BYTES);
+}
 
 static int teardown(void **state) {
   fx *f = *state;
@@ -879,6 +890,37 @@ static void test_history_is_trimmed_and_older_reads_are_compacted(
   assert_true(again.id == info.id && again.id != 0);
 }
 
+/* history_bytes bounds what the history holds, however many events the
+ * count would allow: driven far past it by REPLACE stores (each keeps the
+ * value it drops), the history holds no more than the limit plus one
+ * event's worth after the purge, and reads from before it are refused. */
+static void test_history_is_trimmed_to_its_bytes(void **state) {
+  fx *f = *state;
+  peerstore_plugin_history_info info;
+  char v[48];
+  hist h;
+  int i;
+
+  need_history();
+  for (i = 0; i < 200; i++) {
+    snprintf(v, sizeof(v), "%040d", i);
+    put_never(f, "ss", 1, "k", v, PEERSTORE_REPLACE);
+  }
+  purge(f, 0, 10);
+  f->ops->history_info(f->inst, &info);
+  print_message("history after 400 events: %llu held, %llu bytes (limit "
+                "%d)\n", (unsigned long long)info.events,
+                (unsigned long long)info.bytes, SMALL_HISTORY_BYTES);
+  assert_true(info.bytes <= SMALL_HISTORY_BYTES + 512);
+  assert_true(info.first > info.last - 400);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, NULL, info.first - 1, 100, &h),
+                   PEERSTORE_ECOMPACTED);
+  memset(&h, 0, sizeof(h));
+  assert_int_equal(hist_read(f, "ss", NULL, NULL, info.first, 500, &h), 0);
+  assert_int_equal(h.n, (int)(info.last - info.first));
+}
+
 int conformance_run(const char *group, const conformance_target *t) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_filters_and_order, setup,
@@ -908,6 +950,8 @@ int conformance_run(const char *group, const conformance_target *t) {
       cmocka_unit_test_setup_teardown(
           test_history_is_trimmed_and_older_reads_are_compacted,
           setup_small_history, teardown),
+      cmocka_unit_test_setup_teardown(test_history_is_trimmed_to_its_bytes,
+                                      setup_small_history_bytes, teardown),
   };
 
   target = t;
