@@ -476,6 +476,15 @@ static int on_event(peerstore_client *c, ps_op *op, const uint8_t *b,
   if (op->kind != OP_WATCH ||
       peerstore__wire_event(b, n, &kind, &revision, &w) != 0)
     return PEERSTORE_EPROTO;
+  if (kind == PEERSTORE__EVENT_PROGRESS) {
+    /* Only where the resume point is an event revision: not inside a
+     * snapshot, whose resume point is its SYNC. */
+    if (!op->partial && (!op->snapshot || op->synced)) {
+      op->resume = revision;
+      op->resume_id = c->history_id;
+    }
+    return 0;
+  }
   if (op->partial) {
     /* The snapshot begins again: what the last one gave is forgotten
      * first (the service sends RESET itself only after a compaction). */

@@ -179,8 +179,8 @@ PEERSTORE_EXTERN void peerstore_disconnect(peerstore_client *c,
 
 /* Called when the connection comes up (up = 1, status = 0) and when it
  * goes down (up = 0, status = why).  While it is down the client keeps
- * trying to reconnect; once it is up again, every watch resumes after the
- * last event it delivered (nothing is lost while the service's history
+ * trying to reconnect; once it is up again, every watch resumes where it
+ * had got (nothing is lost while the service's history
  * covers the gap; when it does not, the watch says so: RESET for a
  * SNAPSHOT watch, else PEERSTORE_ECOMPACTED), and every store, remove and
  * stats request not yet answered is sent again (stores are idempotent,
@@ -285,8 +285,8 @@ PEERSTORE_EXTERN void peerstore_iterate_set_timeout(peerstore_iterate_op *op,
  * acknowledgement: once a store's callback has run, the notification is
  * in every watcher's socket (a watcher that is behind gets it as it
  * catches up; the writer is not held back for it).  After a reconnect
- * the watch resumes by itself from the last store it reported: nothing is
- * lost while the service's history covers the gap.  The watch never ends
+ * the watch resumes by itself from where it had got: nothing is lost
+ * while the service's history covers the gap.  The watch never ends
  * by itself with 0; rec == NULL means it ended with an error, e.g.
  * PEERSTORE_ECOMPACTED when the history no longer reached back to where it
  * had to resume (re-read what you watch, then watch again).  cb is
@@ -352,9 +352,11 @@ typedef struct peerstore_watch_opts {
  *    plugin keeps nothing, such as memory - then with SNAPSHOT a RESET
  *    event and a new snapshot and SYNC follow; without it the watch ends
  *    with PEERSTORE_ECOMPACTED.  Never a silent gap.
- * After a reconnect the watch resumes by itself from the last event it
- * delivered, with the rules of from_revision: nothing is lost while the
- * history covers the gap (history_events and history_bytes, see
+ * After a reconnect the watch resumes by itself from where it had got -
+ * its last event, or later where the service has told the library that
+ * nothing it watches changed since (a quiet watch's resume point moves
+ * with the history too) - with the rules of from_revision: nothing is
+ * lost while the history covers the gap (history_events and history_bytes, see
  * peerstored(8)), and a watch that cannot be resumed says so.  A watcher
  * that falls behind is fed from the history as it catches up; the watch
  * ends with PEERSTORE_EOVERFLOW only when the history no longer covers

@@ -237,7 +237,8 @@ int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
   *revision = rd_u64(&r);
   if (*kind >= PEERSTORE_EVENT_STORE && *kind <= PEERSTORE_EVENT_EXPIRE)
     rd_record(&r, out);
-  else if (*kind != PEERSTORE_EVENT_SYNC && *kind != PEERSTORE_EVENT_RESET)
+  else if (*kind != PEERSTORE_EVENT_SYNC && *kind != PEERSTORE_EVENT_RESET &&
+           *kind != PEERSTORE__EVENT_PROGRESS)
     r.bad = 1;
   return rd_end(&r);
 }

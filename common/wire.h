@@ -81,6 +81,11 @@ enum peerstore__msg_type {
  * library can set them in its stored request before sending it again. */
 #define PEERSTORE__WATCH_FROM_AT (PEERSTORE_HEADER_SIZE + 4)
 #define PEERSTORE__WATCH_ID_AT (PEERSTORE_HEADER_SIZE + 12)
+/* An EVENT kind the library keeps to itself: every matching event up to
+ * its revision has been sent.  It moves a quiet watch's resume point,
+ * which otherwise moves only with the events it matches, and is never
+ * delivered to a callback. */
+#define PEERSTORE__EVENT_PROGRESS 6
 
 /* ------------------------------------------------------------------ */
 /* Decoded messages                                                    */

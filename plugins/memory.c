@@ -900,7 +900,7 @@ static int mem_purge(void *instance, uint64_t now, uint32_t max,
 
 /* Events looked at by one history_read before it returns with how far
  * it got, so a narrow filter over a long history does not hold the loop. */
-#define HISTORY_SCAN_MAX 65536
+#define HISTORY_SCAN_MAX 16384
 
 static int mem_history_read(void *instance,
                             const peerstore_plugin_filter *f, uint64_t after,

@@ -99,6 +99,7 @@ typedef struct job {
     } store;
     struct {
       peerstore_plugin_cursor *cursor;
+      uint64_t from; /* cursor->after before it ran */
       uint32_t max;
       int more;
       rbuf out;
@@ -146,6 +147,7 @@ struct sq {
   uv_cond_t cond;
   uv_async_t async;
   jobq todo; /* loop -> worker, under lock */
+  jobq hist_todo; /* history reads, taken a few per group (same lock) */
   jobq done; /* worker -> loop, under lock */
   int stopping;
   int read_only;
@@ -400,6 +402,15 @@ static void rbuf_free(rbuf *b) {
   free(b->bytes);
 }
 
+/* Revisions one history read looks through at most: each is at most a
+ * row of each arm of the read, so a watch with a narrow filter over a
+ * long history reads it in bounded steps, between other work. */
+#define HISTORY_WINDOW 16384
+
+/* History reads run per group, after its writes: a store waits behind
+ * at most this many, however many watches are catching up. */
+#define HIST_PER_GROUP 2
+
 /* What a history row is counted as, beyond its value and strings. */
 #define HISTORY_ROW_BYTES 72
 
@@ -623,19 +634,27 @@ static int do_hist(sq *s, job *j) {
   sqlite3_stmt *st = s->st_hist[filt_kind(&j->u.hist.f)];
   rbuf *b = &j->u.hist.out;
   uint32_t max = j->u.hist.max ? j->u.hist.max : 1;
+  uint64_t after = j->u.hist.after, upto = s->revision;
   int rc;
 
   /* From before the history, or beyond the revisions of this database. */
-  if (j->u.hist.after < s->hist_first || j->u.hist.after > s->revision)
+  if (after < s->hist_first || after > s->revision)
     return PEERSTORE_ECOMPACTED;
+  if (upto - after > HISTORY_WINDOW)
+    upto = after + HISTORY_WINDOW;
   bind_hist_filter(st, &j->u.hist.f);
-  sqlite3_bind_int64(st, 4, (int64_t)j->u.hist.after);
+  sqlite3_bind_int64(st, 4, (int64_t)after);
   sqlite3_bind_int64(st, 5, (int64_t)max + 1);
+  sqlite3_bind_int64(st, 6, (int64_t)upto);
   if ((rc = read_batch(st, b, max, 2, &j->u.hist.more)) != 0)
     return rc;
-  /* All of it: every later change is made after this job, and reported
-   * after its callback. */
-  j->u.hist.reached = j->u.hist.more ? b->revs[b->n - 1] : s->revision;
+  /* Up to the end: every later change is made after this job, and
+   * reported after its callback. */
+  if (j->u.hist.more)
+    j->u.hist.reached = b->revs[b->n - 1];
+  else
+    j->u.hist.reached = upto;
+  j->u.hist.more |= upto < s->revision;
   return 0;
 }
 
@@ -643,28 +662,48 @@ static int is_write(const job *j) {
   return j->kind == J_STORE || j->kind == J_REMOVE || j->kind == J_PURGE;
 }
 
-/* Applies a group of jobs in one transaction. */
-static void run_group(sq *s, job *head) {
+/* A read that saw a group's uncommitted changes is made again after the
+ * rollback, as if the group had never run. */
+static void undo_read(sq *s, job *j, uint64_t rev0) {
+  peerstore_plugin_cursor *c = j->u.next.cursor;
+
+  if (j->kind == J_OPEN) {
+    if (c->max_revision > rev0)
+      c->max_revision = rev0; /* those revisions will be handed out again */
+    j->status = 0;
+  } else if (j->kind == J_NEXT) {
+    c->after = j->u.next.from;
+    j->u.next.out.n = 0;
+    j->u.next.out.bytes_len = 0;
+    j->status = do_next(s, j);
+  }
+}
+
+/* Applies the jobs from head up to end in one transaction. */
+static void run_group(sq *s, job *head, job *end) {
   uint64_t rev0 = s->revision, rec0 = s->records, first0 = s->hist_first,
            rows0 = s->hist_rows, bytes0 = s->hist_bytes;
   int writes = 0, rc = 0, failed = 0;
   job *j;
 
-  for (j = head; j != NULL; j = j->next)
+  for (j = head; j != end; j = j->next)
     writes |= is_write(j);
   if (writes && (rc = exec(s, "BEGIN IMMEDIATE")) != 0) {
-    for (j = head; j != NULL; j = j->next)
-      j->status = rc;
+    for (j = head; j != end; j = j->next)
+      j->status = is_write(j) ? rc : 0;
+    for (j = head; j != end; j = j->next)
+      if (!is_write(j))
+        undo_read(s, j, rev0);
     return;
   }
-  for (j = head; j != NULL; j = j->next) {
+  for (j = head; j != end; j = j->next) {
     switch (j->kind) {
     case J_STORE: j->status = do_store(s, j); break;
     case J_OPEN: j->status = do_open(s, j); break;
     case J_NEXT: j->status = do_next(s, j); break;
     case J_REMOVE: j->status = do_remove(s, j); break;
     case J_PURGE: j->status = do_purge(s, j); break;
-    case J_HIST: j->status = do_hist(s, j); break;
+    case J_HIST: break; /* after the group (take_group) */
     }
     if (j->status != 0 && is_write(j)) {
       failed = j->status;
@@ -683,8 +722,7 @@ static void run_group(sq *s, job *head) {
   }
   if (!failed)
     return;
-  /* Nothing of the group stays: every write in it fails; reads that saw
-   * its uncommitted changes fail too. */
+  /* Nothing of the group stays: every write in it fails. */
   exec(s, "ROLLBACK");
   s->revision = rev0;
   s->records = rec0;
@@ -694,24 +732,56 @@ static void run_group(sq *s, job *head) {
   s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
          "sqlite %s: write failed, %s; group rolled back", s->path,
          s->strerror(failed));
-  for (j = head; j != NULL; j = j->next)
-    j->status = failed;
+  for (j = head; j != end; j = j->next)
+    if (is_write(j))
+      j->status = failed;
+    else
+      undo_read(s, j, rev0);
+}
+
+/* Takes the jobs of the next group: everything queued, then up to
+ * HIST_PER_GROUP history reads, which run after the rest has committed
+ * and complete after it.  A read that sees a change completes after the
+ * change is reported, so the hand-over rule of history_read holds for
+ * whichever group a read runs in.  Called under lock. */
+static job *take_group(sq *s, job **reads) {
+  job *group = s->todo.head, *j;
+  int n;
+
+  s->todo.head = s->todo.tail = NULL;
+  *reads = s->hist_todo.head;
+  for (j = *reads, n = 1; j != NULL && n < HIST_PER_GROUP; n++)
+    j = j->next;
+  if (j != NULL && j->next != NULL) {
+    s->hist_todo.head = j->next;
+    j->next = NULL;
+  } else {
+    s->hist_todo.head = s->hist_todo.tail = NULL;
+  }
+  if (group == NULL)
+    return *reads;
+  for (j = group; j->next != NULL; j = j->next)
+    ;
+  j->next = *reads;
+  return group;
 }
 
 static void worker_main(void *arg) {
   sq *s = arg;
-  job *group;
+  job *group, *reads, *j;
 
   for (;;) {
     uv_mutex_lock(&s->lock);
-    while (s->todo.head == NULL && !s->stopping)
+    while (s->todo.head == NULL && s->hist_todo.head == NULL &&
+           !s->stopping)
       uv_cond_wait(&s->cond, &s->lock);
-    group = s->todo.head;
-    s->todo.head = s->todo.tail = NULL;
+    group = take_group(s, &reads);
     uv_mutex_unlock(&s->lock);
     if (group == NULL)
       return; /* stopping, and nothing left to do */
-    run_group(s, group);
+    run_group(s, group, reads);
+    for (j = reads; j != NULL; j = j->next)
+      j->status = do_hist(s, j);
     uv_mutex_lock(&s->lock);
     s->pub_revision = s->revision;
     s->pub_records = s->records;
@@ -871,13 +941,15 @@ static void drain_done(sq *s) {
 static void on_async(uv_async_t *a) { drain_done(a->data); }
 
 static void submit(sq *s, job *j) {
+  jobq *q = j->kind == J_HIST ? &s->hist_todo : &s->todo;
+
   j->next = NULL;
   uv_mutex_lock(&s->lock);
-  if (s->todo.tail != NULL)
-    s->todo.tail->next = j;
+  if (q->tail != NULL)
+    q->tail->next = j;
   else
-    s->todo.head = j;
-  s->todo.tail = j;
+    q->head = j;
+  q->tail = j;
   uv_cond_signal(&s->cond);
   uv_mutex_unlock(&s->lock);
 }
@@ -953,6 +1025,7 @@ static int sq_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
   j->kind = J_NEXT;
   j->arg = arg;
   j->u.next.cursor = c;
+  j->u.next.from = c->after; /* only this job moves it, on the worker */
   j->u.next.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
   j->u.next.rec_cb = rec_cb;
   j->u.next.done_cb = done_cb;

@@ -35,21 +35,23 @@ static const char *const sqlite_history_where[F_COUNT] = {
     "subsystem = ?1 AND key = ?3", "subsystem = ?1 AND peer = ?2 AND key = ?3"};
 
 /* printf format: the history's where clause above, three times.  The
- * changes after revision ?4, at most ?5 of them, in revision order:
+ * changes after revision ?4 up to ?6, at most ?5 of them, in revision
+ * order:
  * change revision, kind, then the record (its store's revision first).
  * A live record is its own STORE; the history table holds removals and
  * the stores that refreshes moved on; a removed record's STORE is read
  * from its removal row.  Each arm comes in revision order from the table
- * or an index, so SQLite merges them and stops at the limit. */
+ * or an index, so SQLite merges them and stops at the limit; the upper
+ * bound caps what a narrow filter scans to find nothing. */
 #define SQLITE_HISTORY_SQL                                                     \
   "SELECT revision, 1, revision, subsystem, peer, key, value, expiry, "       \
-  "writer FROM records WHERE %s AND revision > ?4 "                           \
+  "writer FROM records WHERE %s AND revision > ?4 AND revision <= ?6 "       \
   "UNION ALL "                                                                \
   "SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "      \
-  "writer FROM history WHERE %s AND revision > ?4 "                           \
+  "writer FROM history WHERE %s AND revision > ?4 AND revision <= ?6 "        \
   "UNION ALL "                                                                \
   "SELECT stored, 1, stored, subsystem, peer, key, value, expiry, writer "    \
-  "FROM history WHERE %s AND kind <> 1 AND stored > ?4 "                      \
+  "FROM history WHERE %s AND kind <> 1 AND stored > ?4 AND stored <= ?6 "     \
   "ORDER BY 1 LIMIT ?5"
 
 #endif

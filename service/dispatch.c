@@ -314,6 +314,7 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("purged", s->stats.purged);
   STAT("watches_syncing", s->watches.syncing);
   STAT("watch_resets", s->stats.watch_resets);
+  STAT("watch_progress", s->stats.watch_progress);
   if (s->plugin.desc->ops->history_info != NULL) {
     peerstore_plugin_history_info hi;
     s->plugin.desc->ops->history_info(s->plugin.instance, &hi);

@@ -271,6 +271,7 @@ static void on_idle(uv_idle_t *h) {
   server *s = h->data;
   client *c, *next;
 
+  watch_run_deferred(s);
   /* Leftover input first: it may queue output to flush below.  Only
    * scanned when some client has any, so a busy turn stays O(output). */
   for (c = s->n_backlog > 0 ? s->clients : NULL; c != NULL; c = next) {
@@ -286,8 +287,8 @@ static void on_idle(uv_idle_t *h) {
     c->in_flush = 0;
     client_flush(c);
   }
-  if (s->n_backlog > 0)
-    return; /* stay active: more input next turn */
+  if (s->n_backlog > 0 || s->watches.defer_head != NULL)
+    return; /* stay active: more input or watch reads next turn */
   uv_idle_stop(h);
   if (s->stopping && !s->done && all_quiet(s))
     finish_stop(s);
@@ -361,6 +362,7 @@ static uint64_t housekeeping_ms(const config *cfg) {
 static void on_housekeeping(uv_timer_t *t) {
   client_check_stalled(t->data);
   iter_check_idle(t->data);
+  watch_tell_progress(t->data);
 }
 
 static void on_stop_timer(uv_timer_t *t) {

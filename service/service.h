@@ -144,6 +144,9 @@ typedef struct watch_index {
   peerstore__buf note_v2; /* ... and as RECORD, for version 2 watches */
   uint32_t count;
   uint32_t syncing; /* watches taking a snapshot or catching up */
+  uint32_t budget;  /* plugin reads left for this turn of the loop */
+  watch *defer_head; /* watches waiting for the next turn's budget */
+  watch *defer_tail;
 } watch_index;
 
 /* What a WATCH or WATCH_EX asked for. */
@@ -206,6 +209,7 @@ typedef struct server_stats {
   uint64_t clients_total;
   uint64_t purged;
   uint64_t watch_resets; /* snapshots begun again after a compaction */
+  uint64_t watch_progress; /* PROGRESS markers sent to quiet watches */
 } server_stats;
 
 struct server {
@@ -337,6 +341,13 @@ int watch_add(client *c, uint32_t request, const peerstore__filter *f,
 /* Reads the snapshot or history of each of c's syncing watches, as far as
  * its output allows. */
 void watch_pump_all(client *c);
+/* The idle turn: a new budget of plugin reads for the watches that ran
+ * out of the last one (s->watches.defer_head: those still waiting). */
+void watch_run_deferred(server *s);
+/* Housekeeping: tells each live watch that has matched nothing for a
+ * while how far it has got (a PROGRESS event), before the history moves
+ * past its last event and its library could no longer resume it. */
+void watch_tell_progress(server *s);
 int watch_cancel(client *c, uint32_t request);
 /* Ends all of c's watches with status (0: silently, for a closing client). */
 void watch_end_all(client *c, int status);

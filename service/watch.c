@@ -48,6 +48,12 @@
 /* Records or events asked of the plugin at once. */
 #define WATCH_BATCH 256
 
+/* Snapshot batches and history reads asked of the plugin per turn of the
+ * loop, over all watches.  A read may scan many events to find few (a
+ * narrow filter over a long history): watches catching up take their
+ * turns between other clients' requests, not before them. */
+#define PUMP_BUDGET 16
+
 enum wstate { W_LIVE, W_SNAPSHOT, W_CATCHUP };
 
 struct watch {
@@ -57,6 +63,9 @@ struct watch {
   uint32_t request;
   peerstore__filter f;
   uint64_t pos;       /* see above */
+  uint64_t told;      /* the client has every matching event up to it */
+  watch *defer_next;  /* waiting for the next turn's budget */
+  watch *defer_prev;
   uint64_t sync_at;   /* SNAPSHOT: the SYNC revision so far */
   uint64_t snap_now;  /* SNAPSHOT: records expiring by then are left out */
   peerstore_plugin_cursor *cursor;
@@ -68,6 +77,7 @@ struct watch {
   unsigned busy : 1;     /* a plugin call is outstanding */
   unsigned pumping : 1;  /* inside watch_pump */
   unsigned ended : 1;    /* out of the index; freed when not busy */
+  unsigned deferred : 1; /* in the server's deferred list */
 };
 
 #define SEED_SS 0x5eed0001u
@@ -106,6 +116,7 @@ static int has_history(const server *s) {
 
 int watch_init(server *s) {
   memset(&s->watches, 0, sizeof(s->watches));
+  s->watches.budget = PUMP_BUDGET;
   return peerstore__hmap_init(&s->watches.map);
 }
 
@@ -113,6 +124,34 @@ void watch_fini(server *s) {
   peerstore__hmap_free(&s->watches.map);
   peerstore__buf_free(&s->watches.note);
   peerstore__buf_free(&s->watches.note_v2);
+}
+
+static void undefer(watch *w) {
+  watch_index *x = &w->c->srv->watches;
+
+  if (!w->deferred)
+    return;
+  w->deferred = 0;
+  *(w->defer_prev != NULL ? &w->defer_prev->defer_next : &x->defer_head) =
+      w->defer_next;
+  *(w->defer_next != NULL ? &w->defer_next->defer_prev : &x->defer_tail) =
+      w->defer_prev;
+  w->defer_next = w->defer_prev = NULL;
+}
+
+/* w goes on pumping in a later turn of the loop (watch_run_deferred). */
+static void defer(watch *w) {
+  server *s = w->c->srv;
+  watch_index *x = &s->watches;
+
+  if (w->deferred)
+    return;
+  w->deferred = 1;
+  w->defer_next = NULL;
+  w->defer_prev = x->defer_tail;
+  *(x->defer_tail != NULL ? &x->defer_tail->defer_next : &x->defer_head) = w;
+  x->defer_tail = w;
+  server_kick(s);
 }
 
 static void watch_free(watch *w) {
@@ -131,6 +170,7 @@ static void watch_end(watch *w, int status) {
   if (w->ended)
     return;
   w->ended = 1;
+  undefer(w);
   peerstore__hmap_remove(&s->watches.map, &w->h);
   for (pp = &c->watches; *pp != NULL; pp = &(*pp)->next_of_client) {
     if (*pp == w) {
@@ -158,13 +198,17 @@ static void set_state(watch *w, enum wstate st) {
   w->state = (uint8_t)st;
 }
 
-/* Queues a SYNC or RESET event. */
+/* Queues a SYNC, RESET or PROGRESS event. */
 static int put_marker(watch *w, uint8_t kind, uint64_t revision) {
   client *c = w->c;
 
   if (peerstore__put_event(&c->out.buf, w->request, kind, revision, NULL,
                            0) != 0)
     return PEERSTORE_ENOMEM;
+  if (kind != PEERSTORE_EVENT_RESET)
+    w->told = revision;
+  if (kind == PEERSTORE__EVENT_PROGRESS)
+    c->srv->stats.watch_progress++;
   client_output_ready(c);
   return 0;
 }
@@ -280,6 +324,7 @@ static int hist_ev(void *arg, const peerstore_plugin_change *ch) {
     watch_end(w, PEERSTORE_ENOMEM);
     return 1;
   }
+  w->told = ch->revision;
   c->srv->stats.notifications++;
   return !client_output_ok(c, OUT_ITERATE, 0);
 }
@@ -298,6 +343,11 @@ static void hist_done(void *arg, int status, uint64_t reached, int more) {
       if (!more) {
         w->behind = 0;
         set_state(w, W_LIVE);
+        /* Caught up: whatever it matched, its client may resume from
+         * here. */
+        if (w->pos > w->told &&
+            (status = put_marker(w, PEERSTORE__EVENT_PROGRESS, w->pos)) != 0)
+          watch_end(w, status);
       }
     }
   }
@@ -315,6 +365,11 @@ static void watch_pump(watch *w) {
   w->pumping = 1;
   while (!w->ended && !w->busy && w->state != W_LIVE && !c->closing &&
          client_output_ok(c, OUT_ITERATE, 0)) {
+    if (s->watches.budget == 0) {
+      defer(w);
+      break;
+    }
+    s->watches.budget--;
     w->busy = 1;
     client_ref(c);
     if (w->state == W_SNAPSHOT) {
@@ -335,6 +390,40 @@ static void watch_pump(watch *w) {
   w->pumping = 0;
   if (w->ended && !w->busy)
     watch_free(w);
+}
+
+void watch_run_deferred(server *s) {
+  watch *w;
+
+  s->watches.budget = PUMP_BUDGET;
+  while (s->watches.budget > 0 && (w = s->watches.defer_head) != NULL) {
+    undefer(w);
+    watch_pump(w);
+  }
+}
+
+void watch_tell_progress(server *s) {
+  peerstore_plugin_history_info info;
+  uint64_t half;
+  client *c;
+  watch *w, *next;
+  int r;
+
+  if (!has_history(s) || s->watches.count == 0)
+    return;
+  ops(s)->history_info(s->plugin.instance, &info);
+  half = info.first + (info.last - info.first) / 2;
+  for (c = s->clients; c != NULL; c = c->next) {
+    for (w = c->watches; w != NULL && !c->closing; w = next) {
+      next = w->next_of_client;
+      /* A live watch has every change up to the last one reported. */
+      if (w->v2 || w->state != W_LIVE || w->told >= s->reported ||
+          w->told >= half || !client_output_ok(c, OUT_WATCH, 32))
+        continue;
+      if ((r = put_marker(w, PEERSTORE__EVENT_PROGRESS, s->reported)) != 0)
+        watch_end(w, r);
+    }
+  }
 }
 
 void watch_pump_all(client *c) {
@@ -512,6 +601,7 @@ static void deliver(server *s, watch *w, note *n) {
   peerstore__wire_set_request(out->data + out->len, w->request);
   out->len += frame->len;
   w->pos = ch->revision;
+  w->told = ch->revision;
   s->stats.notifications++;
   client_output_ready(c);
 }

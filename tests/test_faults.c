@@ -63,6 +63,29 @@ static int setup_with(void **state, int sqlite) {
 static int setup_memory(void **state) { return setup_with(state, 0); }
 static int setup_sqlite(void **state) { return setup_with(state, 1); }
 
+/* A history long enough for test_catching_up_watches_... */
+static int setup_long_history(void **state, int sqlite) {
+  fx *f;
+  int n = sqlite ? 4 : 0;
+
+  setup_with(state, sqlite);
+  f = *state;
+  f->args[n++] = "-o";
+  f->args[n++] = "history_events=1000000";
+  f->args[n] = NULL;
+  harness_kill(&f->svc, SIGTERM);
+  if (harness_restart(&f->svc, f->args) != 0)
+    return -1;
+  uv_update_time(&f->loop);
+  return 0;
+}
+static int setup_memory_long_history(void **state) {
+  return setup_long_history(state, 0);
+}
+static int setup_sqlite_long_history(void **state) {
+  return setup_long_history(state, 1);
+}
+
 static int teardown(void **state) {
   fx *f = *state;
 
@@ -587,6 +610,140 @@ static void test_watcher_never_reads_100k(void **state) {
   peerstore_disconnect(c, 0);
 }
 
+/* One client opens as many watches as it may (memory: 1,024; sqlite,
+ * where each read is slower: 64), each on a key stored once at the start
+ * of a long history (then 200,000 REPLACEs of another key of the same
+ * subsystem), each resuming from the start: every watch has all of the
+ * history to read and one event to show for it.  While
+ * the service works through them, another client's stores, one at a
+ * time, are answered within a bound: the reads take turns with other
+ * clients' requests (watch.c's budget, sqlite's reads after each group's
+ * commit, both plugins' bounded scans) instead of going before them.
+ * Before those, a store here waited for seconds. */
+typedef struct victim {
+  peerstore_client *c;
+  int done;
+  int failed;
+  int target;
+  uint64_t sent_at;
+  uint64_t worst_ns;
+} victim;
+
+static void victim_send(victim *v);
+
+static void victim_ack(void *arg, int status) {
+  victim *v = arg;
+  uint64_t ns = uv_hrtime() - v->sent_at;
+
+  if (ns > v->worst_ns)
+    v->worst_ns = ns;
+  if (status != 0)
+    v->failed++;
+  if (++v->done < v->target)
+    victim_send(v);
+}
+
+static void victim_send(victim *v) {
+  peerstore_peer_id p = peer_n(7);
+
+  v->sent_at = uv_hrtime();
+  if (peerstore_store(v->c, "victim", &p, "k", "v", 1, PEERSTORE_EXPIRY_NEVER,
+                      PEERSTORE_REPLACE, victim_ack, v) == NULL)
+    v->failed++;
+}
+
+typedef struct catchup {
+  int ended;
+  int stores; /* of the key each watches */
+} catchup;
+
+static void catchup_cb(void *arg, const peerstore_event *ev, int status) {
+  catchup *k = arg;
+
+  (void)status;
+  if (ev == NULL)
+    k->ended++;
+  else if (ev->kind == PEERSTORE_EVENT_STORE)
+    k->stores++;
+}
+
+static void test_catching_up_watches_do_not_stall_other_clients(
+    void **state) {
+  fx *f = *state;
+  int timed = harness_memory_measurable(); /* not valgrind, not ASan */
+  int sqlite = f->args[0] != NULL && strcmp(f->args[1], "sqlite") == 0;
+  int n_events = timed ? 200000 : 5000;
+  int n_watches = sqlite ? 64 : 1024;
+  peerstore_client *w = peerstore_connect(&f->loop, f->svc.socket_path);
+  peerstore_client *hostile = peerstore_connect(&f->loop, f->svc.socket_path);
+  static victim v;
+  peerstore_watch_opts o;
+  tally t = {0};
+  int64_t first;
+  char ss[32];
+  catchup k = {0, 0};
+  uint64_t t0;
+  int i;
+
+  for (i = 0; i < n_watches; i++) {
+    peerstore_peer_id p = peer_n(2);
+    snprintf(ss, sizeof(ss), "rare-%d", i);
+    assert_non_null(peerstore_store(w, "busy", &p, ss, "r", 1,
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    ack_cb, &t));
+  }
+  for (i = 0; i < n_events; i++) {
+    peerstore_peer_id p = peer_n(1);
+    assert_non_null(peerstore_store(w, "busy", &p, "k", &i, sizeof(i),
+                                    PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                    ack_cb, &t));
+  }
+  assert_int_equal(
+      harness_run_until_ge(&f->loop, &t.acks, n_watches + n_events, TIMEOUT),
+      0);
+  assert_int_equal(t.failed, 0);
+  first = stat_value(f, w, "history_first");
+  assert_true(stat_value(f, w, "history_events") >= n_events - 1);
+  memset(&o, 0, sizeof(o));
+  o.from_revision = (uint64_t)first;
+  t0 = uv_hrtime();
+  for (i = 0; i < n_watches; i++) {
+    snprintf(ss, sizeof(ss), "rare-%d", i);
+    assert_non_null(peerstore_watch_ex(hostile, "busy", NULL, ss, &o,
+                                       catchup_cb, &k));
+  }
+  memset(&v, 0, sizeof(v));
+  v.c = w;
+  v.target = 200;
+  victim_send(&v);
+  assert_int_equal(harness_run_until_ge(&f->loop, &v.done, v.target, TIMEOUT),
+                   0);
+  assert_int_equal(v.failed, 0);
+  print_message("%d watches catching up over %d events: worst store round "
+                "trip %.1f ms while they read, %lld still reading after "
+                "%d round trips\n",
+                n_watches, n_events, (double)v.worst_ns / 1e6,
+                (long long)stat_value(f, w, "watches_syncing"), v.target);
+  if (timed)
+    assert_true(v.worst_ns < 500 * 1000000ull);
+  /* And they do all catch up, none ended. */
+  assert_int_equal(harness_wait_stat(&f->loop, w, "watches", n_watches,
+                                     TIMEOUT),
+                   0);
+  assert_int_equal(harness_wait_stat(&f->loop, w, "watch_progress",
+                                     n_watches, TIMEOUT),
+                   0);
+  assert_int_equal(stat_value(f, w, "watches_syncing"), 0);
+  assert_int_equal(harness_run_until_ge(&f->loop, &k.stores, n_watches,
+                                        TIMEOUT),
+                   0);
+  assert_int_equal(k.stores, n_watches);
+  assert_int_equal(k.ended, 0);
+  print_message("all caught up in %.2f s\n", (double)(uv_hrtime() - t0) / 1e9);
+  peerstore_disconnect(hostile, 0);
+  peerstore_disconnect(w, 0);
+}
+
 static int setup_small_watch_limit(void **state) {
   fx *f;
 
@@ -616,6 +773,12 @@ int main(void) {
                                       setup_memory, teardown),
       cmocka_unit_test_setup_teardown(test_watcher_never_reads_100k,
                                       setup_small_watch_limit, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_catching_up_watches_do_not_stall_other_clients,
+          setup_memory_long_history, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_catching_up_watches_do_not_stall_other_clients,
+          setup_sqlite_long_history, teardown),
   };
   struct rlimit rl;
 

@@ -140,18 +140,27 @@ static void store_cb(void *arg, int status, const peerstore_record *rec) {
     r->revision = rec->revision;
 }
 
-static int put(inst *in, const char *key, const char *value,
-               enum peerstore_store_option opt, uint64_t *revision) {
-  res r = {0};
+/* Starts a store; its result comes to r (unless it is refused at once:
+ * the status returned). */
+static int start_store(inst *in, const char *ss, const char *key,
+                       const char *value, enum peerstore_store_option opt,
+                       res *r) {
   peerstore_record rec = {0};
 
-  rec.subsystem = "ss";
+  rec.subsystem = ss;
   memset(rec.peer.bytes, 1, sizeof(rec.peer.bytes));
   rec.key = key;
   rec.value = value;
   rec.value_size = strlen(value);
   rec.expiry = PEERSTORE_EXPIRY_NEVER;
-  r.status = desc->ops->store(in->p, &rec, 1000, opt, store_cb, &r);
+  return desc->ops->store(in->p, &rec, 1000, opt, store_cb, r);
+}
+
+static int put(inst *in, const char *key, const char *value,
+               enum peerstore_store_option opt, uint64_t *revision) {
+  res r = {0};
+
+  r.status = start_store(in, "ss", key, value, opt, &r);
   if (r.status != 0)
     return r.status; /* refused at once: no callback comes */
   assert_int_equal(harness_run_until(&in->loop, &r.done, TIMEOUT), 0);
@@ -462,6 +471,85 @@ static void test_write_failure(void **state) {
   assert_int_equal(sql_int("SELECT count(*) FROM records"), ok);
 }
 
+static int rec_has(const res *r, const char *value) {
+  int i;
+
+  for (i = 0; i < r->n && i < 16; i++)
+    if (strcmp(r->values[i], value) == 0)
+      return 1;
+  return 0;
+}
+
+static void submit_store(inst *in, const char *key, const char *value,
+                         res *r) {
+  assert_int_equal(start_store(in, "t", key, value, PEERSTORE_REPLACE, r), 0);
+}
+
+/* A write that fails rolls back its whole group.  Reads queued in that
+ * group see exactly what stayed: an iteration read in it does not fail
+ * with the writer's error nor show a store rolled back with it, and an
+ * iteration opened in it and read later does not show a store made after
+ * it, which is given a revision the rolled-back stores had held. */
+static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
+  inst in;
+  opts small = {NULL, "40", NULL};
+  peerstore_plugin_filter f = {"t", NULL, NULL}; /* what submit_store writes */
+  peerstore_plugin_cursor *c1, *c2;
+  static char big[3000];
+  char key[16];
+  res filler[64], a, fail, after, r1, r2;
+  int i, st = 0, rounds, grouped = 0;
+
+  (void)state;
+  memset(big, 'x', sizeof(big) - 1);
+  assert_int_equal(inst_open(&in, &small), 0);
+  for (i = 0; i < 200 && st == 0; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    st = put(&in, key, big, PEERSTORE_REPLACE, NULL);
+  }
+  assert_int_equal(st, PEERSTORE_ENOSPC);
+  for (rounds = 0; rounds < 20 && !grouped; rounds++) {
+    memset(filler, 0, sizeof(filler));
+    memset(&a, 0, sizeof(a));
+    memset(&fail, 0, sizeof(fail));
+    memset(&after, 0, sizeof(after));
+    memset(&r1, 0, sizeof(r1));
+    memset(&r2, 0, sizeof(r2));
+    /* Stores the worker is busy with, so that what follows is queued
+     * together and runs as one group. */
+    for (i = 0; i < 64; i++)
+      submit_store(&in, "filler", i % 2 ? "f1" : "f2", &filler[i]);
+    submit_store(&in, "a", "a", &a);
+    assert_int_equal(desc->ops->iterate_open(in.p, &f, 0, &c1), 0);
+    assert_int_equal(desc->ops->iterate_open(in.p, &f, 0, &c2), 0);
+    submit_store(&in, "big", big, &fail);
+    assert_int_equal(desc->ops->iterate_next(c1, 1000, rec_cb, next_cb, &r1),
+                     0);
+    assert_int_equal(harness_run_until(&in.loop, &r1.done, TIMEOUT), 0);
+    assert_int_equal(fail.status, PEERSTORE_ENOSPC);
+    grouped = a.status != 0;
+    assert_int_equal(r1.status, 0);
+    assert_int_equal(rec_has(&r1, "a"), a.status == 0);
+    /* A later group: the revisions the failed one used come again. */
+    snprintf(key, sizeof(key), "after%d", rounds);
+    submit_store(&in, key, key, &after);
+    assert_int_equal(harness_run_until(&in.loop, &after.done, TIMEOUT), 0);
+    assert_int_equal(after.status, 0);
+    assert_int_equal(desc->ops->iterate_next(c2, 1000, rec_cb, next_cb, &r2),
+                     0);
+    assert_int_equal(harness_run_until(&in.loop, &r2.done, TIMEOUT), 0);
+    desc->ops->iterate_close(c1);
+    desc->ops->iterate_close(c2);
+    assert_int_equal(r2.status, 0);
+    assert_int_equal(rec_has(&r2, "a"), a.status == 0);
+    assert_false(rec_has(&r2, key));
+  }
+  print_message("the failed group held the iterations after %d rounds\n",
+                rounds);
+  assert_true(grouped);
+  inst_close(&in);
+}
+
 static void test_synchronous_option(void **state) {
   inst in;
   opts full = {NULL, NULL, "FULL"}, bad = {NULL, NULL, "SOMETIMES"};
@@ -557,6 +645,9 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(test_read_only, setup, teardown),
       cmocka_unit_test_setup_teardown(test_write_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_iterations_in_a_failed_group_see_what_stayed, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),

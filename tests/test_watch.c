@@ -583,6 +583,75 @@ static void test_resumed_snapshot_watch_keeps_its_view_across_a_reconnect(
   assert_int_equal(again.counts[PEERSTORE_EVENT_RESET], use_sqlite ? 0 : 1);
 }
 
+static size_t read_frame(int fd, uint16_t type, uint8_t *body, size_t size);
+
+/* A watch that matches nothing for a while still resumes after a
+ * restart: the service tells it how far it has got (PROGRESS, which the
+ * library keeps to itself) before the history moves past its last event.
+ * A raw connection watching the same subsystem from the same point shows
+ * when that has happened. */
+static void test_a_quiet_watch_resumes_after_the_history_moved_on(
+    void **state) {
+  fx *f = *state;
+  static view q;
+  peerstore__buf b = {0};
+  peerstore__wrec w;
+  uint8_t body[4096], kind;
+  uint64_t revision = 0;
+  int64_t first;
+  acks a = {0};
+  char value[16];
+  size_t n;
+  int fd, i;
+
+  memset(&q, 0, sizeof(q));
+  watch(f, "quiet", 0, 0, &q);
+  sync_with(f, &q, NULL, "quiet");
+  fd = harness_raw_connect(f->svc.socket_path);
+  assert_int_equal(peerstore__put_hello_version(&b, 3), 0);
+  assert_int_equal(
+      peerstore__put_watch_ex(&b, 5, "quiet", NULL, NULL, 0, 0, 0), 0);
+  assert_int_equal(send(fd, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
+  n = read_frame(fd, PEERSTORE_MSG_EVENT, body, sizeof(body));
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &revision, &w), 0);
+  assert_int_equal(kind, PEERSTORE_EVENT_SYNC);
+  for (i = 0; i < 40; i++) {
+    snprintf(value, sizeof(value), "v%d", i);
+    put(f, NULL, "busy", 1, "k", value, PEERSTORE_EXPIRY_NEVER,
+        PEERSTORE_REPLACE, &a);
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, 40, TIMEOUT), 0);
+  /* The history has moved past the quiet watch's last event ... */
+  assert_int_equal(
+      harness_wait_stat(&f->loop, f->c, "history_first",
+                        (int64_t)q.last + 1, TIMEOUT),
+      0);
+  first = harness_stat(&f->loop, f->c, "history_first", TIMEOUT);
+  /* ... and the service has said how far the watch has got. */
+  do {
+    n = read_frame(fd, PEERSTORE_MSG_EVENT, body, sizeof(body));
+    assert_int_equal(peerstore__wire_event(body, n, &kind, &revision, &w),
+                     0);
+    assert_int_equal(kind, PEERSTORE__EVENT_PROGRESS);
+  } while (revision < (uint64_t)first);
+  assert_true(harness_stat(&f->loop, f->c, "watch_progress", TIMEOUT) >= 2);
+  assert_int_equal(q.nlog, 1); /* the sentinel; PROGRESS is not delivered */
+  close(fd);
+  peerstore__buf_free(&b);
+  if (!use_sqlite)
+    return; /* a restart is a new incarnation: compacted, tested above */
+  /* The stats reply came after the PROGRESS on the same connection. */
+  harness_kill(&f->svc, SIGKILL);
+  assert_int_equal(harness_restart(&f->svc, f->svc.args), 0);
+  put(f, NULL, "quiet", 1, "after", "a", PEERSTORE_EXPIRY_NEVER,
+      PEERSTORE_REPLACE, &a);
+  q.want_key = "after";
+  q.seen_key = 0;
+  assert_int_equal(harness_run_until(&f->loop, &q.seen_key, TIMEOUT), 0);
+  assert_int_equal(q.ended, 0);
+  assert_int_equal(q.bad_order, 0);
+}
+
 static int setup_small_watch_limit(void **state) {
   static const char *const args[] = {"-o", "watch_output_limit=256k", "-o",
                                      "write_timeout=3600", NULL};
@@ -754,6 +823,9 @@ int main(void) {
           setup_short_history, teardown),
       cmocka_unit_test_setup_teardown(
           test_restart_resumes_exactly_or_says_so, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_quiet_watch_resumes_after_the_history_moved_on,
+          setup_short_history, teardown),
       cmocka_unit_test_setup_teardown(
           test_resumed_snapshot_watch_keeps_its_view_across_a_reconnect,
           setup, teardown),

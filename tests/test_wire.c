@@ -724,7 +724,14 @@ static void test_event_round_trip_by_kind(void **state) {
   assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w), 0);
   assert_int_equal(kind, PEERSTORE_EVENT_SYNC);
   assert_int_equal(rev, 77);
-  /* SYNC with a record after it, or an unknown kind. */
+  b.len = 0;
+  assert_int_equal(
+      peerstore__put_event(&b, 8, PEERSTORE__EVENT_PROGRESS, 78, NULL, 0), 0);
+  body = body_of(&b, PEERSTORE_MSG_EVENT, 8, &n);
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w), 0);
+  assert_int_equal(kind, PEERSTORE__EVENT_PROGRESS);
+  assert_int_equal(rev, 78);
+  /* A marker with a record after it, or an unknown kind. */
   b.len = 0;
   assert_int_equal(
       peerstore__put_event(&b, 8, PEERSTORE_EVENT_STORE, 1, &r, 0), 0);
@@ -732,7 +739,10 @@ static void test_event_round_trip_by_kind(void **state) {
   b.data[PEERSTORE_HEADER_SIZE] = PEERSTORE_EVENT_SYNC;
   assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
                    PEERSTORE_EPROTO);
-  b.data[PEERSTORE_HEADER_SIZE] = 6;
+  b.data[PEERSTORE_HEADER_SIZE] = PEERSTORE__EVENT_PROGRESS;
+  assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
+                   PEERSTORE_EPROTO);
+  b.data[PEERSTORE_HEADER_SIZE] = 7;
   assert_int_equal(peerstore__wire_event(body, n, &kind, &rev, &w),
                    PEERSTORE_EPROTO);
   b.data[PEERSTORE_HEADER_SIZE] = 0;
