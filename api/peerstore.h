@@ -377,7 +377,10 @@ PEERSTORE_EXTERN uint64_t peerstore_watch_revision(
 /* Removes every record of subsystem matching peer and key (NULL: any).
  * cb (may be NULL) runs once with the status and the number removed.  A
  * remove resent after a reconnect applies to what matches then (see
- * peerstore_state_cb). */
+ * peerstore_state_cb).  A plugin may apply a large remove in steps (the
+ * sqlite plugin: 4,096 records or 1 MiB at a time), so that readers
+ * meanwhile may see part of it done; nothing stored after it began is
+ * removed. */
 PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_remove_cb cb, void *arg);

@@ -113,6 +113,9 @@ typedef struct job {
       uint64_t count;
       rbuf gone; /* what it removed or expired */
       peerstore_plugin_count_cb cb;
+      uint64_t upto; /* remove: the revision when it began */
+      int more;      /* remove: a step left records to do */
+      int partial;   /* remove: a step's report; the callback comes later */
     } count; /* remove and purge */
     struct {
       filt f;
@@ -402,6 +405,11 @@ static void rbuf_free(rbuf *b) {
   free(b->bytes);
 }
 
+/* Records one step of a remove takes out (and hands to the loop for the
+ * change hook): a remove of more commits a step at a time, so the
+ * service's memory does not grow with what a remove matches. */
+#define REMOVE_STEP 4096
+
 /* Revisions one history read looks through at most: each is at most a
  * row of each arm of the read, so a watch with a narrow filter over a
  * long history reads it in bounded steps, between other work. */
@@ -435,16 +443,26 @@ static int keep(sq *s, uint64_t rev, int kind, uint64_t stored, size_t size) {
 
 /* Takes the records sel yields (in the order it yields them) out of the
  * table: each is a change of kind with a revision of its own, kept in
- * the history, and in gone for the hook. */
-static int retire(sq *s, sqlite3_stmt *sel, int kind, rbuf *gone) {
+ * the history, and in gone for the hook.  With more != NULL it stops
+ * once gone holds RECORD_BATCH_BYTES, and says whether it did. */
+static int retire(sq *s, sqlite3_stmt *sel, int kind, rbuf *gone,
+                  int *more) {
   size_t i, first = gone->n;
   int rc;
 
-  while ((rc = sqlite3_step(sel)) == SQLITE_ROW)
+  if (more != NULL)
+    *more = 0;
+  while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
     if (rbuf_row(gone, sel, 0) != 0) {
       rc = SQLITE_NOMEM;
       break;
     }
+    if (more != NULL && gone->bytes_len >= RECORD_BATCH_BYTES) {
+      *more = 1;
+      rc = SQLITE_DONE;
+      break;
+    }
+  }
   sqlite3_reset(sel);
   sqlite3_clear_bindings(sel);
   if (rc != SQLITE_DONE)
@@ -531,7 +549,7 @@ static int do_store(sq *s, job *j) {
   bind_triple(s->st_replaced, r);
   sqlite3_bind_int64(s->st_replaced, 4, (int64_t)r->revision);
   return retire(s, s->st_replaced, PEERSTORE_CHANGE_REMOVE,
-                &j->u.store.gone);
+                &j->u.store.gone, NULL);
 }
 
 /* The snapshot of an iteration is the revision when its J_OPEN runs:
@@ -561,13 +579,22 @@ static int do_next(sq *s, job *j) {
   return rc;
 }
 
+/* One step of a remove: at most REMOVE_STEP records, or
+ * RECORD_BATCH_BYTES of them, of those that were there when it began
+ * (upto).  more says whether there may be others. */
 static int do_remove(sq *s, job *j) {
   sqlite3_stmt *st = s->st_remove[filt_kind(&j->u.count.f)];
-  int rc;
+  size_t n0 = j->u.count.gone.n;
+  int i, rc, full;
 
-  bind_filter(st, &j->u.count.f);
-  rc = retire(s, st, PEERSTORE_CHANGE_REMOVE, &j->u.count.gone);
-  j->u.count.count = j->u.count.gone.n;
+  if (j->u.count.upto == 0)
+    j->u.count.upto = s->revision;
+  i = bind_filter(st, &j->u.count.f);
+  sqlite3_bind_int64(st, i++, (int64_t)j->u.count.upto);
+  sqlite3_bind_int64(st, i++, REMOVE_STEP);
+  rc = retire(s, st, PEERSTORE_CHANGE_REMOVE, &j->u.count.gone, &full);
+  j->u.count.count += j->u.count.gone.n - n0;
+  j->u.count.more = full || j->u.count.gone.n - n0 == REMOVE_STEP;
   return rc;
 }
 
@@ -613,7 +640,7 @@ static int do_purge(sq *s, job *j) {
   sqlite3_bind_int64(s->st_expired, 1, expiry_to_sql(j->u.count.now));
   sqlite3_bind_int64(s->st_expired, 2, j->u.count.max);
   if ((rc = retire(s, s->st_expired, PEERSTORE_CHANGE_EXPIRE,
-                   &j->u.count.gone)) != 0)
+                   &j->u.count.gone, NULL)) != 0)
     return rc;
   j->u.count.count = j->u.count.gone.n;
   return trim_history(s);
@@ -668,8 +695,9 @@ static void undo_read(sq *s, job *j, uint64_t rev0) {
   peerstore_plugin_cursor *c = j->u.next.cursor;
 
   if (j->kind == J_OPEN) {
-    if (c->max_revision > rev0)
-      c->max_revision = rev0; /* those revisions will be handed out again */
+    /* Whether it ran or not: the revisions after rev0 will be handed out
+     * again, to later changes. */
+    c->max_revision = rev0;
     j->status = 0;
   } else if (j->kind == J_NEXT) {
     c->after = j->u.next.from;
@@ -679,12 +707,40 @@ static void undo_read(sq *s, job *j, uint64_t rev0) {
   }
 }
 
-/* Applies the jobs from head up to end in one transaction. */
-static void run_group(sq *s, job *head, job *end) {
+/* Takes the jobs after j, up to end, out of the list. */
+static job *detach_after(job *j, job *end) {
+  job *first = j->next, *last;
+
+  if (first == end)
+    return NULL;
+  for (last = first; last->next != end; last = last->next)
+    ;
+  last->next = NULL;
+  j->next = end;
+  return first;
+}
+
+/* The rest of a remove after a step, in a job of its own: j stays in
+ * its group to report the step (and its callback waits for the rest). */
+static job *split_remove(job *j, job *k) {
+  k->kind = J_REMOVE;
+  k->arg = j->arg;
+  k->u.count = j->u.count;
+  memset(&k->u.count.gone, 0, sizeof(k->u.count.gone));
+  memset(&j->u.count.f, 0, sizeof(j->u.count.f)); /* k has it now */
+  j->u.count.partial = 1;
+  return k;
+}
+
+/* Applies the jobs from head up to end in one transaction.  A remove
+ * with more to do than a step ends the group: the jobs after it are
+ * returned, after its rest, to go to the head of the queue in that
+ * order. */
+static job *run_group(sq *s, job *head, job *end) {
   uint64_t rev0 = s->revision, rec0 = s->records, first0 = s->hist_first,
            rows0 = s->hist_rows, bytes0 = s->hist_bytes;
   int writes = 0, rc = 0, failed = 0;
-  job *j;
+  job *j, *k = NULL, *cut = NULL, *back = NULL;
 
   for (j = head; j != end; j = j->next)
     writes |= is_write(j);
@@ -694,7 +750,7 @@ static void run_group(sq *s, job *head, job *end) {
     for (j = head; j != end; j = j->next)
       if (!is_write(j))
         undo_read(s, j, rev0);
-    return;
+    return NULL;
   }
   for (j = head; j != end; j = j->next) {
     switch (j->kind) {
@@ -709,6 +765,18 @@ static void run_group(sq *s, job *head, job *end) {
       failed = j->status;
       break;
     }
+    if (j->kind == J_REMOVE && j->u.count.more) {
+      if ((k = calloc(1, sizeof(*k))) != NULL) {
+        cut = j;
+        back = detach_after(j, end);
+        break;
+      }
+      /* Without memory for the rest's job, it goes on in this group. */
+      while (j->status == 0 && j->u.count.more)
+        j->status = do_remove(s, j);
+      if ((failed = j->status) != 0)
+        break;
+    }
   }
   if (writes && !failed) {
     /* Without a history, every change is past it at once. */
@@ -720,9 +788,15 @@ static void run_group(sq *s, job *head, job *end) {
         (rc = exec(s, "COMMIT")) != 0)
       failed = rc;
   }
-  if (!failed)
-    return;
+  if (!failed) {
+    if (cut == NULL)
+      return NULL;
+    k = split_remove(cut, k);
+    k->next = back;
+    return k;
+  }
   /* Nothing of the group stays: every write in it fails. */
+  free(k);
   exec(s, "ROLLBACK");
   s->revision = rev0;
   s->records = rec0;
@@ -737,6 +811,7 @@ static void run_group(sq *s, job *head, job *end) {
       j->status = failed;
     else
       undo_read(s, j, rev0);
+  return back;
 }
 
 /* Takes the jobs of the next group: everything queued, then up to
@@ -768,7 +843,7 @@ static job *take_group(sq *s, job **reads) {
 
 static void worker_main(void *arg) {
   sq *s = arg;
-  job *group, *reads, *j;
+  job *group, *reads, *back, *j;
 
   for (;;) {
     uv_mutex_lock(&s->lock);
@@ -779,10 +854,17 @@ static void worker_main(void *arg) {
     uv_mutex_unlock(&s->lock);
     if (group == NULL)
       return; /* stopping, and nothing left to do */
-    run_group(s, group, reads);
+    back = run_group(s, group, reads);
     for (j = reads; j != NULL; j = j->next)
       j->status = do_hist(s, j);
     uv_mutex_lock(&s->lock);
+    if (back != NULL) {
+      for (j = back; j->next != NULL; j = j->next)
+        ;
+      if ((j->next = s->todo.head) == NULL)
+        s->todo.tail = j;
+      s->todo.head = back;
+    }
     s->pub_revision = s->revision;
     s->pub_records = s->records;
     s->pub_hist_first = s->hist_first;
@@ -896,7 +978,8 @@ static void job_complete(sq *s, job *j) {
   case J_PURGE:
     if (j->status == 0)
       report_gone(s, &j->u.count.gone);
-    j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
+    if (!j->u.count.partial)
+      j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
     break;
   case J_HIST: {
     rbuf *b = &j->u.hist.out;
@@ -1176,7 +1259,8 @@ static int prepare_all(sq *s) {
     rc |= prepare(s, &s->st_iter[i], sql);
     snprintf(sql, sizeof(sql),
              "SELECT revision, subsystem, peer, key, value, expiry, writer "
-             "FROM records WHERE %s ORDER BY revision",
+             "FROM records WHERE %s AND revision <= ? ORDER BY revision "
+             "LIMIT ?",
              sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_remove[i], sql);
     snprintf(sql, sizeof(sql), SQLITE_HISTORY_SQL, sqlite_history_where[i],

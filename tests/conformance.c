@@ -698,6 +698,87 @@ typedef struct hist {
   } ev[MAXEVENTS];
 } hist;
 
+typedef struct bulk {
+  fx *f;
+  int acks;
+  int failed;
+  int remove_done;
+  int remove_status;
+  uint64_t removed;
+  int events_at_remove_cb;
+} bulk;
+
+static void bulk_store_cb(void *arg, int status, const peerstore_record *rec) {
+  bulk *b = arg;
+
+  (void)rec;
+  b->acks++;
+  b->failed += status != 0;
+}
+
+static void bulk_remove_cb(void *arg, int status, uint64_t n) {
+  bulk *b = arg;
+
+  b->remove_done = 1;
+  b->remove_status = status;
+  b->removed = n;
+  b->events_at_remove_cb = b->f->n_events;
+}
+
+static void bulk_put(fx *f, bulk *b, const char *key, const char *value) {
+  peerstore_record rec = {0};
+
+  rec.subsystem = "bulk";
+  rec.peer = peer_n(1);
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  assert_int_equal(f->ops->store(f->inst, &rec, WRITER, PEERSTORE_MULTIPLE,
+                                 bulk_store_cb, b),
+                   0);
+}
+
+/* A remove of many records (more than a plugin may take in one step)
+ * takes exactly what was there when it began: a store queued right after
+ * it stays, an iteration opened after both shows only that store, every
+ * removal is reported before the remove's callback, and the count is all
+ * of them. */
+static void test_a_large_remove_takes_what_was_there_and_keeps_order(
+    void **state) {
+  fx *f = *state;
+  enum { N = 10000 };
+  peerstore_plugin_filter flt = {"bulk", NULL, NULL};
+  static bulk b;
+  result r;
+  char value[16];
+  int i, events;
+
+  memset(&b, 0, sizeof(b));
+  b.f = f;
+  for (i = 0; i < N; i++) {
+    snprintf(value, sizeof(value), "v%d", i);
+    bulk_put(f, &b, "k", value);
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &b.acks, N, TIMEOUT), 0);
+  assert_int_equal(b.failed, 0);
+  events = f->n_events;
+  assert_int_equal(f->ops->remove(f->inst, &flt, bulk_remove_cb, &b), 0);
+  bulk_put(f, &b, "k", "late");
+  assert_int_equal(harness_run_until(&f->loop, &b.remove_done, TIMEOUT), 0);
+  assert_int_equal(harness_run_until_ge(&f->loop, &b.acks, N + 1, TIMEOUT),
+                   0);
+  assert_int_equal(b.remove_status, 0);
+  assert_int_equal(b.removed, N);
+  assert_int_equal(b.failed, 0);
+  all(f, "bulk", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], "late");
+  if (target->desc->flags & PEERSTORE_PLUGIN_REPORTS_REMOVALS)
+    assert_true(b.events_at_remove_cb >= events + N);
+  assert_int_equal(records(f), 1);
+}
+
 static int hist_ev(void *arg, const peerstore_plugin_change *ch) {
   hist *h = arg;
 
@@ -932,6 +1013,9 @@ int conformance_run(const char *group, const conformance_target *t) {
           teardown),
       cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
       cmocka_unit_test_setup_teardown(test_remove_filters, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_large_remove_takes_what_was_there_and_keeps_order, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_cursors_on_a_removed_record_go_on_from_its_successor, setup,

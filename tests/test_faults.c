@@ -744,6 +744,94 @@ static void test_catching_up_watches_do_not_stall_other_clients(
   peerstore_disconnect(w, 0);
 }
 
+/* A remove that matches 50,000 records of 2 KiB (100 MiB of values) on
+ * sqlite: the service hands the removed records to its watchers a step
+ * at a time, so its memory does not grow with what the remove matched;
+ * a REMOVALS watcher gets every REMOVE, in order, and the remove's
+ * count is all of them. */
+typedef struct removal_watch {
+  int removes;
+  int bad;
+  uint64_t last;
+} removal_watch;
+
+static void removal_cb(void *arg, const peerstore_event *ev, int status) {
+  removal_watch *r = arg;
+
+  (void)status;
+  if (ev == NULL) {
+    r->bad++;
+    return;
+  }
+  if (ev->kind != PEERSTORE_EVENT_REMOVE)
+    return;
+  if (ev->revision <= r->last || ev->rec->value_size != 2048)
+    r->bad++;
+  r->last = ev->revision;
+  r->removes++;
+}
+
+typedef struct removed {
+  int done;
+  int status;
+  uint64_t count;
+} removed;
+
+static void removed_cb(void *arg, int status, uint64_t count) {
+  removed *r = arg;
+
+  r->done = 1;
+  r->status = status;
+  r->count = count;
+}
+
+static void test_a_huge_remove_keeps_memory_bounded(void **state) {
+  fx *f = *state;
+  int measurable = harness_memory_measurable();
+  int n = measurable ? 50000 : 2000;
+  peerstore_client *c = peerstore_connect(&f->loop, f->svc.socket_path);
+  static uint8_t value[2048];
+  static removal_watch rw;
+  peerstore_watch_opts o;
+  removed r = {0};
+  tally t = {0};
+  long before, after;
+  char key[16];
+  int i;
+
+  memset(&rw, 0, sizeof(rw));
+  memset(&o, 0, sizeof(o));
+  o.flags = PEERSTORE_WATCH_REMOVALS;
+  assert_non_null(peerstore_watch_ex(c, "bulk", NULL, NULL, &o, removal_cb,
+                                     &rw));
+  for (i = 0; i < n; i++) {
+    peerstore_peer_id p = peer_n((uint32_t)(i / 100));
+    memcpy(value, &i, sizeof(i));
+    snprintf(key, sizeof(key), "k%d", i % 100);
+    assert_non_null(peerstore_store(c, "bulk", &p, key, value, sizeof(value),
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_MULTIPLE, ack_cb, &t));
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.acks, n, TIMEOUT), 0);
+  assert_int_equal(t.failed, 0);
+  /* The peak: what a remove buffers is freed once it is reported. */
+  before = harness_status_kb(&f->svc, "VmHWM");
+  assert_non_null(peerstore_remove(c, "bulk", NULL, NULL, removed_cb, &r));
+  assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
+  after = harness_status_kb(&f->svc, "VmHWM");
+  assert_int_equal(r.status, 0);
+  assert_int_equal(r.count, (uint64_t)n);
+  assert_int_equal(harness_run_until_ge(&f->loop, &rw.removes, n, TIMEOUT),
+                   0);
+  assert_int_equal(rw.bad, 0);
+  assert_int_equal(count_records(f, "bulk"), 0);
+  print_message("service peak RSS %ld KiB before, %ld KiB after removing "
+                "%d records of 2 KiB\n", before, after, n);
+  if (measurable)
+    assert_true(after - before < 24 * 1024);
+  peerstore_disconnect(c, 0);
+}
+
 static int setup_small_watch_limit(void **state) {
   fx *f;
 
@@ -776,6 +864,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(
           test_catching_up_watches_do_not_stall_other_clients,
           setup_memory_long_history, teardown),
+      cmocka_unit_test_setup_teardown(test_a_huge_remove_keeps_memory_bounded,
+                                      setup_sqlite, teardown),
       cmocka_unit_test_setup_teardown(
           test_catching_up_watches_do_not_stall_other_clients,
           setup_sqlite_long_history, teardown),
