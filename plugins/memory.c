@@ -56,9 +56,13 @@ struct mlist {
   struct mrec *last;
 };
 
+/* A group's pins: the dead records that still point at it.  Kept in the
+ * group but for triples, which are many and would grow by a malloc
+ * bucket: theirs are in mem.pins. */
 struct ss_node {
   peerstore__hnode h;
   struct mlist l;
+  uint32_t pins;
   char name[];
 };
 
@@ -66,6 +70,7 @@ struct peer_node {
   peerstore__hnode h;
   struct mlist l;
   struct ss_node *ss;
+  uint32_t pins;
   peerstore_peer_id peer;
 };
 
@@ -73,6 +78,7 @@ struct key_node {
   peerstore__hnode h;
   struct mlist l;
   struct ss_node *ss;
+  uint32_t pins;
   char key[];
 };
 
@@ -110,7 +116,7 @@ struct mrec {
  * revision of its removal: eight bytes hold an event. */
 typedef uintptr_t hev;
 
-/* A group that dead records still point at (see rec_bury). */
+/* A triple that dead records still point at. */
 struct pin {
   peerstore__hnode h;
   const void *group;
@@ -135,7 +141,7 @@ typedef struct mem {
   uint64_t hist_first; /* every event after this revision is held */
   uint64_t hist_bytes; /* the ring's events and the dead records */
   uint64_t hist_id;
-  peerstore__hmap pins; /* groups dead records point at, by address */
+  peerstore__hmap pins; /* triples dead records point at, by address */
 } mem;
 
 struct peerstore_plugin_cursor {
@@ -254,7 +260,7 @@ static struct pin *pin_find(mem *m, const void *g) {
   return NULL;
 }
 
-static int pin(mem *m, const void *g) {
+static int pin_triple(mem *m, const void *g) {
   struct pin *p = pin_find(m, g);
 
   if (p == NULL) {
@@ -267,7 +273,7 @@ static int pin(mem *m, const void *g) {
   return 0;
 }
 
-static void unpin(mem *m, const void *g) {
+static void unpin_triple(mem *m, const void *g) {
   struct pin *p = pin_find(m, g);
 
   if (p != NULL && --p->n == 0) {
@@ -284,15 +290,15 @@ static void groups_gc(mem *m, struct ss_node *ss, struct peer_node *pn,
     peerstore__hmap_remove(&m->triples, &t->h);
     free(t);
   }
-  if (pn != NULL && pn->l.first == NULL && !pin_find(m, pn)) {
+  if (pn != NULL && pn->l.first == NULL && pn->pins == 0) {
     peerstore__hmap_remove(&m->peers, &pn->h);
     free(pn);
   }
-  if (kn != NULL && kn->l.first == NULL && !pin_find(m, kn)) {
+  if (kn != NULL && kn->l.first == NULL && kn->pins == 0) {
     peerstore__hmap_remove(&m->keys, &kn->h);
     free(kn);
   }
-  if (ss != NULL && ss->l.first == NULL && !pin_find(m, ss)) {
+  if (ss != NULL && ss->l.first == NULL && ss->pins == 0) {
     peerstore__hmap_remove(&m->ss, &ss->h);
     free(ss);
   }
@@ -455,26 +461,15 @@ static void rec_unlink(mem *m, struct mrec *r) {
   m->records--;
 }
 
-static void rec_groups(const struct mrec *r, const void *g[4]) {
-  g[0] = r->t;
-  g[1] = r->t->pn;
-  g[2] = r->t->kn;
-  g[3] = r->t->pn->ss;
-}
-
 /* Keeps r's groups while it is dead; 0, or ENOMEM with nothing pinned. */
 static int pin_groups(mem *m, const struct mrec *r) {
-  const void *g[4];
-  int i, j;
+  struct triple *t = r->t;
 
-  rec_groups(r, g);
-  for (i = 0; i < 4; i++) {
-    if (pin(m, g[i]) != 0) {
-      for (j = 0; j < i; j++)
-        unpin(m, g[j]);
-      return PEERSTORE_ENOMEM;
-    }
-  }
+  if (pin_triple(m, t) != 0)
+    return PEERSTORE_ENOMEM;
+  t->pn->pins++;
+  t->kn->pins++;
+  t->pn->ss->pins++;
   return 0;
 }
 
@@ -482,13 +477,12 @@ static int pin_groups(mem *m, const struct mrec *r) {
  * empty. */
 static void rec_free(mem *m, struct mrec *r) {
   struct triple *t = r->t;
-  const void *g[4];
-  int i;
 
   if (r->dead) {
-    rec_groups(r, g);
-    for (i = 0; i < 4; i++)
-      unpin(m, g[i]);
+    unpin_triple(m, t);
+    t->pn->pins--;
+    t->kn->pins--;
+    t->pn->ss->pins--;
     m->hist_bytes -= rec_bytes(r);
   }
   free(r);
