@@ -18,6 +18,7 @@
 #include "harness.h"
 #include "frame.h"
 #include "peerstore.h"
+#include "wire.h"
 
 #define TIMEOUT 10000
 
@@ -884,6 +885,52 @@ static void test_a_peer_that_stops_reading_ends_the_connection(
   close(l);
 }
 
+/* A service that speaks an older protocol refuses the HELLO with
+ * EVERSION: a reconnecting client does not retry - nothing would change
+ * - and every operation ends with that status. */
+static void test_an_older_service_fails_everything_with_eversion(
+    void **state) {
+  fx *f = *state;
+  struct sockaddr_un sa;
+  peerstore__buf b = {0};
+  peerstore_connect_opts o;
+  char path[400];
+  peerstore_client *c;
+  peerstore_peer_id p = peer_n(1);
+  got s = {0};
+  int l, a;
+
+  snprintf(path, sizeof(path), "%s/old", f->svc.dir);
+  memset(&sa, 0, sizeof(sa));
+  sa.sun_family = AF_UNIX;
+  assert_true(strlen(path) < sizeof(sa.sun_path));
+  strcpy(sa.sun_path, path);
+  l = socket(AF_UNIX, SOCK_STREAM, 0);
+  assert_true(l >= 0);
+  assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+  assert_int_equal(listen(l, 4), 0);
+  peerstore_connect_opts_init(&o);
+  o.timeout_ms = 0;
+  c = peerstore_connect_ex(&f->loop, path, &o); /* reconnecting */
+  assert_non_null(c);
+  assert_non_null(peerstore_store(c, "ss", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  store_cb, &s));
+  a = accept(l, NULL, NULL);
+  assert_true(a >= 0);
+  assert_int_equal(peerstore__put_error(&b, 0, PEERSTORE_EVERSION,
+                                        "version 2 only"),
+                   0);
+  assert_int_equal(send(a, b.data, b.len, MSG_NOSIGNAL), (ssize_t)b.len);
+  close(a);
+  assert_int_equal(harness_run_until(&f->loop, &s.ended, TIMEOUT), 0);
+  assert_int_equal(s.status, PEERSTORE_EVERSION);
+  peerstore_disconnect(c, 0);
+  assert_int_equal(harness_drain(&f->loop, TIMEOUT), 0);
+  peerstore__buf_free(&b);
+  close(l);
+}
+
 typedef struct killer {
   fx *f;
   int records;
@@ -1159,6 +1206,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(
           test_a_peer_that_stops_reading_ends_the_connection, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(
+          test_an_older_service_fails_everything_with_eversion, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_reconnect, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_malformed_replies_make_the_client_back_off, setup, teardown),
