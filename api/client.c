@@ -751,6 +751,9 @@ static void schedule_retry(peerstore_client *c) {
   c->rng ^= c->rng << 17;
   jitter = d > 1 ? c->rng % (d / 2 + 1) : 0;
   c->state = ST_WAITING;
+  /* From now, not from the start of this turn of the loop: the wait is
+   * at least what it says, however long the turn has run. */
+  uv_update_time(c->loop);
   uv_timer_start(&c->retry, on_retry, d - jitter, 0);
 }
 
