@@ -147,6 +147,8 @@ typedef struct watch_index {
   uint32_t budget;  /* plugin reads left for this turn of the loop */
   watch *defer_head; /* watches waiting for the next turn's budget */
   watch *defer_tail;
+  uint64_t tick_reported; /* what watch_tell_progress last looked at */
+  uint64_t tick_first;
 } watch_index;
 
 /* What a WATCH or WATCH_EX asked for. */

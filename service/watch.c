@@ -412,6 +412,12 @@ void watch_tell_progress(server *s) {
   if (!has_history(s) || s->watches.count == 0)
     return;
   ops(s)->history_info(s->plugin.instance, &info);
+  /* Nothing has changed since the last look: no watch has aged. */
+  if (s->reported == s->watches.tick_reported &&
+      info.first == s->watches.tick_first)
+    return;
+  s->watches.tick_reported = s->reported;
+  s->watches.tick_first = info.first;
   half = info.first + (info.last - info.first) / 2;
   for (c = s->clients; c != NULL; c = c->next) {
     for (w = c->watches; w != NULL && !c->closing; w = next) {
