@@ -109,7 +109,9 @@ enum peerstore_store_option {
   XX(ELIMIT, -30003, "service limit reached")                              \
   XX(EPLUGIN, -30004, "storage plugin failed")                             \
   XX(EINTERRUPTED, -30005, "connection lost; the operation was cut short") \
-  XX(ECOMPACTED, -30006, "the history no longer reaches back that far")
+  XX(ECOMPACTED, -30006, "the history no longer reaches back that far")   \
+  XX(ECONFLICT, -30007, "a condition of the batch does not hold")          \
+  XX(EQUOTA, -30008, "the subsystem's quota would be passed")
 
 typedef enum {
 #define PEERSTORE_ERR_DEF(name, val, msg) PEERSTORE_##name = (val),

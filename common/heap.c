@@ -64,21 +64,29 @@ void peerstore__heap_free(peerstore__heap *h) {
   h->len = h->cap = 0;
 }
 
-int peerstore__heap_reserve(peerstore__heap *h) {
-  uint32_t cap;
+int peerstore__heap_reserve_n(peerstore__heap *h, size_t n) {
+  size_t cap = h->cap;
   void **v;
 
-  if (h->len < h->cap)
+  if (n <= (size_t)(h->cap - h->len))
     return 0;
   /* The last position is PEERSTORE__HEAP_NONE. */
-  if (h->cap >= PEERSTORE__HEAP_NONE / 2)
+  if (n >= PEERSTORE__HEAP_NONE / 2 - h->len)
     return PEERSTORE_ENOMEM;
-  cap = h->cap ? h->cap * 2 : 64;
-  if ((v = realloc(h->v, cap * sizeof(*v))) == NULL)
+  if (cap == 0)
+    cap = 64;
+  while (cap - h->len < n)
+    cap *= 2;
+  if (cap >= PEERSTORE__HEAP_NONE / 2 ||
+      (v = realloc(h->v, cap * sizeof(*v))) == NULL)
     return PEERSTORE_ENOMEM;
   h->v = v;
-  h->cap = cap;
+  h->cap = (uint32_t)cap;
   return 0;
+}
+
+int peerstore__heap_reserve(peerstore__heap *h) {
+  return peerstore__heap_reserve_n(h, 1);
 }
 
 void peerstore__heap_push(peerstore__heap *h, void *e) {

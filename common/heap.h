@@ -29,6 +29,8 @@ void peerstore__heap_free(peerstore__heap *h);
 /* Makes room for one more element, so that the next push cannot fail;
  * returns 0 or PEERSTORE_ENOMEM. */
 int peerstore__heap_reserve(peerstore__heap *h);
+/* The same for n more elements. */
+int peerstore__heap_reserve_n(peerstore__heap *h, size_t n);
 /* Adds e (not in the heap) after a successful reserve. */
 void peerstore__heap_push(peerstore__heap *h, void *e);
 /* Takes e out; does nothing if it is not in the heap. */

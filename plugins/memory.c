@@ -473,16 +473,20 @@ static int pin_groups(mem *m, const struct mrec *r) {
   return 0;
 }
 
+static void unpin_groups(mem *m, struct triple *t) {
+  unpin_triple(m, t);
+  t->pn->pins--;
+  t->kn->pins--;
+  t->pn->ss->pins--;
+}
+
 /* Frees a record that has left the store, and the groups it leaves
  * empty. */
 static void rec_free(mem *m, struct mrec *r) {
   struct triple *t = r->t;
 
   if (r->dead) {
-    unpin_triple(m, t);
-    t->pn->pins--;
-    t->kn->pins--;
-    t->pn->ss->pins--;
+    unpin_groups(m, t);
     m->hist_bytes -= rec_bytes(r);
   }
   free(r);
@@ -688,8 +692,10 @@ static void mem_close(void *instance) {
   free(m);
 }
 
-static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
-                            size_t size, uint64_t expiry, uint32_t writer) {
+/* A record not yet in the store (rec_link puts it there). */
+static struct mrec *rec_alloc(struct triple *t, const void *value,
+                              size_t size, uint64_t expiry,
+                              uint32_t writer) {
   struct mrec *r = malloc(sizeof(*r) + size);
 
   if (r == NULL)
@@ -703,7 +709,13 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   r->writer = writer;
   if (size > 0)
     memcpy(r->value, value, size);
-  if (expiry != PEERSTORE_EXPIRY_NEVER)
+  return r;
+}
+
+/* Stores r, with the next revision; its heap slot is reserved.  Cannot
+ * fail. */
+static void rec_link(mem *m, struct mrec *r) {
+  if (r->expiry != PEERSTORE_EXPIRY_NEVER)
     peerstore__heap_push(&m->expiry, r);
   r->revision = ++m->revision;
   rec_append(r);
@@ -711,49 +723,56 @@ static struct mrec *rec_new(mem *m, struct triple *t, const void *value,
   report(m, PEERSTORE_CHANGE_STORE, r->revision, r);
   if (hist_on(m))
     hist_push(m, r, PEERSTORE_CHANGE_STORE);
-  return r;
 }
 
-static int mem_store(void *instance, const peerstore_record *rec,
-                     uint32_t writer, enum peerstore_store_option option,
-                     peerstore_plugin_store_cb cb, void *arg) {
-  mem *m = instance;
-  struct ss_node *ss = NULL;
-  struct peer_node *pn = NULL;
-  struct key_node *kn = NULL;
-  struct triple *t = NULL;
-  struct mrec *r = NULL, *old = NULL, *next;
-  peerstore_record view;
+/* A store made ready: its groups found or made, its record allocated,
+ * its heap slot reserved; store_apply cannot fail. */
+typedef struct prepared {
+  struct ss_node *ss;
+  struct peer_node *pn;
+  struct key_node *kn;
+  struct triple *t;
+  struct mrec *r;
+  int pinned; /* a batch's: its groups outlive the removes before it */
+} prepared;
 
-  /* The heap slot is taken up front: past this point nothing can fail
-   * half-way through changing the lists. */
-  if (rec->expiry != PEERSTORE_EXPIRY_NEVER &&
-      peerstore__heap_reserve(&m->expiry) != 0)
-    goto fail;
-  ss = ss_find(m, rec->subsystem, 1);
-  if (ss != NULL)
-    pn = peer_find(m, ss, &rec->peer, 1);
-  if (pn != NULL)
-    kn = key_find(m, ss, rec->key, 1);
-  if (kn != NULL)
-    t = triple_find(m, pn, kn, 1);
-  if (t == NULL)
-    goto fail;
+static int store_prepare(mem *m, const peerstore_record *rec,
+                         uint32_t writer, prepared *p) {
+  memset(p, 0, sizeof(*p));
+  p->ss = ss_find(m, rec->subsystem, 1);
+  if (p->ss != NULL)
+    p->pn = peer_find(m, p->ss, &rec->peer, 1);
+  if (p->pn != NULL)
+    p->kn = key_find(m, p->ss, rec->key, 1);
+  if (p->kn != NULL)
+    p->t = triple_find(m, p->pn, p->kn, 1);
+  if (p->t != NULL)
+    p->r = rec_alloc(p->t, rec->value, rec->value_size, rec->expiry, writer);
+  return p->r != NULL ? 0 : PEERSTORE_ENOMEM;
+}
+
+/* Undoes a store_prepare that is not to be applied. */
+static void store_unprepare(mem *m, prepared *p) {
+  free(p->r);
+  groups_gc(m, p->ss, p->pn, p->kn, p->t);
+}
+
+static void store_apply(mem *m, const prepared *p,
+                        enum peerstore_store_option option) {
+  struct triple *t = p->t;
+  struct mrec *r = p->r, *old = NULL, *next;
 
   if (option == PEERSTORE_MULTIPLE) {
     for (old = t->first; old != NULL; old = old->next[L_TRIPLE])
-      if (old->value_size == rec->value_size &&
-          memcmp(old->value, rec->value, rec->value_size) == 0)
+      if (old->value_size == r->value_size &&
+          memcmp(old->value, r->value, r->value_size) == 0)
         break;
   }
-  /* Create first, then drop what it replaces, so a failure loses nothing.
-   * A refresh is a new record too: records never change once made, which
-   * is what lets the history hold one of their stores in eight bytes.
-   * Cursors resting on the old one go on from its place; the new one is
-   * past their snapshot. */
-  r = rec_new(m, t, rec->value, rec->value_size, rec->expiry, writer);
-  if (r == NULL)
-    goto fail;
+  /* Create first, then drop what it replaces.  A refresh is a new record
+   * too: records never change once made, which is what lets the history
+   * hold one of their stores in eight bytes.  Cursors resting on the old
+   * one go on from its place; the new one is past their snapshot. */
+  rec_link(m, r);
   if (option == PEERSTORE_MULTIPLE && old != NULL)
     rec_retire(m, old, 0);
   if (option == PEERSTORE_REPLACE) {
@@ -763,14 +782,28 @@ static int mem_store(void *instance, const peerstore_record *rec,
       rec_retire(m, old, PEERSTORE_CHANGE_REMOVE);
     }
   }
-  rec_view(r, &view);
+}
+
+static int mem_store(void *instance, const peerstore_record *rec,
+                     uint32_t writer, enum peerstore_store_option option,
+                     peerstore_plugin_store_cb cb, void *arg) {
+  mem *m = instance;
+  peerstore_record view;
+  prepared p;
+
+  /* Everything that can fail comes first: past it, nothing can fail
+   * half-way through changing the lists. */
+  if (rec->expiry != PEERSTORE_EXPIRY_NEVER &&
+      peerstore__heap_reserve(&m->expiry) != 0)
+    return PEERSTORE_ENOMEM;
+  if (store_prepare(m, rec, writer, &p) != 0) {
+    store_unprepare(m, &p);
+    return PEERSTORE_ENOMEM; /* nothing was changed; no callback */
+  }
+  store_apply(m, &p, option);
+  rec_view(p.r, &view);
   cb(arg, 0, &view);
   return 0;
-
-fail:
-  /* Nothing was changed; refused, so no callback. */
-  groups_gc(m, ss, pn, kn, t);
-  return PEERSTORE_ENOMEM;
 }
 
 /* The head of the list a filter selects (its first-record pointer), or
@@ -857,9 +890,7 @@ static void mem_iterate_close(peerstore_plugin_cursor *c) {
   free(c);
 }
 
-static int mem_remove(void *instance, const peerstore_plugin_filter *f,
-                      peerstore_plugin_count_cb cb, void *arg) {
-  mem *m = instance;
+static uint64_t remove_apply(mem *m, const peerstore_plugin_filter *f) {
   int which;
   struct mrec **head = filter_list(m, f, &which);
   uint64_t n = 0;
@@ -872,7 +903,108 @@ static int mem_remove(void *instance, const peerstore_plugin_filter *f,
     if (last)
       break;
   }
+  return n;
+}
+
+static int mem_remove(void *instance, const peerstore_plugin_filter *f,
+                      peerstore_plugin_count_cb cb, void *arg) {
+  uint64_t n = remove_apply(instance, f);
+
   cb(arg, 0, n);
+  return 0;
+}
+
+/* The revision of the newest record of the triple f names (0: none). */
+static uint64_t triple_newest(mem *m, const peerstore_plugin_filter *f) {
+  struct ss_node *ss = ss_find(m, f->subsystem, 0);
+  struct peer_node *pn = ss ? peer_find(m, ss, f->peer, 0) : NULL;
+  struct key_node *kn = ss ? key_find(m, ss, f->key, 0) : NULL;
+  struct triple *t = pn && kn ? triple_find(m, pn, kn, 0) : NULL;
+  struct mrec *r;
+
+  if (t == NULL || t->first == NULL)
+    return 0;
+  for (r = t->first; r->next[L_TRIPLE] != NULL; r = r->next[L_TRIPLE])
+    ;
+  return r->revision; /* stored order: the last is the newest */
+}
+
+/* Undoes the first n of a batch's prepared stores.  Groups may be shared
+ * between them: each is left to the first store that has it, so that
+ * none is freed twice. */
+static void batch_unprepare(mem *m, prepared *p, size_t n) {
+  size_t l;
+
+  while (n-- > 0) {
+    prepared *q = &p[n];
+    if (q->pinned)
+      unpin_groups(m, q->t);
+    for (l = 0; l < n; l++) {
+      if (p[l].ss == q->ss)
+        q->ss = NULL;
+      if (p[l].pn == q->pn)
+        q->pn = NULL;
+      if (p[l].kn == q->kn)
+        q->kn = NULL;
+      if (p[l].t == q->t)
+        q->t = NULL;
+    }
+    store_unprepare(m, q);
+  }
+}
+
+static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
+                     size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
+                     void *arg) {
+  mem *m = instance;
+  uint64_t first = m->revision + 1;
+  size_t i, j = 0, stores = 0, expiring = 0;
+  prepared *p = NULL;
+
+  for (i = 0; i < n; i++) {
+    const peerstore_plugin_batch_op *o = &ops[i];
+    if (o->kind == PEERSTORE_PLUGIN_BATCH_STORE) {
+      stores++;
+      expiring += o->rec.expiry != PEERSTORE_EXPIRY_NEVER;
+    } else if (o->kind == PEERSTORE_PLUGIN_BATCH_REQUIRE) {
+      if (o->filter.peer == NULL || o->filter.key == NULL)
+        return PEERSTORE_EINVAL;
+    } else if (o->kind != PEERSTORE_PLUGIN_BATCH_REMOVE) {
+      return PEERSTORE_EINVAL;
+    }
+  }
+  for (i = 0; i < n; i++) {
+    if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REQUIRE &&
+        triple_newest(m, &ops[i].filter) != ops[i].revision) {
+      cb(arg, PEERSTORE_ECONFLICT, 0);
+      return 0;
+    }
+  }
+  /* Everything that can fail, for every store, before anything is
+   * applied: then nothing can fail half-way through the batch. */
+  if ((expiring > 0 && peerstore__heap_reserve_n(&m->expiry, expiring)) ||
+      (stores > 0 && (p = calloc(stores, sizeof(*p))) == NULL))
+    return PEERSTORE_ENOMEM;
+  for (i = 0; i < n; i++) {
+    if (ops[i].kind != PEERSTORE_PLUGIN_BATCH_STORE)
+      continue;
+    if (store_prepare(m, &ops[i].rec, writer, &p[j]) != 0 ||
+        pin_groups(m, p[j].r) != 0) {
+      batch_unprepare(m, p, j + 1);
+      free(p);
+      return PEERSTORE_ENOMEM;
+    }
+    p[j++].pinned = 1;
+  }
+  for (i = j = 0; i < n; i++) {
+    if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_STORE) {
+      store_apply(m, &p[j], ops[i].option);
+      unpin_groups(m, p[j++].t); /* it has a record there now */
+    } else if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REMOVE)
+      remove_apply(m, &ops[i].filter);
+  }
+  free(p);
+  cb(arg, 0, m->revision >= first ? first : 0);
   return 0;
 }
 
@@ -992,6 +1124,7 @@ static const peerstore_plugin_ops mem_ops = {
     .counts = mem_counts,
     .history_read = mem_history_read,
     .history_info = mem_history_info,
+    .batch = mem_batch,
 };
 
 static const peerstore_plugin_desc mem_desc = {

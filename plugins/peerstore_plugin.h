@@ -170,6 +170,28 @@ typedef int (*peerstore_plugin_change_cb)(void *arg,
 typedef void (*peerstore_plugin_history_cb)(void *arg, int status,
                                             uint64_t reached, int more);
 
+/* One operation of a batch (DESIGN.md section 8). */
+enum peerstore_plugin_batch_kind {
+  PEERSTORE_PLUGIN_BATCH_STORE = 1,  /* rec, with option */
+  PEERSTORE_PLUGIN_BATCH_REMOVE = 2, /* what filter matches */
+  PEERSTORE_PLUGIN_BATCH_REQUIRE = 3 /* filter names a triple: its newest
+                                        record has revision (0: none) */
+};
+
+typedef struct peerstore_plugin_batch_op {
+  enum peerstore_plugin_batch_kind kind;
+  enum peerstore_store_option option; /* STORE */
+  peerstore_record rec;               /* STORE; its revision is unused */
+  peerstore_plugin_filter filter;     /* REMOVE, REQUIRE */
+  uint64_t revision;                  /* REQUIRE */
+} peerstore_plugin_batch_op;
+
+/* status 0: every operation applied; the batch's changes have the
+ * consecutive revisions from first_revision on (0: it changed nothing).
+ * Otherwise nothing was applied. */
+typedef void (*peerstore_plugin_batch_cb)(void *arg, int status,
+                                          uint64_t first_revision);
+
 /* What a plugin's history holds (history_info). */
 typedef struct peerstore_plugin_history_info {
   uint64_t first;  /* every change with a revision above this is held */
@@ -249,7 +271,21 @@ typedef struct peerstore_plugin_ops {
                       peerstore_plugin_history_cb done_cb, void *arg);
   /* Synchronous. */
   void (*history_info)(void *instance, peerstore_plugin_history_info *info);
-  void (*reserved[6])(void); /* NULL; room for later operations */
+
+  /* Batches (optional: NULL in a plugin without them, whose clients are
+   * then refused batches with PEERSTORE_EPLUGIN).  Applies ops all or
+   * nothing, in order: first every REQUIRE is checked against the store
+   * as it is before the batch (one that does not hold: status
+   * PEERSTORE_ECONFLICT, nothing applied), then each STORE and REMOVE is
+   * applied as the single calls would (a REMOVE in one piece, whatever
+   * it matches), with writer as the writer of every store.  Its changes
+   * take consecutive revisions and go through the hook together, nothing
+   * else between them, before cb.  ops and what they point to are
+   * borrowed for the call: a plugin that completes later copies them. */
+  int (*batch)(void *instance, const peerstore_plugin_batch_op *ops,
+               size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
+               void *arg);
+  void (*reserved[5])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {

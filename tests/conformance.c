@@ -102,6 +102,8 @@ static void changed(void *ctx, const peerstore_plugin_change *ch) {
   }
 }
 
+#define NO_HISTORY UINT64_MAX
+
 static int setup_with(void **state, uint64_t history_events,
                       uint64_t history_bytes) {
   fx *f = calloc(1, sizeof(*f));
@@ -118,7 +120,9 @@ static int setup_with(void **state, uint64_t history_events,
   env.strerror = peerstore_strerror;
   env.changed = changed;
   env.changed_ctx = f;
-  env.history_events = f->history_events ? f->history_events : 100000;
+  env.history_events = f->history_events == NO_HISTORY ? 0
+                       : f->history_events ? f->history_events
+                                           : 100000;
   env.history_bytes = f->history_bytes ? f->history_bytes : 64u << 20;
   if (target->prepare != NULL)
     assert_int_equal(target->prepare(target->ctx, &env), 0);
@@ -130,6 +134,11 @@ static int setup_with(void **state, uint64_t history_events,
 }
 
 static int setup(void **state) { return setup_with(state, 0, 0); }
+
+/* No history: nothing keeps a removed record's groups. */
+static int setup_no_history(void **state) {
+  return setup_with(state, NO_HISTORY, 0);
+}
 
 /* A history of 8 events, to see it trimmed. */
 static int setup_small_history(void **state) {
@@ -781,6 +790,203 @@ static void test_a_large_remove_takes_what_was_there_and_keeps_order(
   assert_int_equal(records(f), 1);
 }
 
+/* ------------------------------------------------------------------ */
+/* Batches (DESIGN.md section 8)                                       */
+
+typedef struct batched {
+  const fx *f;
+  int done;
+  int status;
+  uint64_t first;
+  int events_at_cb;
+} batched;
+
+static void batch_cb(void *arg, int status, uint64_t first) {
+  batched *b = arg;
+
+  b->done++;
+  b->status = status;
+  b->first = first;
+  b->events_at_cb = b->f->n_events;
+}
+
+/* An iteration of ss gives exactly these values, in this order. */
+static void expect_values(fx *f, const char *ss, int n,
+                          const char *const want[]) {
+  result r;
+  int i;
+
+  all(f, ss, NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, n);
+  for (i = 0; i < n; i++)
+    assert_string_equal(r.values[i], want[i]);
+}
+
+static int need_batches(const fx *f) {
+  if (f->ops->batch != NULL)
+    return 1;
+  print_message("skipped: the %s plugin has no batch call yet\n",
+                target->desc->name);
+  return 0;
+}
+
+static peerstore_plugin_batch_op op_store(const char *ss, const peerstore_peer_id *p,
+                                          const char *key, const char *value,
+                                          enum peerstore_store_option opt) {
+  peerstore_plugin_batch_op o;
+
+  memset(&o, 0, sizeof(o));
+  o.kind = PEERSTORE_PLUGIN_BATCH_STORE;
+  o.option = opt;
+  o.rec.subsystem = ss;
+  o.rec.peer = *p;
+  o.rec.key = key;
+  o.rec.value = value;
+  o.rec.value_size = strlen(value);
+  o.rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  return o;
+}
+
+static peerstore_plugin_batch_op op_filter(enum peerstore_plugin_batch_kind k,
+                                           const char *ss,
+                                           const peerstore_peer_id *p,
+                                           const char *key, uint64_t rev) {
+  peerstore_plugin_batch_op o;
+
+  memset(&o, 0, sizeof(o));
+  o.kind = k;
+  o.filter.subsystem = ss;
+  o.filter.peer = p;
+  o.filter.key = key;
+  o.revision = rev;
+  return o;
+}
+
+/* Runs a batch to its callback. */
+static void run_batch(fx *f, const peerstore_plugin_batch_op *ops, size_t n,
+                      batched *b) {
+  memset(b, 0, sizeof(*b));
+  b->f = f;
+  assert_int_equal(f->ops->batch(f->inst, ops, n, WRITER, batch_cb, b), 0);
+  assert_int_equal(harness_run_until(&f->loop, &b->done, TIMEOUT), 0);
+}
+
+/* A batch's changes take consecutive revisions in the order its
+ * operations were added - a REPLACE's drop right after its store - and
+ * all go through the hook before its callback. */
+static void test_a_batch_applies_in_order_with_consecutive_revisions(
+    void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op ops[3];
+  batched b;
+  int events;
+
+  if (!need_batches(f))
+    return;
+  put_never(f, "ss", 1, "a", "old", PEERSTORE_REPLACE);
+  put_never(f, "ss", 1, "c", "gone", PEERSTORE_REPLACE);
+  events = f->n_events;
+  ops[0] = op_store("ss", &p1, "a", "new", PEERSTORE_REPLACE);
+  ops[1] = op_store("ss", &p1, "b", "b", PEERSTORE_MULTIPLE);
+  ops[2] = op_filter(PEERSTORE_PLUGIN_BATCH_REMOVE, "ss", &p1, "c", 0);
+  run_batch(f, ops, 3, &b);
+  assert_int_equal(b.status, 0);
+  assert_int_equal(b.events_at_cb, events + 4);
+  assert_int_equal(f->events[events].kind, PEERSTORE_CHANGE_STORE);
+  assert_string_equal(f->events[events].value, "new");
+  assert_int_equal(f->events[events].revision, b.first);
+  assert_int_equal(f->events[events + 1].kind, PEERSTORE_CHANGE_REMOVE);
+  assert_string_equal(f->events[events + 1].value, "old");
+  assert_int_equal(f->events[events + 1].revision, b.first + 1);
+  assert_int_equal(f->events[events + 2].kind, PEERSTORE_CHANGE_STORE);
+  assert_string_equal(f->events[events + 2].value, "b");
+  assert_int_equal(f->events[events + 2].revision, b.first + 2);
+  assert_int_equal(f->events[events + 3].kind, PEERSTORE_CHANGE_REMOVE);
+  assert_string_equal(f->events[events + 3].value, "gone");
+  assert_int_equal(f->events[events + 3].revision, b.first + 3);
+  expect_values(f, "ss", 2, (const char *const[]){"new", "b"});
+}
+
+/* Conditions are checked against the store as it was before the batch;
+ * one that does not hold fails it with ECONFLICT and nothing changes. */
+static void test_a_batch_whose_condition_fails_changes_nothing(
+    void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op ops[4];
+  uint64_t rev;
+  batched b;
+  int events;
+
+  if (!need_batches(f))
+    return;
+  rev = put_never(f, "ss", 1, "a", "v1", PEERSTORE_REPLACE);
+  events = f->n_events;
+  ops[0] = op_store("ss", &p1, "a", "v2", PEERSTORE_REPLACE);
+  ops[1] = op_store("ss", &p1, "x", "x", PEERSTORE_REPLACE);
+  ops[2] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "a", rev + 1);
+  run_batch(f, ops, 3, &b);
+  assert_int_equal(b.status, PEERSTORE_ECONFLICT);
+  assert_int_equal(f->n_events, events);
+  expect_values(f, "ss", 1, (const char *const[]){"v1"});
+  /* 0: the triple must be empty; "x" is, "a" is not. */
+  ops[2] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "a", 0);
+  run_batch(f, ops, 3, &b);
+  assert_int_equal(b.status, PEERSTORE_ECONFLICT);
+  ops[2] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "a", rev);
+  ops[3] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "x", 0);
+  run_batch(f, ops, 4, &b);
+  assert_int_equal(b.status, 0);
+  expect_values(f, "ss", 2, (const char *const[]){"v2", "x"});
+}
+
+/* Two writers read the same revision and race to replace the record on
+ * condition that it is still the one they read: exactly one wins. */
+static void test_two_batches_racing_on_one_revision_one_wins(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op a[2], c[2];
+  static batched ba, bc;
+  uint64_t rev;
+
+  if (!need_batches(f))
+    return;
+  rev = put_never(f, "ss", 1, "k", "v0", PEERSTORE_REPLACE);
+  a[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "k", rev);
+  a[1] = op_store("ss", &p1, "k", "from a", PEERSTORE_REPLACE);
+  c[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "k", rev);
+  c[1] = op_store("ss", &p1, "k", "from c", PEERSTORE_REPLACE);
+  memset(&ba, 0, sizeof(ba));
+  memset(&bc, 0, sizeof(bc));
+  ba.f = bc.f = f;
+  assert_int_equal(f->ops->batch(f->inst, a, 2, WRITER, batch_cb, &ba), 0);
+  assert_int_equal(f->ops->batch(f->inst, c, 2, WRITER, batch_cb, &bc), 0);
+  assert_int_equal(harness_run_until(&f->loop, &ba.done, TIMEOUT), 0);
+  assert_int_equal(harness_run_until(&f->loop, &bc.done, TIMEOUT), 0);
+  assert_int_equal(ba.status, 0);
+  assert_int_equal(bc.status, PEERSTORE_ECONFLICT);
+  expect_values(f, "ss", 1, (const char *const[]){"from a"});
+}
+
+/* A remove, then a store into the groups it empties, in one batch (with
+ * no history, which would otherwise keep them). */
+static void test_a_batch_stores_where_it_just_removed(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op ops[2];
+  batched b;
+
+  if (!need_batches(f))
+    return;
+  put_never(f, "only", 1, "k", "v", PEERSTORE_REPLACE);
+  ops[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REMOVE, "only", NULL, NULL, 0);
+  ops[1] = op_store("only", &p1, "k", "again", PEERSTORE_MULTIPLE);
+  run_batch(f, ops, 2, &b);
+  assert_int_equal(b.status, 0);
+  expect_values(f, "only", 1, (const char *const[]){"again"});
+}
+
 static int hist_ev(void *arg, const peerstore_plugin_change *ch) {
   hist *h = arg;
 
@@ -1018,6 +1224,16 @@ int conformance_run(const char *group, const conformance_target *t) {
       cmocka_unit_test_setup_teardown(
           test_a_large_remove_takes_what_was_there_and_keeps_order, setup,
           teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_batch_applies_in_order_with_consecutive_revisions, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_batch_whose_condition_fails_changes_nothing, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_two_batches_racing_on_one_revision_one_wins, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_a_batch_stores_where_it_just_removed,
+                                      setup_no_history, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_cursors_on_a_removed_record_go_on_from_its_successor, setup,
