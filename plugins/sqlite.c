@@ -44,7 +44,7 @@ extern const char peerstore_sqlite_migrate_1_2[];
 extern const char peerstore_sqlite_migrate_2_3[];
 extern const char peerstore_sqlite_migrate_3_4[];
 
-enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST };
+enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST, J_BATCH };
 
 typedef struct sq sq;
 
@@ -127,6 +127,15 @@ typedef struct job {
       peerstore_plugin_change_cb ev_cb;
       peerstore_plugin_history_cb done_cb;
     } hist;
+    struct {
+      peerstore_plugin_batch_op *ops; /* strings and values in data */
+      size_t n;
+      uint32_t writer;
+      char *data;
+      uint64_t first;
+      rbuf changes; /* every change it made, in order, for the hook */
+      peerstore_plugin_batch_cb cb;
+    } batch;
   } u;
 } job;
 
@@ -172,7 +181,7 @@ struct sq {
   uint64_t pub_hist_bytes;
   sqlite3_stmt *st_find, *st_refresh, *st_insert, *st_set_revision,
       *st_keep, *st_delete, *st_replaced, *st_expired, *st_trim_bytes,
-      *st_trim;
+      *st_trim, *st_newest;
   sqlite3_stmt *st_iter[F_COUNT];
   sqlite3_stmt *st_remove[F_COUNT];
   sqlite3_stmt *st_hist[F_COUNT];
@@ -363,6 +372,29 @@ static int rbuf_row(rbuf *b, sqlite3_stmt *st, int c) {
   return 0;
 }
 
+/* Adds rec to the end of b as a STORE change (its revision is set
+ * later, in revs and recs alike). */
+static int rbuf_rec(rbuf *b, const peerstore_record *rec, uint32_t writer) {
+  peerstore_record *r;
+  size_t o_ss, o_key, o_val;
+
+  if ((b->n == b->cap && rbuf_grow(b) != 0) ||
+      rbuf_put(b, rec->subsystem, strlen(rec->subsystem), 1, &o_ss) ||
+      rbuf_put(b, rec->key, strlen(rec->key), 1, &o_key) ||
+      rbuf_put(b, rec->value, rec->value_size, 0, &o_val))
+    return PEERSTORE_ENOMEM;
+  r = &b->recs[b->n];
+  *r = *rec;
+  r->subsystem = (const char *)(uintptr_t)o_ss;
+  r->key = (const char *)(uintptr_t)o_key;
+  r->value = (const void *)(uintptr_t)o_val;
+  b->writers[b->n] = writer;
+  b->kinds[b->n] = (uint8_t)PEERSTORE_CHANGE_STORE;
+  b->revs[b->n] = 0;
+  b->n++;
+  return 0;
+}
+
 /* Steps st, already bound, for up to max rows into b (fewer once b holds
  * RECORD_BATCH_BYTES), from column c as rbuf_row reads them; *more says
  * whether rows were left.  Returns 0 or a mapped status. */
@@ -495,12 +527,14 @@ static void bind_triple(sqlite3_stmt *st, const peerstore_record *r) {
   sqlite3_bind_blob(st, 3, r->key, (int)strlen(r->key), SQLITE_STATIC);
 }
 
-static int do_store(sq *s, job *j) {
-  peerstore_record *r = &j->u.store.rec;
+/* Applies one store; r->revision is set to its revision, and what a
+ * REPLACE drops goes to gone. */
+static int store_one(sq *s, peerstore_record *r, uint32_t writer,
+                     uint8_t option, rbuf *gone) {
   int64_t found = 0;
   int rc;
 
-  if (j->u.store.option == PEERSTORE_MULTIPLE) {
+  if (option == PEERSTORE_MULTIPLE) {
     bind_triple(s->st_find, r);
     sqlite3_bind_blob(s->st_find, 4, r->value, (int)r->value_size,
                       SQLITE_STATIC);
@@ -526,7 +560,7 @@ static int do_store(sq *s, job *j) {
     sqlite3_bind_int64(s->st_refresh, 1, (int64_t)r->revision);
     sqlite3_bind_int64(s->st_refresh, 2, expiry_to_sql(r->expiry));
     sqlite3_bind_int64(s->st_refresh, 3, found);
-    sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(j->u.store.writer));
+    sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(writer));
     return step_done(s->st_refresh);
   }
   sqlite3_bind_int64(s->st_insert, 1, (int64_t)r->revision);
@@ -539,17 +573,21 @@ static int do_store(sq *s, job *j) {
   sqlite3_bind_blob(s->st_insert, 5, r->value, (int)r->value_size,
                     SQLITE_STATIC);
   sqlite3_bind_int64(s->st_insert, 6, expiry_to_sql(r->expiry));
-  sqlite3_bind_int64(s->st_insert, 7, writer_to_sql(j->u.store.writer));
+  sqlite3_bind_int64(s->st_insert, 7, writer_to_sql(writer));
   if ((rc = step_done(s->st_insert)) != 0)
     return rc;
   s->records++;
-  if (j->u.store.option != PEERSTORE_REPLACE)
+  if (option != PEERSTORE_REPLACE)
     return 0;
   /* The values it replaces go after it, each a change of its own. */
   bind_triple(s->st_replaced, r);
   sqlite3_bind_int64(s->st_replaced, 4, (int64_t)r->revision);
-  return retire(s, s->st_replaced, PEERSTORE_CHANGE_REMOVE,
-                &j->u.store.gone, NULL);
+  return retire(s, s->st_replaced, PEERSTORE_CHANGE_REMOVE, gone, NULL);
+}
+
+static int do_store(sq *s, job *j) {
+  return store_one(s, &j->u.store.rec, j->u.store.writer,
+                   j->u.store.option, &j->u.store.gone);
 }
 
 /* The snapshot of an iteration is the revision when its J_OPEN runs:
@@ -685,8 +723,101 @@ static int do_hist(sq *s, job *j) {
   return 0;
 }
 
+/* Whether the conditions of batch j hold: 0 or PEERSTORE_ECONFLICT. */
+static int check_required(sq *s, job *j) {
+  size_t i;
+  int rc;
+
+  for (i = 0; i < j->u.batch.n; i++) {
+    const peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
+    uint64_t newest = 0;
+    if (o->kind != PEERSTORE_PLUGIN_BATCH_REQUIRE)
+      continue;
+    sqlite3_bind_blob(s->st_newest, 1, o->filter.subsystem,
+                      (int)strlen(o->filter.subsystem), SQLITE_STATIC);
+    sqlite3_bind_blob(s->st_newest, 2, o->filter.peer->bytes,
+                      PEERSTORE_PEER_ID_SIZE, SQLITE_STATIC);
+    sqlite3_bind_blob(s->st_newest, 3, o->filter.key,
+                      (int)strlen(o->filter.key), SQLITE_STATIC);
+    if ((rc = sqlite3_step(s->st_newest)) == SQLITE_ROW)
+      newest = (uint64_t)sqlite3_column_int64(s->st_newest, 0);
+    sqlite3_reset(s->st_newest);
+    sqlite3_clear_bindings(s->st_newest);
+    if (rc != SQLITE_ROW)
+      return map_error(rc);
+    if (newest != o->revision)
+      return PEERSTORE_ECONFLICT;
+  }
+  return 0;
+}
+
+static int batch_ops(sq *s, job *j) {
+  rbuf *ch = &j->u.batch.changes;
+  size_t i, at;
+  int rc;
+
+  for (i = 0; i < j->u.batch.n; i++) {
+    peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
+    if (o->kind == PEERSTORE_PLUGIN_BATCH_STORE) {
+      at = ch->n;
+      if (rbuf_rec(ch, &o->rec, j->u.batch.writer) != 0)
+        return PEERSTORE_ENOMEM;
+      if ((rc = store_one(s, &o->rec, j->u.batch.writer,
+                          (uint8_t)o->option, ch)) != 0)
+        return rc;
+      ch->recs[at].revision = ch->revs[at] = o->rec.revision;
+    } else if (o->kind == PEERSTORE_PLUGIN_BATCH_REMOVE) {
+      /* In one piece, unlike a remove of its own: a batch is atomic. */
+      filt f;
+      sqlite3_stmt *st;
+      int k;
+      memset(&f, 0, sizeof(f));
+      f.subsystem = (char *)o->filter.subsystem;
+      f.key = (char *)o->filter.key;
+      f.has_peer = o->filter.peer != NULL;
+      if (f.has_peer)
+        f.peer = *o->filter.peer;
+      st = s->st_remove[filt_kind(&f)];
+      k = bind_filter(st, &f);
+      sqlite3_bind_int64(st, k, INT64_MAX);
+      sqlite3_bind_int64(st, k + 1, -1); /* no limit */
+      if ((rc = retire(s, st, PEERSTORE_CHANGE_REMOVE, ch, NULL)) != 0)
+        return rc;
+    }
+  }
+  return 0;
+}
+
+/* A batch, inside the group's transaction, in a savepoint of its own:
+ * its conditions, then its operations; any failure undoes the batch
+ * alone. */
+static int do_batch(sq *s, job *j) {
+  uint64_t rev0 = s->revision, rec0 = s->records, rows0 = s->hist_rows,
+           bytes0 = s->hist_bytes;
+  int rc;
+
+  if ((rc = check_required(s, j)) != 0)
+    return rc;
+  if ((rc = exec(s, "SAVEPOINT batch")) != 0)
+    return rc;
+  if ((rc = batch_ops(s, j)) == 0) {
+    j->u.batch.first = s->revision > rev0 ? rev0 + 1 : 0;
+    return exec(s, "RELEASE batch");
+  }
+  exec(s, "ROLLBACK TO batch");
+  exec(s, "RELEASE batch");
+  s->revision = rev0;
+  s->records = rec0;
+  s->hist_rows = rows0;
+  s->hist_bytes = bytes0;
+  j->u.batch.changes.n = 0;
+  j->u.batch.changes.bytes_len = 0;
+  return rc;
+}
+
 static int is_write(const job *j) {
-  return j->kind == J_STORE || j->kind == J_REMOVE || j->kind == J_PURGE;
+  return j->kind == J_STORE || j->kind == J_REMOVE || j->kind == J_PURGE ||
+         j->kind == J_BATCH;
 }
 
 /* A read that saw a group's uncommitted changes is made again after the
@@ -760,8 +891,13 @@ static job *run_group(sq *s, job *head, job *end) {
     case J_REMOVE: j->status = do_remove(s, j); break;
     case J_PURGE: j->status = do_purge(s, j); break;
     case J_HIST: break; /* after the group (take_group) */
+    case J_BATCH: j->status = do_batch(s, j); break;
     }
-    if (j->status != 0 && is_write(j)) {
+    /* A batch that failed has undone itself and the group goes on -
+     * unless SQLite rolled the whole transaction back by itself, as it
+     * may on SQLITE_FULL or an I/O error. */
+    if (j->status != 0 && is_write(j) &&
+        (j->kind != J_BATCH || sqlite3_get_autocommit(s->db))) {
       failed = j->status;
       break;
     }
@@ -903,6 +1039,11 @@ static void job_free(job *j) {
     filt_free(&j->u.hist.f);
     rbuf_free(&j->u.hist.out);
     break;
+  case J_BATCH:
+    free(j->u.batch.ops);
+    free(j->u.batch.data);
+    rbuf_free(&j->u.batch.changes);
+    break;
   case J_OPEN:
     break;
   }
@@ -980,6 +1121,11 @@ static void job_complete(sq *s, job *j) {
       report_gone(s, &j->u.count.gone);
     if (!j->u.count.partial)
       j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
+    break;
+  case J_BATCH:
+    if (j->status == 0)
+      report_gone(s, &j->u.batch.changes);
+    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first);
     break;
   case J_HIST: {
     rbuf *b = &j->u.hist.out;
@@ -1181,6 +1327,84 @@ static int sq_history_read(void *instance, const peerstore_plugin_filter *f,
   return 0;
 }
 
+/* Copies a batch's operations, their strings and values into one
+ * allocation, for the worker. */
+static int batch_copy(job *j, const peerstore_plugin_batch_op *ops,
+                      size_t n) {
+  size_t i, bytes = 0;
+  char *d;
+
+#define STR_BYTES(p) ((p) != NULL ? strlen(p) + 1 : 0)
+  for (i = 0; i < n; i++)
+    bytes += STR_BYTES(ops[i].rec.subsystem) + STR_BYTES(ops[i].rec.key) +
+             ops[i].rec.value_size + STR_BYTES(ops[i].filter.subsystem) +
+             STR_BYTES(ops[i].filter.key) + sizeof(peerstore_peer_id);
+  if ((j->u.batch.ops = calloc(n ? n : 1, sizeof(*ops))) == NULL ||
+      (j->u.batch.data = d = malloc(bytes ? bytes : 1)) == NULL)
+    return PEERSTORE_ENOMEM;
+#define COPY_STR(field)                                                       \
+  do {                                                                        \
+    if ((field) != NULL) {                                                    \
+      size_t len_ = strlen(field) + 1;                                        \
+      memcpy(d, (field), len_);                                               \
+      (field) = d;                                                            \
+      d += len_;                                                              \
+    }                                                                         \
+  } while (0)
+  for (i = 0; i < n; i++) {
+    peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
+    *o = ops[i];
+    COPY_STR(o->rec.subsystem);
+    COPY_STR(o->rec.key);
+    COPY_STR(o->filter.subsystem);
+    COPY_STR(o->filter.key);
+    if (o->rec.value_size > 0) {
+      memcpy(d, o->rec.value, o->rec.value_size);
+      o->rec.value = d;
+      d += o->rec.value_size;
+    }
+    if (o->filter.peer != NULL) {
+      memcpy(d, o->filter.peer, sizeof(peerstore_peer_id));
+      o->filter.peer = (const peerstore_peer_id *)(void *)d;
+      d += sizeof(peerstore_peer_id);
+    }
+  }
+#undef COPY_STR
+#undef STR_BYTES
+  j->u.batch.n = n;
+  return 0;
+}
+
+static int sq_batch(void *instance, const peerstore_plugin_batch_op *ops,
+                    size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
+                    void *arg) {
+  sq *s = instance;
+  size_t i;
+  job *j;
+
+  for (i = 0; i < n; i++) {
+    if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REQUIRE
+            ? ops[i].filter.peer == NULL || ops[i].filter.key == NULL
+            : ops[i].kind != PEERSTORE_PLUGIN_BATCH_STORE &&
+                  ops[i].kind != PEERSTORE_PLUGIN_BATCH_REMOVE)
+      return PEERSTORE_EINVAL;
+  }
+  if (s->read_only)
+    return PEERSTORE_EROFS;
+  if ((j = calloc(1, sizeof(*j))) == NULL)
+    return PEERSTORE_ENOMEM;
+  j->kind = J_BATCH;
+  if (batch_copy(j, ops, n) != 0) {
+    job_free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  j->arg = arg;
+  j->u.batch.writer = writer;
+  j->u.batch.cb = cb;
+  submit(s, j);
+  return 0;
+}
+
 static void sq_history_info(void *instance,
                             peerstore_plugin_history_info *info) {
   sq *s = instance;
@@ -1254,6 +1478,9 @@ static int prepare_all(sq *s) {
                 "length(value) + " STR(HISTORY_ROW_BYTES) " FROM history "
                 "ORDER BY revision");
   rc |= prepare(s, &s->st_trim, "DELETE FROM history WHERE revision <= ?1");
+  rc |= prepare(s, &s->st_newest,
+                "SELECT max(revision) FROM records WHERE subsystem = ?1 AND "
+                "peer = ?2 AND key = ?3");
   for (i = 0; i < F_COUNT; i++) {
     snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_iter[i], sql);
@@ -1386,7 +1613,8 @@ static void sq_free(sq *s) {
                           &s->st_insert,      &s->st_set_revision,
                           &s->st_keep,        &s->st_delete,
                           &s->st_replaced,    &s->st_expired,
-                          &s->st_trim_bytes,  &s->st_trim};
+                          &s->st_trim_bytes,  &s->st_trim,
+                          &s->st_newest};
   size_t i;
 
   for (i = 0; i < sizeof(all) / sizeof(all[0]); i++)
@@ -1585,6 +1813,7 @@ static const peerstore_plugin_ops sq_ops = {
     .counts = sq_counts,
     .history_read = sq_history_read,
     .history_info = sq_history_info,
+    .batch = sq_batch,
 };
 
 static const peerstore_plugin_desc sq_desc = {

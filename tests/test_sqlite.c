@@ -445,23 +445,34 @@ static void test_read_only(void **state) {
 
 /* A write that fails (here: the database hits its size limit, as a full
  * disk would) fails that store clearly; reads and earlier data stay. */
+/* Stores values of big (a string) under new keys of "ss" until the
+ * database (opened with a small max_page_count) is full; returns how
+ * many went in. */
+static int fill_until_full(inst *in, const char *big) {
+  char key[16];
+  int i, st = 0, ok = 0;
+
+  for (i = 0; i < 200 && st == 0; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    st = put(in, key, big, PEERSTORE_REPLACE, NULL);
+    ok += st == 0;
+  }
+  assert_int_equal(st, PEERSTORE_ENOSPC);
+  return ok;
+}
+
 static void test_write_failure(void **state) {
   inst in;
   opts small = {NULL, "40", NULL};
-  char big[3000], key[16];
-  int i, st = 0, ok = 0;
+  char big[3000];
+  int ok;
   res r;
 
   (void)state;
   memset(big, 'x', sizeof(big) - 1);
   big[sizeof(big) - 1] = '\0';
   assert_int_equal(inst_open(&in, &small), 0);
-  for (i = 0; i < 200 && st == 0; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    st = put(&in, key, big, PEERSTORE_REPLACE, NULL);
-    ok += st == 0;
-  }
-  assert_int_equal(st, PEERSTORE_ENOSPC);
+  ok = fill_until_full(&in, big);
   assert_true(ok > 0);
   assert_int_equal(list(&in, "ss", &r), 0);
   assert_int_equal(r.n, ok);
@@ -498,16 +509,12 @@ static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
   static char big[3000];
   char key[16];
   res filler[64], a, fail, after, r1, r2;
-  int i, st = 0, rounds, grouped = 0;
+  int i, rounds, grouped = 0;
 
   (void)state;
   memset(big, 'x', sizeof(big) - 1);
   assert_int_equal(inst_open(&in, &small), 0);
-  for (i = 0; i < 200 && st == 0; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    st = put(&in, key, big, PEERSTORE_REPLACE, NULL);
-  }
-  assert_int_equal(st, PEERSTORE_ENOSPC);
+  fill_until_full(&in, big);
   for (rounds = 0; rounds < 20 && !grouped; rounds++) {
     memset(filler, 0, sizeof(filler));
     memset(&a, 0, sizeof(a));
@@ -548,6 +555,74 @@ static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
                 rounds);
   assert_true(grouped);
   inst_close(&in);
+}
+
+typedef struct batch_res {
+  int done;
+  int status;
+  uint64_t first;
+} batch_res;
+
+static void batch_cb(void *arg, int status, uint64_t first) {
+  batch_res *b = arg;
+
+  b->done = 1;
+  b->status = status;
+  b->first = first;
+}
+
+/* A batch that fails half-way - the database is full when its second
+ * store comes - leaves nothing of itself and reports no change. */
+static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
+  inst in;
+  opts small = {NULL, "40", NULL};
+  peerstore_plugin_batch_op ops[2];
+  static char big[3000];
+  batch_res b = {0};
+  res after = {0}, r;
+  uint64_t changes;
+  int i;
+
+  (void)state;
+  memset(big, 'x', sizeof(big) - 1);
+  assert_int_equal(inst_open(&in, &small), 0);
+  fill_until_full(&in, big);
+  memset(ops, 0, sizeof(ops));
+  for (i = 0; i < 2; i++) {
+    ops[i].kind = PEERSTORE_PLUGIN_BATCH_STORE;
+    ops[i].option = PEERSTORE_REPLACE;
+    ops[i].rec.subsystem = "t";
+    memset(ops[i].rec.peer.bytes, 1, sizeof(ops[i].rec.peer.bytes));
+    ops[i].rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  }
+  ops[0].rec.key = "a";
+  ops[0].rec.value = "small";
+  ops[0].rec.value_size = 5;
+  ops[1].rec.key = "big";
+  ops[1].rec.value = big;
+  ops[1].rec.value_size = sizeof(big);
+  changes = in.changes;
+  assert_int_equal(desc->ops->batch(in.p, ops, 2, 1000, batch_cb, &b), 0);
+  assert_int_equal(start_store(&in, "t", "after", "fits", PEERSTORE_REPLACE,
+                               &after),
+                   0);
+  assert_int_equal(harness_run_until(&in.loop, &b.done, TIMEOUT), 0);
+  assert_int_equal(harness_run_until(&in.loop, &after.done, TIMEOUT), 0);
+  assert_int_equal(b.status, PEERSTORE_ENOSPC);
+  /* The store after it shares its group or not; on SQLITE_FULL, SQLite
+   * may have rolled the whole transaction back, group and all.  Either
+   * way what it says is what happened. */
+  assert_true(after.status == 0 || after.status == PEERSTORE_ENOSPC);
+  assert_int_equal(in.changes, changes + (after.status == 0));
+  assert_int_equal(list(&in, "t", &r), 0);
+  assert_int_equal(r.n, after.status == 0);
+  if (after.status == 0)
+    assert_string_equal(r.values[0], "fits");
+  inst_close(&in);
+  /* And the database says the same after a reopen. */
+  assert_int_equal(sql_int("SELECT count(*) FROM records WHERE "
+                           "subsystem = CAST('t' AS BLOB)"),
+                   after.status == 0);
 }
 
 static void test_synchronous_option(void **state) {
@@ -648,6 +723,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(
           test_iterations_in_a_failed_group_see_what_stayed, setup,
           teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_batch_failing_half_way_leaves_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
