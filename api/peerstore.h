@@ -382,7 +382,8 @@ PEERSTORE_EXTERN uint64_t peerstore_watch_revision(
  * peerstore_state_cb).  A plugin may apply a large remove in steps (the
  * sqlite plugin: 4,096 records or 1 MiB at a time), so that readers
  * meanwhile may see part of it done; nothing stored after it began is
- * removed. */
+ * removed.  One that fails part-way (the disk full) ends with the error
+ * and a count of 0, though the steps before the failure stay done. */
 PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
     peerstore_client *c, const char *subsystem, const peerstore_peer_id *peer,
     const char *key, peerstore_remove_cb cb, void *arg);

@@ -12,7 +12,10 @@
  *
  * Order: a plugin applies calls in the order it receives them and runs
  * their callbacks in that order, so per-client order and the order of
- * watch notifications follow from the order of calls.
+ * watch notifications follow from the order of calls.  History reads
+ * are the exception: a plugin may run one later than calls made after
+ * it (the sqlite plugin runs them after the writes queued with them),
+ * as long as the hand-over rule of history_read holds.
  *
  * Completion (libuv's rule for requests): an operation that takes a
  * callback either refuses at once - a non-zero return, and its callback

@@ -800,9 +800,9 @@ static int do_batch(sq *s, job *j) {
     return rc;
   if ((rc = exec(s, "SAVEPOINT batch")) != 0)
     return rc;
-  if ((rc = batch_ops(s, j)) == 0) {
+  if ((rc = batch_ops(s, j)) == 0 && (rc = exec(s, "RELEASE batch")) == 0) {
     j->u.batch.first = s->revision > rev0 ? rev0 + 1 : 0;
-    return exec(s, "RELEASE batch");
+    return 0;
   }
   exec(s, "ROLLBACK TO batch");
   exec(s, "RELEASE batch");
@@ -1362,6 +1362,8 @@ static int batch_copy(job *j, const peerstore_plugin_batch_op *ops,
       memcpy(d, o->rec.value, o->rec.value_size);
       o->rec.value = d;
       d += o->rec.value_size;
+    } else {
+      o->rec.value = ""; /* an empty blob, never SQL NULL */
     }
     if (o->filter.peer != NULL) {
       memcpy(d, o->filter.peer, sizeof(peerstore_peer_id));

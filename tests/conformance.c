@@ -987,6 +987,23 @@ static void test_a_batch_stores_where_it_just_removed(void **state) {
   expect_values(f, "only", 1, (const char *const[]){"again"});
 }
 
+/* An empty value in a batch, given as NULL with size 0, is stored as the
+ * single call stores it. */
+static void test_a_batch_stores_an_empty_value(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op op;
+  batched b;
+
+  if (!need_batches(f))
+    return;
+  op = op_store("ss", &p1, "k", "", PEERSTORE_MULTIPLE);
+  op.rec.value = NULL;
+  run_batch(f, &op, 1, &b);
+  assert_int_equal(b.status, 0);
+  expect_values(f, "ss", 1, (const char *const[]){""});
+}
+
 static int hist_ev(void *arg, const peerstore_plugin_change *ch) {
   hist *h = arg;
 
@@ -1234,6 +1251,8 @@ int conformance_run(const char *group, const conformance_target *t) {
           test_two_batches_racing_on_one_revision_one_wins, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_batch_stores_where_it_just_removed,
                                       setup_no_history, teardown),
+      cmocka_unit_test_setup_teardown(test_a_batch_stores_an_empty_value,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(test_cursor_resume, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_cursors_on_a_removed_record_go_on_from_its_successor, setup,
