@@ -97,7 +97,7 @@ static void test_a_bad_value_changes_nothing(void **state) {
  * once into a pipe: every line arrives whole. */
 enum { LOG_LINES = 3000 };
 
-static void *log_lines(void *arg) {
+static void log_lines(void *arg) {
   const char *tag = arg;
   char body[301];
   int i;
@@ -106,7 +106,6 @@ static void *log_lines(void *arg) {
   body[300] = '\0';
   for (i = 0; i < LOG_LINES; i++)
     log_msg(PEERSTORE_LOG_ERROR, "%s%s", tag, body);
-  return NULL;
 }
 
 typedef struct collected {
@@ -115,7 +114,7 @@ typedef struct collected {
   size_t len;
 } collected;
 
-static void *collect(void *arg) {
+static void collect(void *arg) {
   collected *c = arg;
   size_t cap = 1 << 20;
   ssize_t r;
@@ -129,7 +128,6 @@ static void *collect(void *arg) {
       break;
     c->len += (size_t)r;
   }
-  return NULL;
 }
 
 static void test_log_lines_from_two_threads_stay_whole(void **state) {
