@@ -1055,18 +1055,24 @@ static void cursor_free(peerstore_plugin_cursor *c) {
   free(c);
 }
 
-/* Reports the changes in b (records a write took out) through the hook. */
+/* The i-th change of b, once b is fixed up. */
+static void change_at(const rbuf *b, size_t i, peerstore_plugin_change *ch) {
+  ch->kind = (enum peerstore_plugin_change_kind)b->kinds[i];
+  ch->revision = b->revs[i];
+  ch->rec = &b->recs[i];
+  ch->writer = b->writers[i];
+  ch->flags = 0;
+}
+
+/* Reports the changes in b (what a write made or took out) through the
+ * hook. */
 static void report_gone(sq *s, rbuf *b) {
   peerstore_plugin_change ch;
   size_t i;
 
   rbuf_fixup(b);
   for (i = 0; i < b->n; i++) {
-    ch.kind = (enum peerstore_plugin_change_kind)b->kinds[i];
-    ch.revision = b->revs[i];
-    ch.rec = &b->recs[i];
-    ch.writer = b->writers[i];
-    ch.flags = 0;
+    change_at(b, i, &ch);
     s->changed(s->changed_ctx, &ch);
   }
 }
@@ -1134,11 +1140,7 @@ static void job_complete(sq *s, job *j) {
     if (j->status == 0) {
       rbuf_fixup(b);
       for (i = 0; i < b->n; i++) {
-        ch.kind = (enum peerstore_plugin_change_kind)b->kinds[i];
-        ch.revision = b->revs[i];
-        ch.rec = &b->recs[i];
-        ch.writer = b->writers[i];
-        ch.flags = 0;
+        change_at(b, i, &ch);
         if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
           reached = b->revs[i];
           more = 1;

@@ -846,21 +846,13 @@ static void test_service_dies(void **state) {
   peerstore_disconnect(c, 0);
 }
 
-/* A peer that shuts down only its reading half: writes fail, and the read
- * side never reports an end.  The client must still end the connection
- * at once, not leave requests to their timeouts. */
-static void test_a_peer_that_stops_reading_ends_the_connection(
-    void **state) {
-  fx *f = *state;
+/* A listening Unix socket of the test's own, named name in the service's
+ * directory (its path in path), standing in for a service. */
+static int listen_in(fx *f, const char *name, char *path, size_t size) {
   struct sockaddr_un sa;
-  char path[400];
-  peerstore_client *c;
-  peerstore_peer_id p = peer_n(1);
-  got s = {0};
-  peerstore_store_op *op;
-  int l, a;
+  int l;
 
-  snprintf(path, sizeof(path), "%s/half", f->svc.dir);
+  snprintf(path, size, "%s/%s", f->svc.dir, name);
   memset(&sa, 0, sizeof(sa));
   sa.sun_family = AF_UNIX;
   assert_true(strlen(path) < sizeof(sa.sun_path));
@@ -869,6 +861,23 @@ static void test_a_peer_that_stops_reading_ends_the_connection(
   assert_true(l >= 0);
   assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
   assert_int_equal(listen(l, 4), 0);
+  return l;
+}
+
+/* A peer that shuts down only its reading half: writes fail, and the read
+ * side never reports an end.  The client must still end the connection
+ * at once, not leave requests to their timeouts. */
+static void test_a_peer_that_stops_reading_ends_the_connection(
+    void **state) {
+  fx *f = *state;
+  char path[400];
+  peerstore_client *c;
+  peerstore_peer_id p = peer_n(1);
+  got s = {0};
+  peerstore_store_op *op;
+  int l, a;
+
+  l = listen_in(f, "half", path, sizeof(path));
   c = conn_no_reconnect(f, path); /* connect(2) is made in the call */
   a = accept(l, NULL, NULL);
   assert_true(a >= 0);
@@ -891,7 +900,6 @@ static void test_a_peer_that_stops_reading_ends_the_connection(
 static void test_an_older_service_fails_everything_with_eversion(
     void **state) {
   fx *f = *state;
-  struct sockaddr_un sa;
   peerstore__buf b = {0};
   peerstore_connect_opts o;
   char path[400];
@@ -900,15 +908,7 @@ static void test_an_older_service_fails_everything_with_eversion(
   got s = {0};
   int l, a;
 
-  snprintf(path, sizeof(path), "%s/old", f->svc.dir);
-  memset(&sa, 0, sizeof(sa));
-  sa.sun_family = AF_UNIX;
-  assert_true(strlen(path) < sizeof(sa.sun_path));
-  strcpy(sa.sun_path, path);
-  l = socket(AF_UNIX, SOCK_STREAM, 0);
-  assert_true(l >= 0);
-  assert_int_equal(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-  assert_int_equal(listen(l, 4), 0);
+  l = listen_in(f, "old", path, sizeof(path));
   peerstore_connect_opts_init(&o);
   o.timeout_ms = 0;
   c = peerstore_connect_ex(&f->loop, path, &o); /* reconnecting */

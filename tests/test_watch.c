@@ -273,6 +273,22 @@ static void put(fx *f, peerstore_client *c, const char *ss, uint8_t peer,
                                   strlen(value), expiry, opt, on_ack, a));
 }
 
+/* Stores prefix0 .. prefix(n-1) under ss, peer 1, each its own key as its
+ * value, and waits until all are acknowledged. */
+static void put_keys(fx *f, const char *prefix, int n) {
+  acks a = {0};
+  char key[16];
+  int i;
+
+  for (i = 0; i < n; i++) {
+    snprintf(key, sizeof(key), "%s%d", prefix, i);
+    put(f, NULL, "ss", 1, key, key, PEERSTORE_EXPIRY_NEVER,
+        PEERSTORE_MULTIPLE, &a);
+  }
+  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, n, TIMEOUT), 0);
+  assert_int_equal(a.failed, 0);
+}
+
 /* Stores a sentinel and waits until the watchers (v2 may be NULL) have
  * seen it: they have caught up with everything stored before. */
 static void sync_with(fx *f, view *v, view *v2, const char *ss) {
@@ -353,17 +369,10 @@ static void test_resume_gets_exactly_the_events_after_a_revision(
   fx *f = *state;
   static view v;
   static listing l;
-  acks a = {0};
-  char key[16];
   int i;
 
   memset(&v, 0, sizeof(v));
-  for (i = 0; i < 10; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    put(f, NULL, "ss", 1, key, key, PEERSTORE_EXPIRY_NEVER,
-        PEERSTORE_MULTIPLE, &a);
-  }
-  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, 10, TIMEOUT), 0);
+  put_keys(f, "k", 10);
   list(f, "ss", &l);
   assert_int_equal(l.v.n, 10);
   watch(f, "ss", 0, l.revisions[4], &v);
@@ -546,16 +555,9 @@ static void test_resumed_snapshot_watch_keeps_its_view_across_a_reconnect(
   static listing l;
   acks a = {0};
   uint64_t saved;
-  char key[16];
-  int i;
 
   memset(&first, 0, sizeof(first));
-  for (i = 0; i < 5; i++) {
-    snprintf(key, sizeof(key), "old%d", i);
-    put(f, NULL, "ss", 1, key, key, PEERSTORE_EXPIRY_NEVER,
-        PEERSTORE_MULTIPLE, &a);
-  }
-  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, 5, TIMEOUT), 0);
+  put_keys(f, "old", 5);
   watch(f, "ss", PEERSTORE_WATCH_SNAPSHOT | PEERSTORE_WATCH_REMOVALS, 0,
         &first);
   sync_with(f, &first, NULL, "ss");
