@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "client_int.h"
 
@@ -168,7 +169,7 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
   op->finished = 1;
   /* Counted down before the callback, which may disconnect and wait for
    * the stores still pending. */
-  if (op->kind == OP_STORE)
+  if (OP_IS_WRITE(op))
     c->pending_stores--;
   switch (op->kind) {
   case OP_STORE:
@@ -190,6 +191,10 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
     break;
   case OP_STATS:
     op->cb.stats(op->arg, status, NULL, 0);
+    break;
+  case OP_BATCH:
+    if (op->cb.batch != NULL)
+      op->cb.batch(op->arg, status, extra);
     break;
   }
   op_garbage(c, op);
@@ -271,7 +276,7 @@ static void on_deadline(uv_timer_t *t) {
 
 void peerstore__op_start(peerstore_client *c, ps_op *op) {
   op_table(c, op);
-  if (op->kind == OP_STORE)
+  if (OP_IS_WRITE(op))
     c->pending_stores++;
   if (c->state == ST_FAILED) {
     op_untable(c, op);
@@ -295,7 +300,7 @@ void peerstore__op_cancel(ps_op *op) {
     return;
   op->finished = 1;
   op_untable(c, op);
-  if (op->kind == OP_STORE)
+  if (OP_IS_WRITE(op))
     c->pending_stores--;
   if (was_tabled && (op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
       c->state == ST_CONNECTED &&
@@ -589,8 +594,10 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
     return on_event(c, op, b, h->body_len);
   case PEERSTORE_MSG_STORE_RESULT:
   case PEERSTORE_MSG_REMOVE_RESULT:
-    if (op->kind != (h->type == PEERSTORE_MSG_STORE_RESULT ? OP_STORE
-                                                           : OP_REMOVE) ||
+  case PEERSTORE_MSG_BATCH_RESULT:
+    if (op->kind != (h->type == PEERSTORE_MSG_STORE_RESULT    ? OP_STORE
+                     : h->type == PEERSTORE_MSG_REMOVE_RESULT ? OP_REMOVE
+                                                              : OP_BATCH) ||
         peerstore__wire_status(b, h->body_len, &status, &extra) != 0)
       return PEERSTORE_EPROTO;
     on_end(c, op, status, extra);
@@ -900,6 +907,14 @@ peerstore_client *peerstore_connect_ex(uv_loop_t *loop,
   c->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)c;
   if (c->rng == 0)
     c->rng = 1;
+  /* Batch ids must not repeat across the clients of one uid for the
+   * service's retry window: the kernel's randomness, or failing that the
+   * clock and the address mixed. */
+  if (uv_random(NULL, NULL, c->batch_nonce, sizeof(c->batch_nonce), 0,
+                NULL) != 0) {
+    uint64_t x = c->rng ^ ((uint64_t)getpid() << 32);
+    memcpy(c->batch_nonce, &x, sizeof(x));
+  }
   uv_idle_init(loop, &c->idle);
   uv_timer_init(loop, &c->retry);
   uv_timer_init(loop, &c->deadline);
@@ -934,11 +949,11 @@ void peerstore_disconnect(peerstore_client *c, int sync_first) {
   /* Cancel everything that is not a store we are asked to wait for. */
   for (op = c->first; op != NULL; op = next) {
     next = op->next;
-    if (!sync_first || op->kind != OP_STORE)
+    if (!sync_first || !OP_IS_WRITE(op))
       peerstore__op_cancel(op);
   }
   for (op = c->done_head; op != NULL; op = op->next_done)
-    if (!sync_first || op->kind != OP_STORE)
+    if (!sync_first || !OP_IS_WRITE(op))
       peerstore__op_cancel(op);
   if (c->pending_stores == 0)
     close_handles(c);

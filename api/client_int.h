@@ -14,7 +14,17 @@
 #define PEERSTORE_CREDIT_WINDOW 1024
 #define PEERSTORE_CREDIT_REGRANT 512
 
-enum ps_op_kind { OP_STORE, OP_ITERATE, OP_WATCH, OP_REMOVE, OP_STATS };
+enum ps_op_kind {
+  OP_STORE,
+  OP_ITERATE,
+  OP_WATCH,
+  OP_REMOVE,
+  OP_STATS,
+  OP_BATCH
+};
+
+/* Stores and batches: disconnect(c, 1) waits for them. */
+#define OP_IS_WRITE(op) ((op)->kind == OP_STORE || (op)->kind == OP_BATCH)
 
 enum ps_state {
   ST_CONNECTING, /* a connect is in progress */
@@ -65,6 +75,7 @@ typedef struct ps_op {
     peerstore_event_cb event;
     peerstore_remove_cb remove;
     peerstore_stats_cb stats;
+    peerstore_batch_cb batch;
   } cb;
   void *arg;
 } ps_op;
@@ -93,6 +104,10 @@ struct peerstore_client {
   uint32_t attempts; /* failed connection attempts in a row */
   uint64_t pending_stores; /* stores whose callback is still owed */
   uint64_t rng;
+  /* Batch ids: random per client, then a count, so that the service can
+   * tell a batch sent again from a new one (see service/batch.c). */
+  uint8_t batch_nonce[8];
+  uint64_t batch_seq;
   int fail_status;
   int gone_status; /* the failed write's error, while peer_gone */
   int lost_status; /* the connection is to be dropped from the idle turn */

@@ -4,6 +4,7 @@
  * request, encodes the request there and starts it; client.c sends it
  * (again after a reconnect) and routes the replies.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "client_int.h"
@@ -240,4 +241,137 @@ peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
   op->cb.stats = cb;
   peerstore__op_start(c, op);
   return (peerstore_stats_op *)op;
+}
+
+/* ------------------------------------------------------------------ */
+/* Batches                                                             */
+
+struct peerstore_batch {
+  peerstore_client *c;
+  peerstore__buf ops; /* the operations, encoded as they are added */
+  uint32_t count;
+};
+
+struct peerstore_batch_op {
+  ps_op op;
+};
+
+peerstore_batch *peerstore_batch_new(peerstore_client *c) {
+  peerstore_batch *b;
+
+  if (c == NULL || peerstore__client_closed(c) ||
+      (b = calloc(1, sizeof(*b))) == NULL)
+    return NULL;
+  b->c = c;
+  return b;
+}
+
+/* 0 if `adding` more bytes of operations still make a message the
+ * protocol carries. */
+static int batch_room(const peerstore_batch *b, size_t adding) {
+  if (b->count == UINT32_MAX ||
+      peerstore__len_batch(b->ops.len + adding) - PEERSTORE_HEADER_SIZE >
+          PEERSTORE_MSG_MAX)
+    return PEERSTORE_ELIMIT;
+  return 0;
+}
+
+/* Counts an operation that was appended (r == 0). */
+static int batch_added(peerstore_batch *b, int r) {
+  if (r == 0)
+    b->count++;
+  return r;
+}
+
+int peerstore_batch_store(peerstore_batch *b, const char *subsystem,
+                          const peerstore_peer_id *peer, const char *key,
+                          const void *value, size_t size, uint64_t expiry,
+                          enum peerstore_store_option option) {
+  int r;
+
+  if (b == NULL || !str_ok(subsystem, PEERSTORE_SUBSYSTEM_MAX) ||
+      !str_ok(key, PEERSTORE_KEY_MAX) || peer == NULL ||
+      (value == NULL && size > 0) || size > PEERSTORE_VALUE_MAX_HARD ||
+      (option != PEERSTORE_MULTIPLE && option != PEERSTORE_REPLACE))
+    return PEERSTORE_EINVAL;
+  if ((r = batch_room(b, peerstore__len_bop_store(subsystem, key, size))))
+    return r;
+  return batch_added(b, peerstore__put_bop_store(&b->ops, subsystem, peer,
+                                                 key, value, size, expiry,
+                                                 (uint8_t)option));
+}
+
+int peerstore_batch_remove(peerstore_batch *b, const char *subsystem,
+                           const peerstore_peer_id *peer, const char *key) {
+  int r;
+
+  if (b == NULL || !str_ok(subsystem, PEERSTORE_SUBSYSTEM_MAX) ||
+      (key != NULL && !str_ok(key, PEERSTORE_KEY_MAX)))
+    return PEERSTORE_EINVAL;
+  if ((r = batch_room(b, peerstore__len_bop_filter(subsystem, peer, key))))
+    return r;
+  return batch_added(b,
+                     peerstore__put_bop_remove(&b->ops, subsystem, peer, key));
+}
+
+int peerstore_batch_require(peerstore_batch *b, const char *subsystem,
+                            const peerstore_peer_id *peer, const char *key,
+                            uint64_t revision) {
+  int r;
+
+  if (b == NULL || !str_ok(subsystem, PEERSTORE_SUBSYSTEM_MAX) ||
+      !str_ok(key, PEERSTORE_KEY_MAX) || peer == NULL)
+    return PEERSTORE_EINVAL;
+  if ((r = batch_room(b, peerstore__len_bop_require(subsystem, key))))
+    return r;
+  return batch_added(b, peerstore__put_bop_require(&b->ops, subsystem, peer,
+                                                   key, revision));
+}
+
+void peerstore_batch_discard(peerstore_batch *b) {
+  if (b == NULL)
+    return;
+  peerstore__buf_free(&b->ops);
+  free(b);
+}
+
+peerstore_batch_op *peerstore_batch_commit(peerstore_batch *b,
+                                           peerstore_batch_cb cb, void *arg) {
+  peerstore_client *c;
+  uint8_t id[PEERSTORE_BATCH_ID_SIZE];
+  uint64_t seq;
+  ps_op *op;
+  int i;
+
+  if (b == NULL)
+    return NULL;
+  c = b->c;
+  op = peerstore__client_closed(c)
+           ? NULL
+           : peerstore__op_new(c, OP_BATCH, sizeof(peerstore_batch_op),
+                               peerstore__len_batch(b->ops.len), arg);
+  if (op == NULL) {
+    peerstore_batch_discard(b);
+    return NULL;
+  }
+  seq = ++c->batch_seq;
+  memcpy(id, c->batch_nonce, sizeof(c->batch_nonce));
+  for (i = 0; i < 8; i++)
+    id[8 + i] = (uint8_t)(seq >> (56 - 8 * i));
+  peerstore__put_batch(&op->frame, op->request, id, b->count, b->ops.data,
+                       b->ops.len);
+  peerstore_batch_discard(b);
+  op->cb.batch = cb;
+  peerstore__op_start(c, op);
+  return (peerstore_batch_op *)op;
+}
+
+void peerstore_batch_cancel(peerstore_batch_op *op) {
+  if (op != NULL)
+    peerstore__op_cancel(&op->op);
+}
+
+void peerstore_batch_set_timeout(peerstore_batch_op *op, uint64_t ms) {
+  if (op != NULL)
+    peerstore__op_set_timeout(&op->op, ms);
 }

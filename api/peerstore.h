@@ -392,6 +392,85 @@ PEERSTORE_EXTERN peerstore_remove_op *peerstore_remove(
 PEERSTORE_EXTERN void peerstore_remove_set_timeout(peerstore_remove_op *op,
                                                    uint64_t ms);
 
+/* ------------------------------------------------------------------ */
+/* Batches: several changes, all or nothing (DESIGN.md section 8)      */
+
+typedef struct peerstore_batch peerstore_batch;       /* a builder */
+/* Where the service keeps which batches it applied (records that expire
+ * after its batch_retry_window): clients may read it, not write it. */
+#define PEERSTORE_BATCH_SUBSYSTEM "peerstore.batch"
+typedef struct peerstore_batch_op peerstore_batch_op; /* a sent batch */
+/* status 0: every operation applied, its changes with the consecutive
+ * revisions from first_revision on (0: it changed nothing - only
+ * conditions, and removes that matched nothing).  Any other status:
+ * nothing was applied. */
+typedef void (*peerstore_batch_cb)(void *arg, int status,
+                                   uint64_t first_revision);
+
+/* A new, empty batch for c; NULL when c is NULL, disconnecting or out of
+ * memory.  The builder belongs to the caller until it is committed or
+ * discarded; it holds copies of everything added. */
+PEERSTORE_EXTERN peerstore_batch *peerstore_batch_new(peerstore_client *c);
+
+/* Adds a store, with peerstore_store's arguments and meaning.  Returns 0,
+ * or PEERSTORE_EINVAL for what would make peerstore_store return NULL,
+ * PEERSTORE_ELIMIT when the batch would pass 64 MiB (the protocol's
+ * largest message), PEERSTORE_ENOMEM; on error nothing is added. */
+PEERSTORE_EXTERN int peerstore_batch_store(
+    peerstore_batch *b, const char *subsystem, const peerstore_peer_id *peer,
+    const char *key, const void *value, size_t size, uint64_t expiry,
+    enum peerstore_store_option option);
+
+/* Adds a remove of every record of subsystem matching peer and key (NULL:
+ * any); inside a batch it is applied in one piece, however much it
+ * matches.  Returns as peerstore_batch_store. */
+PEERSTORE_EXTERN int peerstore_batch_remove(peerstore_batch *b,
+                                            const char *subsystem,
+                                            const peerstore_peer_id *peer,
+                                            const char *key);
+
+/* Adds a condition: the newest record under (subsystem, peer, key) has
+ * this revision (0: there is none).  Every condition is checked against
+ * the store as it is before the batch, before anything is applied; one
+ * that does not hold fails the batch with PEERSTORE_ECONFLICT.  A
+ * record's revision comes with it (peerstore_record.revision, `peerstore
+ * get --json`).  Returns as peerstore_batch_store (peer and key are
+ * required). */
+PEERSTORE_EXTERN int peerstore_batch_require(peerstore_batch *b,
+                                             const char *subsystem,
+                                             const peerstore_peer_id *peer,
+                                             const char *key,
+                                             uint64_t revision);
+
+/* Sends the batch; b is consumed (freed) whatever the outcome and may not
+ * be used again.  The service applies it all or nothing in one plugin
+ * transaction (one commit for SQLite, whatever its size): its changes get
+ * consecutive revisions in the order they were added, watchers see its
+ * events together with nothing between them, and cb (may be NULL) runs
+ * once with the outcome: 0, PEERSTORE_ECONFLICT (a condition failed),
+ * PEERSTORE_ELIMIT (over the service's batch_max_ops or batch_max_bytes),
+ * PEERSTORE_ETOOBIG (a value over its value limit), PEERSTORE_EACCES (a
+ * store or remove in a subsystem the client may not write),
+ * PEERSTORE_EQUOTA, or the plugin's error.  Like a store, a batch is
+ * sent again after a reconnect; it carries an id, and the service
+ * remembers for batch_retry_window (default 10 min) which ids it applied,
+ * with the data itself, so a batch whose first attempt was applied is
+ * answered again, not applied twice - also across a restart of a
+ * persistent service.  Returns NULL (b still consumed) when the client is
+ * disconnecting or out of memory; cb then never runs. */
+PEERSTORE_EXTERN peerstore_batch_op *peerstore_batch_commit(
+    peerstore_batch *b, peerstore_batch_cb cb, void *arg);
+
+/* Frees an uncommitted batch; nothing is sent. */
+PEERSTORE_EXTERN void peerstore_batch_discard(peerstore_batch *b);
+
+/* Its callback will not run.  The batch may still be applied (whole). */
+PEERSTORE_EXTERN void peerstore_batch_cancel(peerstore_batch_op *op);
+
+/* As peerstore_store_set_timeout. */
+PEERSTORE_EXTERN void peerstore_batch_set_timeout(peerstore_batch_op *op,
+                                                  uint64_t ms);
+
 /* Service counters, for monitoring and the CLI's "stats". */
 typedef struct peerstore_stat {
   const char *name;

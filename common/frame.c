@@ -55,6 +55,15 @@ int peerstore__reader_next(peerstore__reader *r, size_t body_max,
   return PEERSTORE__FRAME_READY;
 }
 
+uint16_t peerstore__reader_peek_type(const peerstore__reader *r) {
+  peerstore__header h;
+
+  if (r->skip > 0 || peerstore__buf_pending(&r->in) < PEERSTORE_HEADER_SIZE)
+    return 0;
+  peerstore__wire_header(r->in.data + r->in.off, &h);
+  return h.type;
+}
+
 void peerstore__reader_skip(peerstore__reader *r) {
   peerstore__buf *in = &r->in;
 

@@ -50,6 +50,10 @@ static inline void peerstore__reader_filled(peerstore__reader *r, size_t n) {
  * connection or calls peerstore__reader_skip. */
 int peerstore__reader_next(peerstore__reader *r, size_t body_max,
                            peerstore__header *h, const uint8_t **body);
+/* The type of the frame whose header is next in the buffer, or 0 when
+ * no whole header is there (or a skipped frame is still passing), so that
+ * a caller can choose the body limit by the kind of message. */
+uint16_t peerstore__reader_peek_type(const peerstore__reader *r);
 /* Drops the frame just reported as ETOOBIG as its bytes arrive; next()
  * reports PEERSTORE__FRAME_SKIPPED once it has passed. */
 void peerstore__reader_skip(peerstore__reader *r);

@@ -115,6 +115,8 @@ size_t peerstore__wire_min_body(uint16_t type) {
     return 1 + 2 + 1;
   case PEERSTORE_MSG_WATCH_EX:
     return 4 + 8 + 8 + 1 + 2 + 1;
+  case PEERSTORE_MSG_BATCH:
+    return PEERSTORE_BATCH_ID_SIZE + 4;
   case PEERSTORE_MSG_CANCEL:
   case PEERSTORE_MSG_STATS:
     return 0;
@@ -227,6 +229,53 @@ int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out) {
 
   rd_record(&r, out);
   return rd_end(&r);
+}
+
+int peerstore__wire_batch(const uint8_t *p, size_t n,
+                          uint8_t id[PEERSTORE_BATCH_ID_SIZE],
+                          uint32_t *count, peerstore__batch_rd *br) {
+  rd r = {p, n, 0};
+  const uint8_t *q = rd_take(&r, PEERSTORE_BATCH_ID_SIZE);
+
+  *count = rd_u32(&r);
+  if (r.bad)
+    return PEERSTORE_EPROTO;
+  memcpy(id, q, PEERSTORE_BATCH_ID_SIZE);
+  br->p = r.p;
+  br->left = r.left;
+  br->ops_left = *count;
+  return *count == 0 ? rd_end(&r) : 0;
+}
+
+int peerstore__wire_batch_op(peerstore__batch_rd *br, peerstore__wop *op) {
+  rd r = {br->p, br->left, br->ops_left == 0};
+
+  op->kind = rd_u8(&r);
+  switch (op->kind) {
+  case PEERSTORE__BOP_STORE:
+    rd_triple(&r, &op->w);
+    op->w.option = rd_u8(&r);
+    rd_value(&r, &op->w.rec);
+    if (op->w.option > PEERSTORE_REPLACE)
+      r.bad = 1;
+    break;
+  case PEERSTORE__BOP_REMOVE:
+    rd_filter(&r, &op->f);
+    break;
+  case PEERSTORE__BOP_REQUIRE:
+    /* The layout of a triple, with the revision where expiry goes. */
+    rd_triple(&r, &op->w);
+    op->w.rec.revision = op->w.rec.expiry;
+    op->w.rec.expiry = 0;
+    break;
+  default:
+    r.bad = 1;
+  }
+  if (r.bad)
+    return PEERSTORE_EPROTO;
+  br->p = r.p;
+  br->left = r.left;
+  return --br->ops_left == 0 ? rd_end(&r) : 0;
 }
 
 int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
@@ -426,6 +475,20 @@ int peerstore__put_welcome(peerstore__buf *b, uint16_t version,
   return frame_end(b, p);
 }
 
+/* A STORE's body, also a batch's store operation after its kind. */
+static uint8_t *wr_store(uint8_t *p, const char *ss, size_t ssn,
+                         const peerstore_peer_id *peer, const char *key,
+                         size_t kn, const void *value, size_t size,
+                         uint64_t expiry, uint8_t option) {
+  p = wr_str(p, ss, ssn);
+  p = wr_bytes(p, peer->bytes, PEERSTORE_PEER_ID_SIZE);
+  p = wr_str(p, key, kn);
+  p = wr_u64(p, expiry);
+  p = wr_u8(p, option);
+  p = wr_u32(p, (uint32_t)size);
+  return wr_bytes(p, value, size);
+}
+
 int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
                          const peerstore_peer_id *peer, const char *key,
                          const void *value, size_t size, uint64_t expiry,
@@ -436,13 +499,8 @@ int peerstore__put_store(peerstore__buf *b, uint32_t req, const char *ss,
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
-  p = wr_str(p, ss, ssn);
-  p = wr_bytes(p, peer->bytes, PEERSTORE_PEER_ID_SIZE);
-  p = wr_str(p, key, kn);
-  p = wr_u64(p, expiry);
-  p = wr_u8(p, option);
-  p = wr_u32(p, (uint32_t)size);
-  return frame_end(b, wr_bytes(p, value, size));
+  return frame_end(b, wr_store(p, ss, ssn, peer, key, kn, value, size,
+                               expiry, option));
 }
 
 static uint8_t *wr_filter(uint8_t *p, const char *ss,
@@ -493,6 +551,79 @@ int peerstore__put_watch_ex(peerstore__buf *b, uint32_t req, const char *ss,
   p = wr_u64(p, from);
   p = wr_u64(p, history_id);
   return frame_end(b, wr_filter(p, ss, peer, key));
+}
+
+size_t peerstore__len_bop_store(const char *ss, const char *key,
+                                size_t size) {
+  return 1 + store_body(strlen(ss), strlen(key), size);
+}
+
+size_t peerstore__len_bop_filter(const char *ss,
+                                 const peerstore_peer_id *peer,
+                                 const char *key) {
+  return 1 + filter_body(PEERSTORE_MSG_REMOVE, strlen(ss), peer != NULL,
+                         key ? strlen(key) : 0, key != NULL);
+}
+
+size_t peerstore__len_bop_require(const char *ss, const char *key) {
+  return 1 + 2 + strlen(ss) + PEERSTORE_PEER_ID_SIZE + 2 + strlen(key) + 8;
+}
+
+int peerstore__put_bop_store(peerstore__buf *b, const char *ss,
+                             const peerstore_peer_id *peer, const char *key,
+                             const void *value, size_t size, uint64_t expiry,
+                             uint8_t option) {
+  size_t ssn = strlen(ss), kn = strlen(key);
+  uint8_t *p;
+
+  if (peerstore__buf_reserve(b, 1 + store_body(ssn, kn, size)) != 0)
+    return PEERSTORE_ENOMEM;
+  p = wr_u8(b->data + b->len, PEERSTORE__BOP_STORE);
+  return frame_end(b, wr_store(p, ss, ssn, peer, key, kn, value, size,
+                               expiry, option));
+}
+
+int peerstore__put_bop_remove(peerstore__buf *b, const char *ss,
+                              const peerstore_peer_id *peer,
+                              const char *key) {
+  uint8_t *p;
+
+  if (peerstore__buf_reserve(b, peerstore__len_bop_filter(ss, peer, key)) !=
+      0)
+    return PEERSTORE_ENOMEM;
+  p = wr_u8(b->data + b->len, PEERSTORE__BOP_REMOVE);
+  return frame_end(b, wr_filter(p, ss, peer, key));
+}
+
+int peerstore__put_bop_require(peerstore__buf *b, const char *ss,
+                               const peerstore_peer_id *peer,
+                               const char *key, uint64_t revision) {
+  uint8_t *p;
+
+  if (peerstore__buf_reserve(b, peerstore__len_bop_require(ss, key)) != 0)
+    return PEERSTORE_ENOMEM;
+  p = wr_u8(b->data + b->len, PEERSTORE__BOP_REQUIRE);
+  p = wr_str(p, ss, strlen(ss));
+  p = wr_bytes(p, peer->bytes, PEERSTORE_PEER_ID_SIZE);
+  p = wr_str(p, key, strlen(key));
+  return frame_end(b, wr_u64(p, revision));
+}
+
+size_t peerstore__len_batch(size_t ops_len) {
+  return PEERSTORE_HEADER_SIZE + PEERSTORE_BATCH_ID_SIZE + 4 + ops_len;
+}
+
+int peerstore__put_batch(peerstore__buf *b, uint32_t req,
+                         const uint8_t id[PEERSTORE_BATCH_ID_SIZE],
+                         uint32_t count, const void *ops, size_t ops_len) {
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_BATCH, req,
+                           PEERSTORE_BATCH_ID_SIZE + 4 + ops_len);
+
+  if (p == NULL)
+    return PEERSTORE_ENOMEM;
+  p = wr_bytes(p, id, PEERSTORE_BATCH_ID_SIZE);
+  p = wr_u32(p, count);
+  return frame_end(b, wr_bytes(p, ops, ops_len));
 }
 
 void peerstore__wire_set_watch_from(uint8_t *frame, uint64_t from,

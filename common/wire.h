@@ -56,6 +56,8 @@ enum peerstore__msg_type {
   PEERSTORE_MSG_STATS = 8,   /* (empty) */
   PEERSTORE_MSG_WATCH_EX = 9, /* v3: u32 flags, u64 from_revision, u64
                                  history id (0: any), filter */
+  PEERSTORE_MSG_BATCH = 10,   /* v3: 16-byte batch id (zeros: none), u32
+                                 count, count x batch operation */
 
   /* service -> client */
   PEERSTORE_MSG_WELCOME = 64,      /* u16 version, u32 max value size;
@@ -68,9 +70,23 @@ enum peerstore__msg_type {
   PEERSTORE_MSG_STATS_RESULT = 70, /* u16 n, n x (u8 len, name, u64) */
   PEERSTORE_MSG_ERROR = 71,        /* i32 status, string reason; the
                                       service closes the connection next */
-  PEERSTORE_MSG_EVENT = 72         /* v3: u8 kind, u64 revision, and for
+  PEERSTORE_MSG_EVENT = 72,        /* v3: u8 kind, u64 revision, and for
                                       STORE/REMOVE/EXPIRE the record */
+  PEERSTORE_MSG_BATCH_RESULT = 73  /* v3: i32 status, u64 first revision */
 };
+
+/* A batch operation on the wire: u8 kind, then
+ *   STORE:   the body of a STORE message
+ *   REMOVE:  filter
+ *   REQUIRE: string ss, peer, string key, u64 revision */
+enum peerstore__bop_kind {
+  PEERSTORE__BOP_STORE = 1,
+  PEERSTORE__BOP_REMOVE = 2,
+  PEERSTORE__BOP_REQUIRE = 3
+};
+/* A batch's id: the client's, so that the service can tell a batch sent
+ * again after a reconnect from a new one (all zeros: no id). */
+#define PEERSTORE_BATCH_ID_SIZE 16
 
 #define PEERSTORE_FILTER_PEER 1u
 #define PEERSTORE_FILTER_KEY 2u
@@ -115,6 +131,21 @@ typedef struct peerstore__wrec {
   uint8_t option;       /* STORE only */
 } peerstore__wrec;
 
+/* One decoded batch operation. */
+typedef struct peerstore__wop {
+  uint8_t kind;        /* peerstore__bop_kind */
+  peerstore__wrec w;   /* STORE; REQUIRE (the triple, w.rec.revision) */
+  peerstore__filter f; /* REMOVE */
+} peerstore__wop;
+
+/* Walks a BATCH body one operation at a time, so that the strings of
+ * thousands of operations need not be decoded into memory at once. */
+typedef struct peerstore__batch_rd {
+  const uint8_t *p;
+  size_t left;
+  uint32_t ops_left;
+} peerstore__batch_rd;
+
 /* Parses a header from 12 bytes. */
 void peerstore__wire_header(const uint8_t *p, peerstore__header *h);
 /* Writes a header into 12 bytes (tests use it to forge hostile frames). */
@@ -142,6 +173,12 @@ int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out);
 int peerstore__wire_watch_ex(const uint8_t *p, size_t n, peerstore__filter *f,
                              uint32_t *flags, uint64_t *from,
                              uint64_t *history_id);
+/* A BATCH's id and count; then peerstore__wire_batch_op count times. */
+int peerstore__wire_batch(const uint8_t *p, size_t n,
+                          uint8_t id[PEERSTORE_BATCH_ID_SIZE],
+                          uint32_t *count, peerstore__batch_rd *br);
+/* The next operation; the last one also checks that nothing follows. */
+int peerstore__wire_batch_op(peerstore__batch_rd *br, peerstore__wop *op);
 /* kind is a peerstore_event_kind; out is filled for STORE, REMOVE and
  * EXPIRE only. */
 int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
@@ -186,6 +223,30 @@ int peerstore__put_watch_ex(peerstore__buf *b, uint32_t req, const char *ss,
                             const peerstore_peer_id *peer, const char *key,
                             uint32_t flags, uint64_t from,
                             uint64_t history_id);
+/* Batch operations are encoded, without a frame, into a builder's
+ * buffer (len_bop_* say how many bytes each takes); put_batch then makes
+ * the frame around them. */
+size_t peerstore__len_bop_store(const char *ss, const char *key,
+                                size_t size);
+size_t peerstore__len_bop_filter(const char *ss,
+                                 const peerstore_peer_id *peer,
+                                 const char *key);
+size_t peerstore__len_bop_require(const char *ss, const char *key);
+int peerstore__put_bop_store(peerstore__buf *b, const char *ss,
+                             const peerstore_peer_id *peer, const char *key,
+                             const void *value, size_t size, uint64_t expiry,
+                             uint8_t option);
+int peerstore__put_bop_remove(peerstore__buf *b, const char *ss,
+                              const peerstore_peer_id *peer,
+                              const char *key);
+int peerstore__put_bop_require(peerstore__buf *b, const char *ss,
+                               const peerstore_peer_id *peer,
+                               const char *key, uint64_t revision);
+/* The whole BATCH frame's length for ops_len bytes of operations. */
+size_t peerstore__len_batch(size_t ops_len);
+int peerstore__put_batch(peerstore__buf *b, uint32_t req,
+                         const uint8_t id[PEERSTORE_BATCH_ID_SIZE],
+                         uint32_t count, const void *ops, size_t ops_len);
 /* Sets from_revision and the history id of an encoded WATCH_EX. */
 void peerstore__wire_set_watch_from(uint8_t *frame, uint64_t from,
                                     uint64_t history_id);

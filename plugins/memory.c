@@ -976,7 +976,7 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
   for (i = 0; i < n; i++) {
     if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REQUIRE &&
         triple_newest(m, &ops[i].filter) != ops[i].revision) {
-      cb(arg, PEERSTORE_ECONFLICT, 0);
+      cb(arg, PEERSTORE_ECONFLICT, 0, 0);
       return 0;
     }
   }
@@ -1004,7 +1004,10 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
       remove_apply(m, &ops[i].filter);
   }
   free(p);
-  cb(arg, 0, m->revision >= first ? first : 0);
+  if (m->revision >= first)
+    cb(arg, 0, first, m->revision);
+  else
+    cb(arg, 0, 0, 0);
   return 0;
 }
 

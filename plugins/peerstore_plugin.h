@@ -190,10 +190,11 @@ typedef struct peerstore_plugin_batch_op {
 } peerstore_plugin_batch_op;
 
 /* status 0: every operation applied; the batch's changes have the
- * consecutive revisions from first_revision on (0: it changed nothing).
- * Otherwise nothing was applied. */
+ * consecutive revisions first_revision..last_revision (both 0: it changed
+ * nothing).  Otherwise nothing was applied (both 0). */
 typedef void (*peerstore_plugin_batch_cb)(void *arg, int status,
-                                          uint64_t first_revision);
+                                          uint64_t first_revision,
+                                          uint64_t last_revision);
 
 /* What a plugin's history holds (history_info). */
 typedef struct peerstore_plugin_history_info {

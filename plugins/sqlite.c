@@ -132,7 +132,7 @@ typedef struct job {
       size_t n;
       uint32_t writer;
       char *data;
-      uint64_t first;
+      uint64_t first, last;
       rbuf changes; /* every change it made, in order, for the hook */
       peerstore_plugin_batch_cb cb;
     } batch;
@@ -802,6 +802,7 @@ static int do_batch(sq *s, job *j) {
     return rc;
   if ((rc = batch_ops(s, j)) == 0 && (rc = exec(s, "RELEASE batch")) == 0) {
     j->u.batch.first = s->revision > rev0 ? rev0 + 1 : 0;
+    j->u.batch.last = s->revision > rev0 ? s->revision : 0;
     return 0;
   }
   exec(s, "ROLLBACK TO batch");
@@ -1131,7 +1132,8 @@ static void job_complete(sq *s, job *j) {
   case J_BATCH:
     if (j->status == 0)
       report_gone(s, &j->u.batch.changes);
-    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first);
+    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first,
+                  j->status ? 0 : j->u.batch.last);
     break;
   case J_HIST: {
     rbuf *b = &j->u.hist.out;

@@ -273,8 +273,11 @@ void client_check_stalled(server *s) {
 /* ------------------------------------------------------------------ */
 /* Input                                                               */
 
-/* The largest frame this service reads into memory. */
+/* The largest body of the next frame this service reads into memory; a
+ * batch has a limit of its own. */
 static size_t frame_max(const client *c) {
+  if (peerstore__reader_peek_type(&c->rd) == PEERSTORE_MSG_BATCH)
+    return c->srv->cfg->batch_max_bytes;
   return c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD;
 }
 
@@ -329,12 +332,18 @@ void client_process_input(client *c) {
     if (r == PEERSTORE__FRAME_MORE)
       break;
     if (r == PEERSTORE__FRAME_SKIPPED) {
-      dispatch_store_too_big(c, h.request);
+      if (h.type == PEERSTORE_MSG_BATCH)
+        dispatch_batch_too_big(c, h.request);
+      else
+        dispatch_store_too_big(c, h.request);
       continue;
     }
-    if (r == PEERSTORE_ETOOBIG && h.type == PEERSTORE_MSG_STORE && c->hello) {
-      /* An oversized STORE is answered without buffering it, and the
-       * connection stays usable; anything else this large is nonsense. */
+    if (r == PEERSTORE_ETOOBIG && c->hello &&
+        (h.type == PEERSTORE_MSG_STORE ||
+         (h.type == PEERSTORE_MSG_BATCH && c->version >= 3))) {
+      /* An oversized STORE or BATCH is answered without buffering it,
+       * and the connection stays usable; anything else this large is
+       * nonsense. */
       peerstore__reader_skip(&c->rd);
       continue;
     }

@@ -31,6 +31,9 @@ void config_defaults(config *cfg) {
   cfg->write_timeout_ms = 60 * 1000;
   cfg->history_events = 100000;
   cfg->history_bytes = 64u << 20;
+  cfg->batch_max_ops = 10000;
+  cfg->batch_max_bytes = 8u << 20;
+  cfg->batch_retry_window_ms = 600 * 1000;
   cfg->log_level = PEERSTORE_LOG_INFO;
   cfg->ready_fd = -1;
   cfg->socket_gid = -1;
@@ -285,6 +288,15 @@ int config_set(config *cfg, const char *name, const char *v) {
     cfg->history_events = n;
   } else if (strcmp(name, "history_bytes") == 0) {
     cfg->history_bytes = n;
+  } else if (strcmp(name, "batch_max_ops") == 0 && n > 0 &&
+             n <= UINT32_MAX) {
+    cfg->batch_max_ops = (uint32_t)n;
+  } else if (strcmp(name, "batch_max_bytes") == 0 && n >= 1024 &&
+             n <= PEERSTORE_VALUE_MAX_HARD) {
+    cfg->batch_max_bytes = (size_t)n;
+  } else if (strcmp(name, "batch_retry_window") == 0 && n > 0 &&
+             n < UINT64_MAX / 1000) {
+    cfg->batch_retry_window_ms = n * 1000;
   } else {
     return -1;
   }

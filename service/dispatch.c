@@ -34,18 +34,30 @@ static sreq *sreq_new(client *c, uint32_t request) {
   }
   r->c = c;
   r->request = request;
+  dispatch_request_begin(c);
+  return r;
+}
+
+void dispatch_request_begin(client *c) {
   client_ref(c);
   c->inflight++;
   c->srv->inflight++;
-  return r;
+}
+
+void dispatch_request_end(client *c) {
+  server *s = c->srv;
+
+  s->inflight--;
+  client_request_done(c);
+  client_unref(c);
+  if (s->stopping)
+    server_kick(s);
 }
 
 static void sreq_done(sreq *r) {
   server *s = r->c->srv;
 
-  s->inflight--;
-  client_request_done(r->c);
-  client_unref(r->c);
+  dispatch_request_end(r->c);
   if (s->n_free_reqs < SREQ_FREE_MAX && !s->done) {
     r->next_free = s->free_reqs;
     s->free_reqs = r;
@@ -53,8 +65,6 @@ static void sreq_done(sreq *r) {
   } else {
     free(r);
   }
-  if (s->stopping)
-    server_kick(s);
 }
 
 void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
@@ -70,12 +80,13 @@ void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
 }
 
 /* Store and remove in a subsystem with a [write] rule are for the users
- * and groups it lists. */
-static int may_write(client *c, const char *subsystem) {
+ * and groups it lists; the service's own subsystem is for nobody. */
+int dispatch_may_write(client *c, const char *subsystem) {
   const write_rule *r = config_write_rule(c->srv->cfg, subsystem);
 
-  if (r == NULL || config_id_match(&r->uids, &r->gids, (uint32_t)c->uid,
-                                   (uint32_t)c->gid))
+  if (strcmp(subsystem, PEERSTORE_BATCH_SUBSYSTEM) != 0 &&
+      (r == NULL || config_id_match(&r->uids, &r->gids, (uint32_t)c->uid,
+                                    (uint32_t)c->gid)))
     return 1;
   c->srv->stats.refused++;
   LOG_WARN("client %llu: uid %u gid %u may not write subsystem '%s'",
@@ -145,6 +156,16 @@ void dispatch_fini(server *s) {
   s->n_free_reqs = 0;
 }
 
+void dispatch_batch_too_big(client *c, uint32_t request) {
+  uint64_t zero = 0;
+
+  c->srv->stats.limited++;
+  LOG_INFO("client %llu: batch refused: over batch_max_bytes (%zu)",
+           (unsigned long long)c->id, c->srv->cfg->batch_max_bytes);
+  dispatch_reply(c, PEERSTORE_MSG_BATCH_RESULT, request, PEERSTORE_ELIMIT,
+                 &zero);
+}
+
 void dispatch_store_too_big(client *c, uint32_t request) {
   uint64_t zero = 0;
 
@@ -166,7 +187,7 @@ static int on_store(client *c, const peerstore__header *h, const uint8_t *b) {
     dispatch_store_too_big(c, h->request);
     return 0;
   }
-  if (!may_write(c, w.rec.subsystem)) {
+  if (!dispatch_may_write(c, w.rec.subsystem)) {
     uint64_t zero = 0;
     dispatch_reply(c, PEERSTORE_MSG_STORE_RESULT, h->request, PEERSTORE_EACCES,
                  &zero);
@@ -266,7 +287,7 @@ static int on_remove(client *c, const peerstore__header *h,
 
   if (peerstore__wire_filter(b, h->body_len, &f, NULL) != 0)
     return PEERSTORE_EPROTO;
-  if (!may_write(c, f.subsystem)) {
+  if (!dispatch_may_write(c, f.subsystem)) {
     uint64_t zero = 0;
     dispatch_reply(c, PEERSTORE_MSG_REMOVE_RESULT, h->request,
                  PEERSTORE_EACCES, &zero);
@@ -284,7 +305,7 @@ static int on_remove(client *c, const peerstore__header *h,
 static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   server *s = c->srv;
   uint64_t records = 0, revision = 0, output = 0;
-  peerstore_stat st[32];
+  peerstore_stat st[64];
   const client *o;
   size_t n = 0;
 
@@ -315,6 +336,9 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("watches_syncing", s->watches.syncing);
   STAT("watch_resets", s->stats.watch_resets);
   STAT("watch_progress", s->stats.watch_progress);
+  STAT("batches", s->stats.batches);
+  STAT("batch_conflicts", s->stats.batch_conflicts);
+  STAT("batches_repeated", s->stats.batches_repeated);
   if (s->plugin.desc->ops->history_info != NULL) {
     peerstore_plugin_history_info hi;
     s->plugin.desc->ops->history_info(s->plugin.instance, &hi);
@@ -346,7 +370,7 @@ static const struct {
     {PEERSTORE_MSG_ITERATE, on_iterate}, {PEERSTORE_MSG_CREDIT, on_credit},
     {PEERSTORE_MSG_CANCEL, on_cancel},   {PEERSTORE_MSG_WATCH, on_watch},
     {PEERSTORE_MSG_REMOVE, on_remove},   {PEERSTORE_MSG_STATS, on_stats},
-    {PEERSTORE_MSG_WATCH_EX, on_watch},
+    {PEERSTORE_MSG_WATCH_EX, on_watch},  {PEERSTORE_MSG_BATCH, batch_start},
 };
 
 int dispatch_frame(client *c, const peerstore__header *h,

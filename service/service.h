@@ -59,6 +59,9 @@ typedef struct config {
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
   uint64_t history_events;   /* the change history's bounds (0: none) */
   uint64_t history_bytes;
+  uint32_t batch_max_ops;   /* operations in one batch */
+  size_t batch_max_bytes;   /* bytes of one BATCH message's body */
+  uint64_t batch_retry_window_ms; /* how long a batch id is remembered */
   int log_level;
   int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
   int socket_gid;            /* -1: leave the socket's group alone */
@@ -212,6 +215,9 @@ typedef struct server_stats {
   uint64_t purged;
   uint64_t watch_resets; /* snapshots begun again after a compaction */
   uint64_t watch_progress; /* PROGRESS markers sent to quiet watches */
+  uint64_t batches;          /* batches applied */
+  uint64_t batch_conflicts;  /* batches failed on a condition */
+  uint64_t batches_repeated; /* batches sent again, found applied */
 } server_stats;
 
 struct server {
@@ -308,11 +314,24 @@ int dispatch_frame(client *c, const peerstore__header *h,
                    const uint8_t *body);
 /* A STORE whose body is too large: answer without having read it. */
 void dispatch_store_too_big(client *c, uint32_t request);
+/* The same for a BATCH over batch_max_bytes. */
+void dispatch_batch_too_big(client *c, uint32_t request);
 /* Queues a status reply (STORE_RESULT, ..._END); extra as in wire.h. */
 void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
                     const uint64_t *extra);
 /* Frees the recycled request structures (at shutdown). */
 void dispatch_fini(server *s);
+/* A request of c's goes to the plugin / has come back: c stays allocated
+ * and counts it against max_inflight meanwhile. */
+void dispatch_request_begin(client *c);
+void dispatch_request_end(client *c);
+/* 1 if c may store and remove in subsystem; else counts and logs the
+ * refusal. */
+int dispatch_may_write(client *c, const char *subsystem);
+
+/* batch.c */
+/* Handles a BATCH message (the dispatch table's handler). */
+int batch_start(client *c, const peerstore__header *h, const uint8_t *body);
 
 /* iter.c */
 int iter_init(server *s);

@@ -798,15 +798,17 @@ typedef struct batched {
   int done;
   int status;
   uint64_t first;
+  uint64_t last;
   int events_at_cb;
 } batched;
 
-static void batch_cb(void *arg, int status, uint64_t first) {
+static void batch_cb(void *arg, int status, uint64_t first, uint64_t last) {
   batched *b = arg;
 
   b->done++;
   b->status = status;
   b->first = first;
+  b->last = last;
   b->events_at_cb = b->f->n_events;
 }
 
@@ -905,6 +907,7 @@ static void test_a_batch_applies_in_order_with_consecutive_revisions(
   assert_int_equal(f->events[events + 3].kind, PEERSTORE_CHANGE_REMOVE);
   assert_string_equal(f->events[events + 3].value, "gone");
   assert_int_equal(f->events[events + 3].revision, b.first + 3);
+  assert_int_equal(b.last, b.first + 3);
   expect_values(f, "ss", 2, (const char *const[]){"new", "b"});
 }
 

@@ -327,3 +327,43 @@ int harness_raw_connect(const char *path) {
   }
   return fd;
 }
+
+/* Reads exactly n bytes, waiting at most timeout_ms for each piece. */
+static int read_full(int fd, uint8_t *p, size_t n, unsigned timeout_ms) {
+  struct pollfd pfd = {fd, POLLIN, 0};
+  size_t got;
+  ssize_t r;
+
+  for (got = 0; got < n; got += (size_t)r) {
+    if (poll(&pfd, 1, (int)timeout_ms) != 1)
+      return -1;
+    r = recv(fd, p + got, n - got, 0);
+    if (r <= 0)
+      return -1;
+  }
+  return 0;
+}
+
+long harness_read_frame(int fd, uint16_t type, uint32_t *request,
+                        uint8_t *body, size_t size, unsigned timeout_ms) {
+  static uint8_t frame[1 << 16];
+  uint8_t hdr[12];
+  uint32_t len;
+
+  for (;;) {
+    if (read_full(fd, hdr, sizeof(hdr), timeout_ms) != 0)
+      return -1;
+    len = (uint32_t)hdr[0] << 24 | (uint32_t)hdr[1] << 16 |
+          (uint32_t)hdr[2] << 8 | hdr[3];
+    if (len > sizeof(frame) ||
+        read_full(fd, frame, len, timeout_ms) != 0)
+      return -1;
+    if ((uint16_t)(hdr[4] << 8 | hdr[5]) != type)
+      continue;
+    if (request != NULL)
+      *request = (uint32_t)hdr[8] << 24 | (uint32_t)hdr[9] << 16 |
+                 (uint32_t)hdr[10] << 8 | hdr[11];
+    memcpy(body, frame, len < size ? len : size);
+    return (long)len;
+  }
+}

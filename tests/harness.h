@@ -66,5 +66,11 @@ long harness_rss_kb(const harness_svc *s);
 
 /* Connects a blocking raw socket to path; returns the fd or -1. */
 int harness_raw_connect(const char *path);
+/* Reads frames from a raw connection until one of type comes (at most
+ * 64 KiB each; others are skipped): copies up to size bytes of its body
+ * and returns the body's length, with its request id in *request (may be
+ * NULL); -1 on EOF, error, or timeout_ms without a byte. */
+long harness_read_frame(int fd, uint16_t type, uint32_t *request,
+                        uint8_t *body, size_t size, unsigned timeout_ms);
 
 #endif

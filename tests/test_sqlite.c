@@ -563,9 +563,10 @@ typedef struct batch_res {
   uint64_t first;
 } batch_res;
 
-static void batch_cb(void *arg, int status, uint64_t first) {
+static void batch_cb(void *arg, int status, uint64_t first, uint64_t last) {
   batch_res *b = arg;
 
+  (void)last;
   b->done = 1;
   b->status = status;
   b->first = first;
