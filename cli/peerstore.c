@@ -5,6 +5,8 @@
  * record, or one JSON object per line with --json; exit codes are listed
  * in usage() and the man page and are meant for shell scripts.
  */
+#include "config.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#ifdef HAVE_SQLITE
+#include <sqlite3.h>
+#endif
 
 #include "peerstore.h"
 #include "text.h"
@@ -23,7 +29,8 @@ enum {
   EXIT_USAGE = 2,
   EXIT_CONNECT = 3,
   EXIT_REFUSED = 4,
-  EXIT_TIMEOUT = 5
+  EXIT_TIMEOUT = 5,
+  EXIT_CONFLICT = 6
 };
 
 static void usage(FILE *f) {
@@ -40,6 +47,8 @@ static void usage(FILE *f) {
 "  remove   remove the records of -s matching -p and/or -k\n"
 "  stats    print the service's counters\n"
 "  peer     print a peer id (-p) in base32 and hex\n"
+"  batch    apply the operations of JSON lines (stdin, or --file) all or\n"
+"           nothing; print the revision its changes began at\n"
 "\n"
 "Options:\n"
 "  -s, --subsystem NAME   subsystem (required but for stats and peer)\n"
@@ -63,7 +72,8 @@ static void usage(FILE *f) {
 "\n"
 "Exit status: 0 ok; 1 get found nothing; 2 usage error; 3 cannot reach\n"
 "the service or lost it; 4 the service refused the request (the reason is\n"
-"printed); 5 timed out; 130 interrupted (watch: 0).\n");
+"printed); 5 timed out; 6 a condition of the batch did not hold;\n"
+"130 interrupted (watch: 0).\n");
 }
 
 typedef struct cli {
@@ -85,6 +95,7 @@ typedef struct cli {
   peerstore_watch_opts wopts;
   uint8_t *value;
   size_t value_size;
+  const char *batch_file;
   int exit_code;
 } cli;
 
@@ -379,6 +390,8 @@ static int status_exit(int status) {
   case PEERSTORE_ENOTCONN:
   case PEERSTORE_ESHUTDOWN:
     return EXIT_CONNECT;
+  case PEERSTORE_ECONFLICT:
+    return EXIT_CONFLICT;
   default:
     return EXIT_REFUSED;
   }
@@ -510,6 +523,237 @@ static void on_sigint(uv_signal_t *s, int signum) {
 }
 
 /* ------------------------------------------------------------------ */
+/* batch: JSON lines in, one batch out                                 */
+
+static void on_batch(void *arg, int status, uint64_t first) {
+  cli *c = arg;
+
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  if (c->json)
+    printf("{\"applied\":%" PRIu64 ",\"first_revision\":%" PRIu64 "}\n",
+           c->seen, first);
+  else
+    printf("%" PRIu64 "\n", first);
+  finish(c, EXIT_OK);
+}
+
+#ifdef HAVE_SQLITE
+/* Each line is one object:
+ *   {"op":"store", "subsystem", "peer", "key", "value" | "value_hex",
+ *    "expiry" (null, microseconds, or a string as -e takes), "replace"}
+ *   {"op":"remove", "subsystem", ["peer"], ["key"]}
+ *   {"op":"require", "subsystem", "peer", "key", "revision"}
+ * "subsystem_hex", "key_hex" and "peer_hex" may stand for their text
+ * forms, as `iterate --json` writes them.  SQLite's JSON functions parse
+ * the lines: a JSON parser already in the program, and a well-tested one.
+ */
+enum {
+  J_OP = 1, J_SS, J_SS_HEX, J_PEER, J_PEER_HEX, J_KEY, J_KEY_HEX, J_VALUE,
+  J_VALUE_HEX, J_EXPIRY, J_EXPIRY_TYPE, J_REPLACE, J_REVISION, J_REV_TYPE
+};
+static const char json_sql[] =
+    "SELECT json_valid(?1) AND json_type(?1) = 'object', "
+    "json_extract(?1, '$.op'), json_extract(?1, '$.subsystem'), "
+    "json_extract(?1, '$.subsystem_hex'), json_extract(?1, '$.peer'), "
+    "json_extract(?1, '$.peer_hex'), json_extract(?1, '$.key'), "
+    "json_extract(?1, '$.key_hex'), json_extract(?1, '$.value'), "
+    "json_extract(?1, '$.value_hex'), json_extract(?1, '$.expiry'), "
+    "json_type(?1, '$.expiry'), json_extract(?1, '$.replace'), "
+    "json_extract(?1, '$.revision'), json_type(?1, '$.revision')";
+
+/* A string field, or its _hex twin, as a NUL-terminated string in buf;
+ * NULL when neither is there.  *bad is set for a NUL inside or bad hex. */
+static const char *json_string(sqlite3_stmt *st, int col, int hex_col,
+                               char *buf, size_t size, int *bad) {
+  const char *s;
+  size_t n;
+
+  if (sqlite3_column_type(st, col) == SQLITE_TEXT) {
+    s = (const char *)sqlite3_column_text(st, col);
+    n = (size_t)sqlite3_column_bytes(st, col);
+    if (strlen(s) != n || n >= size) {
+      *bad = 1;
+      return NULL;
+    }
+    memcpy(buf, s, n + 1);
+    return buf;
+  }
+  if (hex_col == 0 || sqlite3_column_type(st, hex_col) != SQLITE_TEXT)
+    return NULL;
+  s = (const char *)sqlite3_column_text(st, hex_col);
+  n = strlen(s);
+  if (n % 2 != 0 || n / 2 >= size ||
+      peerstore__hex_decode(s, (uint8_t *)buf, n / 2) != 0 ||
+      memchr(buf, 0, n / 2) != NULL) {
+    *bad = 1;
+    return NULL;
+  }
+  buf[n / 2] = '\0';
+  return buf;
+}
+
+/* Adds the operation of one parsed line to b; NULL, or what is wrong. */
+static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
+  static char ss[PEERSTORE_SUBSYSTEM_MAX + 2], key[PEERSTORE_KEY_MAX + 2],
+      ptxt[PEERSTORE_PEER_HEX_LEN + 2];
+  const char *op, *s, *k, *p, *why = NULL;
+  peerstore_peer_id peer;
+  uint8_t *value = NULL;
+  size_t size = 0;
+  uint64_t expiry = PEERSTORE_EXPIRY_NEVER;
+  int bad = 0, r;
+
+  if (sqlite3_column_int(st, 0) != 1)
+    return "not a JSON object";
+  op = (const char *)sqlite3_column_text(st, J_OP);
+  s = json_string(st, J_SS, J_SS_HEX, ss, sizeof(ss), &bad);
+  k = json_string(st, J_KEY, J_KEY_HEX, key, sizeof(key), &bad);
+  p = json_string(st, J_PEER, J_PEER_HEX, ptxt, sizeof(ptxt), &bad);
+  if (bad)
+    return "a subsystem, key or peer that is too long, holds a NUL, or is "
+           "bad hex";
+  if (op == NULL)
+    return "no \"op\"";
+  if (s == NULL)
+    return "no \"subsystem\"";
+  if (p != NULL && sqlite3_column_type(st, J_PEER) == SQLITE_TEXT &&
+      peerstore_peer_from_string(p, &peer) != 0)
+    return "bad \"peer\" (52 base32 characters or 64 hex digits)";
+  if (p != NULL && sqlite3_column_type(st, J_PEER) != SQLITE_TEXT) {
+    if (strlen(p) != sizeof(peer.bytes))
+      return "bad \"peer_hex\"";
+    memcpy(peer.bytes, p, sizeof(peer.bytes));
+  }
+  if (strcmp(op, "remove") == 0) {
+    r = peerstore_batch_remove(b, s, p != NULL ? &peer : NULL, k);
+  } else if (strcmp(op, "require") == 0) {
+    if (p == NULL || k == NULL)
+      return "require needs \"peer\" and \"key\"";
+    if (strcmp((const char *)sqlite3_column_text(st, J_REV_TYPE) ?: "",
+               "integer") != 0 ||
+        sqlite3_column_int64(st, J_REVISION) < 0)
+      return "require needs \"revision\": a whole number (0: no record)";
+    r = peerstore_batch_require(b, s, &peer, k,
+                                (uint64_t)sqlite3_column_int64(st, J_REVISION));
+  } else if (strcmp(op, "store") == 0) {
+    const char *et = (const char *)sqlite3_column_text(st, J_EXPIRY_TYPE);
+
+    if (p == NULL || k == NULL)
+      return "store needs \"peer\" and \"key\"";
+    if (et == NULL || strcmp(et, "null") == 0)
+      expiry = PEERSTORE_EXPIRY_NEVER;
+    else if (strcmp(et, "integer") == 0 &&
+             sqlite3_column_int64(st, J_EXPIRY) >= 0)
+      expiry = (uint64_t)sqlite3_column_int64(st, J_EXPIRY);
+    else if (strcmp(et, "text") != 0 ||
+             parse_expiry((const char *)sqlite3_column_text(st, J_EXPIRY),
+                          &expiry) != 0)
+      return "bad \"expiry\" (null, microseconds, or as -e takes it)";
+    if (sqlite3_column_type(st, J_VALUE) == SQLITE_TEXT) {
+      size = (size_t)sqlite3_column_bytes(st, J_VALUE);
+      value = (uint8_t *)sqlite3_column_text(st, J_VALUE);
+    } else if (sqlite3_column_type(st, J_VALUE_HEX) == SQLITE_TEXT) {
+      if (parse_hex((const char *)sqlite3_column_text(st, J_VALUE_HEX),
+                    &value, &size) != 0)
+        return "bad \"value_hex\"";
+    } else {
+      return "store needs \"value\" or \"value_hex\"";
+    }
+    r = peerstore_batch_store(b, s, &peer, k, value, size, expiry,
+                              sqlite3_column_int(st, J_REPLACE)
+                                  ? PEERSTORE_REPLACE
+                                  : PEERSTORE_MULTIPLE);
+    if (sqlite3_column_type(st, J_VALUE) != SQLITE_TEXT)
+      free(value);
+  } else {
+    return "\"op\" is none of store, remove, require";
+  }
+  if (r == PEERSTORE_EINVAL)
+    why = "invalid (an empty subsystem or key, or one over its limit)";
+  else if (r != 0)
+    why = peerstore_strerror(r);
+  return why;
+}
+
+/* Reads every line before sending anything: a batch with a bad line is
+ * not sent at all. */
+static int batch_read(cli *c, FILE *in, peerstore_batch *b) {
+  sqlite3 *db = NULL;
+  sqlite3_stmt *st = NULL;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  uint64_t lineno = 0;
+  const char *why = NULL;
+
+  if (sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) !=
+          SQLITE_OK ||
+      sqlite3_prepare_v2(db, json_sql, -1, &st, NULL) != SQLITE_OK) {
+    fprintf(stderr, "peerstore: batch: SQLite cannot parse JSON here: %s\n",
+            sqlite3_errmsg(db));
+    sqlite3_close(db);
+    return -1;
+  }
+  while (why == NULL && (n = getline(&line, &cap, in)) >= 0) {
+    lineno++;
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+      line[--n] = '\0';
+    if (strspn(line, " \t") == (size_t)n)
+      continue; /* blank */
+    sqlite3_bind_text(st, 1, line, (int)n, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_ROW)
+      why = sqlite3_errmsg(db);
+    else
+      why = batch_line(b, st);
+    if (why == NULL)
+      c->seen++;
+    sqlite3_reset(st);
+  }
+  if (why == NULL && ferror(in))
+    why = strerror(errno);
+  if (why != NULL)
+    fprintf(stderr, "peerstore: batch: line %" PRIu64 ": %s\n", lineno, why);
+  free(line);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return why != NULL ? -1 : 0;
+}
+#endif
+
+static int batch_start(cli *c) {
+#ifdef HAVE_SQLITE
+  peerstore_batch *b = peerstore_batch_new(c->client);
+  FILE *in = stdin;
+
+  if (b == NULL)
+    return -1;
+  if (c->batch_file != NULL && (in = fopen(c->batch_file, "r")) == NULL) {
+    fprintf(stderr, "peerstore: batch: cannot read %s: %s\n", c->batch_file,
+            strerror(errno));
+    peerstore_batch_discard(b);
+    return -1;
+  }
+  if (batch_read(c, in, b) != 0) {
+    peerstore_batch_discard(b);
+    if (in != stdin)
+      fclose(in);
+    return -1;
+  }
+  if (in != stdin)
+    fclose(in);
+  return peerstore_batch_commit(b, on_batch, c) != NULL ? 0 : -1;
+#else
+  (void)c;
+  fprintf(stderr, "peerstore: batch: built without SQLite, which reads "
+                  "its JSON\n");
+  return -1;
+#endif
+}
+
+/* ------------------------------------------------------------------ */
 /* Main                                                                */
 
 static int start(cli *c) {
@@ -517,6 +761,8 @@ static int start(cli *c) {
   const char *cmd = c->command;
   void *op = NULL;
 
+  if (strcmp(cmd, "batch") == 0)
+    return batch_start(c);
   if (strcmp(cmd, "store") == 0)
     op = peerstore_store(c->client, c->subsystem, peer, c->key, c->value,
                          c->value_size, c->expiry,
@@ -568,7 +814,7 @@ int main(int argc, char **argv) {
       {"from", required_argument, NULL, 'F'},
       {NULL, 0, NULL, 0}};
   static const char *commands[] = {"store",  "get",   "iterate", "watch",
-                                   "remove", "stats", "peer"};
+                                   "remove", "stats", "peer",    "batch"};
   cli c;
   peerstore_connect_opts copts;
   const char *file = NULL, *socket_path = NULL, *value_arg = NULL;
@@ -642,7 +888,11 @@ int main(int argc, char **argv) {
     printf("\n");
     return EXIT_OK;
   }
-  if (strcmp(c.command, "stats") != 0 && c.subsystem == NULL)
+  if (strcmp(c.command, "batch") == 0) {
+    if (value_arg != NULL)
+      return usage_error("unexpected argument '%s'", value_arg);
+    c.batch_file = file;
+  } else if (strcmp(c.command, "stats") != 0 && c.subsystem == NULL)
     return usage_error("%s needs -s SUBSYSTEM", c.command);
   if (strcmp(c.command, "store") == 0 || strcmp(c.command, "get") == 0) {
     if (!c.have_peer || c.key == NULL)
@@ -673,7 +923,7 @@ int main(int argc, char **argv) {
       c.value_size = strlen(value_arg);
       c.value = (uint8_t *)strdup(value_arg);
     }
-  } else if (value_arg != NULL) {
+  } else if (value_arg != NULL && strcmp(c.command, "batch") != 0) {
     return usage_error("unexpected argument '%s'", value_arg);
   }
 
@@ -696,10 +946,12 @@ int main(int argc, char **argv) {
   uv_signal_init(&c.loop, &c.sigint);
   c.sigint.data = &c;
   uv_signal_start(&c.sigint, on_sigint, SIGINT);
-  if (timeout_s > 0 && strcmp(c.command, "watch") != 0)
-    uv_timer_start(&c.timer, on_timeout, (uint64_t)(timeout_s * 1000), 0);
   if (start(&c) != 0) {
     finish(&c, EXIT_USAGE);
+  } else if (timeout_s > 0 && strcmp(c.command, "watch") != 0) {
+    /* From now: reading a batch's input took time of its own. */
+    uv_update_time(&c.loop);
+    uv_timer_start(&c.timer, on_timeout, (uint64_t)(timeout_s * 1000), 0);
   }
   uv_run(&c.loop, UV_RUN_DEFAULT);
   r = uv_loop_close(&c.loop);

@@ -140,6 +140,33 @@ check "oversize value refused: exit 4" 4 "" sh -c "head -c 1048577 /dev/zero | '
 grep -q "value larger" "$dir/err" && ok "oversize error is named" || not_ok "oversize error is named"
 check "value at the limit" 0 "1048576" sh -c "head -c 1048576 /dev/zero | '$CLI' -S '$sock' store -s ss -p $P1 -k big - && '$CLI' -S '$sock' iterate -j -s ss -k big | grep -o '\"size\":[0-9]*' | cut -d: -f2"
 
+# --- batch: JSON lines, all or nothing -----------------------------------------
+printf '%s\n' \
+  '{"op":"store","subsystem":"bt","peer":"'$P1'","key":"a","value":"one","replace":true}' \
+  '' \
+  '{"op":"store","subsystem_hex":"6274","peer_hex":"'$P2'","key_hex":"62","value_hex":"00ff","expiry":"1h"}' \
+  >"$dir/b1.jsonl"
+first=$(ps batch --file "$dir/b1.jsonl")
+[ -n "$first" ] && [ "$first" -gt 0 ] && ok "batch: prints its first revision" || not_ok "batch: first revision '$first'"
+check "batch: the stores, in order, on consecutive revisions" 0 "$first one
+$((first + 1)) 00ff" sh -c "'$CLI' -S '$sock' iterate -s bt | awk -F'\t' '{print \$5, (\$3 ~ /^0x/ ? substr(\$3, 3) : \$3)}'"
+rev_a=$(ps get -j -s bt -p $P1 -k a | grep -o '"revision":[0-9]*' | cut -d: -f2)
+echo '{"op":"require","subsystem":"bt","peer":"'$P1'","key":"a","revision":'"$rev_a"'}
+{"op":"store","subsystem":"bt","peer":"'$P1'","key":"a","value":"two","replace":true}' >"$dir/cas.jsonl"
+check "batch: compare-and-set on the revision get --json shows" 0 '{"applied":2,"first_revision":'$((rev_a + 3))'}' \
+  sh -c "'$CLI' -S '$sock' -j batch <'$dir/cas.jsonl'"
+check "batch: the same again is a conflict (exit 6)" 6 "" ps batch --file "$dir/cas.jsonl"
+grep -q "condition of the batch does not hold" "$dir/err" && ok "batch: conflict named" || not_ok "batch: conflict text: $(cat "$dir/err")"
+check "batch: the value is the winner's" 0 "two" ps get -s bt -p $P1 -k a
+printf '%s\n' '{"op":"remove","subsystem":"bt"}' 'not json' >"$dir/bad.jsonl"
+check "batch: a bad line sends nothing (exit 2)" 2 "" ps batch --file "$dir/bad.jsonl"
+grep -q "line 2: malformed JSON" "$dir/err" && ok "batch: the bad line is named" || not_ok "batch: bad line text: $(cat "$dir/err")"
+check "batch: ... and nothing was removed" 0 "two" ps get -s bt -p $P1 -k a
+check "batch: store without a key (exit 2)" 2 "" sh -c "echo '{\"op\":\"store\",\"subsystem\":\"bt\",\"peer\":\"$P1\",\"value\":\"x\"}' | '$CLI' -S '$sock' batch"
+check "batch: unknown op (exit 2)" 2 "" sh -c "echo '{\"op\":\"frob\",\"subsystem\":\"bt\"}' | '$CLI' -S '$sock' batch"
+check "batch: the service's own subsystem is not writable (exit 4)" 4 "" sh -c "echo '{\"op\":\"remove\",\"subsystem\":\"peerstore.batch\"}' | '$CLI' -S '$sock' batch"
+check "batch: a remove-only batch that matched nothing" 0 "0" sh -c "echo '{\"op\":\"remove\",\"subsystem\":\"nothing-here\"}' | '$CLI' -S '$sock' batch"
+
 # --- the service's own behaviour ---------------------------------------------
 mode=$(stat -c %a "$sock")
 [ "$mode" = 600 ] && ok "socket is owner-only" || not_ok "socket mode $mode"
