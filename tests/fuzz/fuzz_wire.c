@@ -11,6 +11,29 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* Walks a BATCH body op by op, as the service does; what is accepted must
+ * lie inside the body. */
+static void batch(const uint8_t *body, size_t n) {
+  static peerstore__wop op;
+  uint8_t id[PEERSTORE_BATCH_ID_SIZE];
+  peerstore__batch_rd br;
+  uint32_t count, i;
+
+  if (peerstore__wire_batch(body, n, id, &count, &br) != 0)
+    return;
+  for (i = 0; i < count; i++) {
+    if (peerstore__wire_batch_op(&br, &op) != 0)
+      return;
+    if (br.left > n ||
+        (op.kind == PEERSTORE__BOP_STORE &&
+         ((const uint8_t *)op.w.rec.value + op.w.rec.value_size >
+              body + n ||
+          strlen(op.w.subsystem) == 0 || strlen(op.w.key) == 0)) ||
+        (op.kind == PEERSTORE__BOP_REMOVE && strlen(op.f.subsystem) == 0))
+      __builtin_trap();
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   peerstore__header h;
   peerstore__wrec w;
@@ -56,6 +79,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     (void)peerstore__wire_status(body, n, &status, NULL);
     (void)peerstore__wire_error(body, n, &status, reason, sizeof(reason));
     (void)peerstore__wire_stats(body, n, st, names, 8, &count);
+    batch(body, n);
     off += n;
   }
   return 0;

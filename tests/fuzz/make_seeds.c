@@ -79,6 +79,32 @@ int main(int argc, char **argv) {
   peerstore__put_empty(&b, PEERSTORE_MSG_CANCEL, 2);
   peerstore__put_empty(&b, PEERSTORE_MSG_STATS, 7);
   save(dir, "change-stream", &b);
+  /* Batches: with an id (the service's markers), without, a conflict, a
+   * remove-only one, an empty one, and the answers. */
+  {
+    static const uint8_t id[PEERSTORE_BATCH_ID_SIZE] = {1, 2, 3};
+    static const uint8_t none[PEERSTORE_BATCH_ID_SIZE];
+    peerstore__buf ops = {0};
+
+    b.len = 0;
+    peerstore__put_hello(&b);
+    peerstore__put_bop_require(&ops, "ss", &p, "key", 0);
+    peerstore__put_bop_store(&ops, "ss", &p, "key", "value", 5,
+                             PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE);
+    peerstore__put_bop_remove(&ops, "ss", NULL, "other");
+    peerstore__put_bop_store(&ops, "ss", &p, "k2", "", 0, 1000,
+                             PEERSTORE_MULTIPLE);
+    peerstore__put_batch(&b, 1, id, 4, ops.data, ops.len);
+    peerstore__put_batch(&b, 2, id, 4, ops.data, ops.len);
+    peerstore__put_batch(&b, 3, none, 4, ops.data, ops.len);
+    ops.len = 0;
+    peerstore__put_bop_remove(&ops, "ss", &p, NULL);
+    peerstore__put_batch(&b, 4, id, 1, ops.data, ops.len);
+    peerstore__put_batch(&b, 5, none, 0, NULL, 0);
+    peerstore__put_status(&b, PEERSTORE_MSG_BATCH_RESULT, 1, 0, &rev);
+    save(dir, "batch", &b);
+    peerstore__buf_free(&ops);
+  }
   peerstore__buf_free(&b);
   return 0;
 }
