@@ -679,6 +679,7 @@ static void maybe_free(peerstore_client *c) {
   peerstore__reader_free(&c->rd);
   peerstore__out_free(&c->out);
   peerstore__heap_free(&c->deadlines);
+  peerstore__batches_orphan(c);
   free(c->path);
   free(c);
 }

@@ -108,6 +108,7 @@ struct peerstore_client {
    * tell a batch sent again from a new one (see service/batch.c). */
   uint8_t batch_nonce[8];
   uint64_t batch_seq;
+  struct peerstore_batch *builders; /* not yet committed or discarded */
   int fail_status;
   int gone_status; /* the failed write's error, while peer_gone */
   int lost_status; /* the connection is to be dropped from the idle turn */
@@ -140,5 +141,10 @@ void peerstore__op_cancel(ps_op *op);
 void peerstore__op_set_timeout(ps_op *op, uint64_t ms);
 /* Returns 1 if the client takes no new operations. */
 int peerstore__client_closed(const peerstore_client *c);
+
+/* ops.c */
+/* The client is being freed: its batch builders, which belong to the
+ * caller, forget it (a commit then fails; a discard still frees). */
+void peerstore__batches_orphan(peerstore_client *c);
 
 #endif /* PEERSTORE_CLIENT_INT_H */

@@ -247,7 +247,8 @@ peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
 /* Batches                                                             */
 
 struct peerstore_batch {
-  peerstore_client *c;
+  peerstore_client *c; /* NULL once the client is freed */
+  struct peerstore_batch *prev, *next; /* the client's builders */
   peerstore__buf ops; /* the operations, encoded as they are added */
   uint32_t count;
 };
@@ -263,7 +264,21 @@ peerstore_batch *peerstore_batch_new(peerstore_client *c) {
       (b = calloc(1, sizeof(*b))) == NULL)
     return NULL;
   b->c = c;
+  b->next = c->builders;
+  if (c->builders != NULL)
+    c->builders->prev = b;
+  c->builders = b;
   return b;
+}
+
+void peerstore__batches_orphan(peerstore_client *c) {
+  peerstore_batch *b;
+
+  while ((b = c->builders) != NULL) {
+    c->builders = b->next;
+    b->c = NULL;
+    b->prev = b->next = NULL;
+  }
 }
 
 /* 0 if `adding` more bytes of operations still make a message the
@@ -331,6 +346,14 @@ int peerstore_batch_require(peerstore_batch *b, const char *subsystem,
 void peerstore_batch_discard(peerstore_batch *b) {
   if (b == NULL)
     return;
+  if (b->c != NULL) {
+    if (b->prev != NULL)
+      b->prev->next = b->next;
+    else
+      b->c->builders = b->next;
+    if (b->next != NULL)
+      b->next->prev = b->prev;
+  }
   peerstore__buf_free(&b->ops);
   free(b);
 }
@@ -346,7 +369,7 @@ peerstore_batch_op *peerstore_batch_commit(peerstore_batch *b,
   if (b == NULL)
     return NULL;
   c = b->c;
-  op = peerstore__client_closed(c)
+  op = c == NULL || peerstore__client_closed(c)
            ? NULL
            : peerstore__op_new(c, OP_BATCH, sizeof(peerstore_batch_op),
                                peerstore__len_batch(b->ops.len), arg);

@@ -402,14 +402,18 @@ typedef struct peerstore_batch peerstore_batch;       /* a builder */
 typedef struct peerstore_batch_op peerstore_batch_op; /* a sent batch */
 /* status 0: every operation applied, its changes with the consecutive
  * revisions from first_revision on (0: it changed nothing - only
- * conditions, and removes that matched nothing).  Any other status:
- * nothing was applied. */
+ * conditions, and removes that matched nothing).  PEERSTORE_ECONFLICT,
+ * _ELIMIT, _ETOOBIG, _EACCES, _EQUOTA and _EINVAL: nothing was applied.
+ * Any other error (a timeout, the connection lost without reconnecting,
+ * the plugin failing) may leave it unknown whether the batch was applied:
+ * read before trying again. */
 typedef void (*peerstore_batch_cb)(void *arg, int status,
                                    uint64_t first_revision);
 
 /* A new, empty batch for c; NULL when c is NULL, disconnecting or out of
  * memory.  The builder belongs to the caller until it is committed or
- * discarded; it holds copies of everything added. */
+ * discarded, even if c is disconnected meanwhile; it holds copies of
+ * everything added. */
 PEERSTORE_EXTERN peerstore_batch *peerstore_batch_new(peerstore_client *c);
 
 /* Adds a store, with peerstore_store's arguments and meaning.  Returns 0,
@@ -456,8 +460,11 @@ PEERSTORE_EXTERN int peerstore_batch_require(peerstore_batch *b,
  * remembers for batch_retry_window (default 10 min) which ids it applied,
  * with the data itself, so a batch whose first attempt was applied is
  * answered again, not applied twice - also across a restart of a
- * persistent service.  Returns NULL (b still consumed) when the client is
- * disconnecting or out of memory; cb then never runs. */
+ * persistent service.  (A batch still unanswered after that window, with
+ * the service away all the time, may be applied twice: set a timeout
+ * below it, peerstore_batch_set_timeout, where that matters.)  Returns
+ * NULL (b still consumed) when the client is disconnecting, was freed,
+ * or is out of memory; cb then never runs. */
 PEERSTORE_EXTERN peerstore_batch_op *peerstore_batch_commit(
     peerstore_batch *b, peerstore_batch_cb cb, void *arg);
 

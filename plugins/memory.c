@@ -605,12 +605,12 @@ static void rec_retire(mem *m, struct mrec *r, int kind) {
 /* ------------------------------------------------------------------ */
 /* Plugin operations                                                   */
 
-/* The first revision of an instance: the wall clock in microseconds.
- * Revisions then go up by one per change, so an instance never hands out
- * a revision an earlier one used unless that one made more than a change
- * per microsecond on average, or the clock was set back; the history's
- * id tells the library's own resumes apart even then. */
-static uint64_t first_revision(void) {
+/* The wall clock in microseconds.  It is also the first revision of an
+ * instance: revisions then go up by one per change, so an instance never
+ * hands out a revision an earlier one used unless that one made more than
+ * a change per microsecond on average, or the clock was set back; the
+ * history's id tells the library's own resumes apart even then. */
+static uint64_t wall_clock_us(void) {
   struct timespec ts;
 
   if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
@@ -638,7 +638,7 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
   peerstore__heap_init(&m->expiry, offsetof(struct mrec, expiry),
                        offsetof(struct mrec, heap_pos));
   m->env = *env;
-  m->revision = m->hist_first = first_revision();
+  m->revision = m->hist_first = wall_clock_us();
   if (uv_random(NULL, NULL, &m->hist_id, sizeof(m->hist_id), 0, NULL) != 0)
     m->hist_id = m->revision ^ (uint64_t)(uintptr_t)m;
   *instance = m;
@@ -914,19 +914,25 @@ static int mem_remove(void *instance, const peerstore_plugin_filter *f,
   return 0;
 }
 
-/* The revision of the newest record of the triple f names (0: none). */
-static uint64_t triple_newest(mem *m, const peerstore_plugin_filter *f) {
+/* The revision of the newest unexpired record of the triple f names (0:
+ * none): what a reader at now sees, expired records not yet purged
+ * left out. */
+static uint64_t triple_newest(mem *m, const peerstore_plugin_filter *f,
+                              uint64_t now) {
   struct ss_node *ss = ss_find(m, f->subsystem, 0);
   struct peer_node *pn = ss ? peer_find(m, ss, f->peer, 0) : NULL;
   struct key_node *kn = ss ? key_find(m, ss, f->key, 0) : NULL;
   struct triple *t = pn && kn ? triple_find(m, pn, kn, 0) : NULL;
   struct mrec *r;
+  uint64_t newest = 0;
 
-  if (t == NULL || t->first == NULL)
+  if (t == NULL)
     return 0;
-  for (r = t->first; r->next[L_TRIPLE] != NULL; r = r->next[L_TRIPLE])
-    ;
-  return r->revision; /* stored order: the last is the newest */
+  /* Stored order: the last unexpired one is the newest. */
+  for (r = t->first; r != NULL; r = r->next[L_TRIPLE])
+    if (r->expiry > now)
+      newest = r->revision;
+  return newest;
 }
 
 /* Undoes the first n of a batch's prepared stores.  Groups may be shared
@@ -957,7 +963,7 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
                      size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                      void *arg) {
   mem *m = instance;
-  uint64_t first = m->revision + 1;
+  uint64_t first = m->revision + 1, now = wall_clock_us();
   size_t i, j = 0, stores = 0, expiring = 0;
   prepared *p = NULL;
 
@@ -975,7 +981,7 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
   }
   for (i = 0; i < n; i++) {
     if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REQUIRE &&
-        triple_newest(m, &ops[i].filter) != ops[i].revision) {
+        triple_newest(m, &ops[i].filter, now) != ops[i].revision) {
       cb(arg, PEERSTORE_ECONFLICT, 0, 0);
       return 0;
     }

@@ -723,8 +723,13 @@ static int do_hist(sq *s, job *j) {
   return 0;
 }
 
-/* Whether the conditions of batch j hold: 0 or PEERSTORE_ECONFLICT. */
+static uint64_t wall_clock_us(void);
+
+/* Whether the conditions of batch j hold: 0 or PEERSTORE_ECONFLICT.
+ * Expired records not yet purged do not count, as readers do not see
+ * them. */
 static int check_required(sq *s, job *j) {
+  int64_t now = expiry_to_sql(wall_clock_us());
   size_t i;
   int rc;
 
@@ -739,6 +744,7 @@ static int check_required(sq *s, job *j) {
                       PEERSTORE_PEER_ID_SIZE, SQLITE_STATIC);
     sqlite3_bind_blob(s->st_newest, 3, o->filter.key,
                       (int)strlen(o->filter.key), SQLITE_STATIC);
+    sqlite3_bind_int64(s->st_newest, 4, now);
     if ((rc = sqlite3_step(s->st_newest)) == SQLITE_ROW)
       newest = (uint64_t)sqlite3_column_int64(s->st_newest, 0);
     sqlite3_reset(s->st_newest);
@@ -1486,7 +1492,7 @@ static int prepare_all(sq *s) {
   rc |= prepare(s, &s->st_trim, "DELETE FROM history WHERE revision <= ?1");
   rc |= prepare(s, &s->st_newest,
                 "SELECT max(revision) FROM records WHERE subsystem = ?1 AND "
-                "peer = ?2 AND key = ?3");
+                "peer = ?2 AND key = ?3 AND expiry > ?4");
   for (i = 0; i < F_COUNT; i++) {
     snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_iter[i], sql);

@@ -32,6 +32,7 @@
 typedef struct breq {
   client *c;
   uint32_t request;
+  uint32_t bytes; /* of its message, counted against max_inflight_bytes */
   unsigned has_id : 1;
   unsigned has_store : 1;
   /* The marker, looked up when a batch with an id meets a conflict. */
@@ -49,7 +50,7 @@ static const peerstore_plugin_ops *ops(const server *s) {
 static void reply(breq *b, int status, uint64_t first) {
   dispatch_reply(b->c, PEERSTORE_MSG_BATCH_RESULT, b->request, status,
                  &first);
-  dispatch_request_end(b->c);
+  dispatch_request_end(b->c, b->bytes);
   free(b);
 }
 
@@ -77,9 +78,16 @@ static void marker_done(void *arg, int status, int more) {
   breq *b = arg;
   server *s = b->c->srv;
 
-  (void)status;
   (void)more;
   ops(s)->iterate_close(b->cursor);
+  if (status != 0) {
+    /* Whether the batch was applied before is not known. */
+    LOG_WARN("client %llu: cannot look up batch %s: %s",
+             (unsigned long long)b->c->id, b->mkey,
+             peerstore_strerror(status));
+    reply(b, status, 0);
+    return;
+  }
   if (b->begin != 0) {
     s->stats.batches_repeated++;
     LOG_DEBUG("client %llu: batch %s was applied before; answering again",
@@ -120,6 +128,10 @@ static void batch_done(void *arg, int status, uint64_t first, uint64_t last) {
       reply(b, 0, first);
     else
       reply(b, 0, client_first(b, first, b->has_store ? 0 : last));
+  } else if (status == PEERSTORE_ECONFLICT && b->has_id && s->stopping) {
+    /* No lookup while the plugin is closing: the library sends the
+     * batch again to the next service, which tells. */
+    reply(b, PEERSTORE_ESHUTDOWN, 0);
   } else if (status == PEERSTORE_ECONFLICT && b->has_id) {
     look_for_marker(b);
   } else {
@@ -313,7 +325,8 @@ int batch_start(client *c, const peerstore__header *h, const uint8_t *body) {
   if (b->has_id && !b->has_store)
     marker_op(&o[n++], PEERSTORE_PLUGIN_BATCH_STORE, b, "e",
               o[1].rec.expiry);
-  dispatch_request_begin(c);
+  b->bytes = h->body_len;
+  dispatch_request_begin(c, b->bytes);
   r = ops(s)->batch(s->plugin.instance, o, n, (uint32_t)c->uid, batch_done,
                     b);
   free(o); /* the plugin has copied what it keeps */

@@ -11,7 +11,8 @@
  * Limits: client_output_ok is the one judge of queued output, with one
  * limit per use of it (the table below), as Redis's
  * checkClientOutputBufferLimits is.  When a client's output passes the
- * read limit, or it has max_inflight requests waiting for the plugin, its
+ * read limit, or it has max_inflight requests (or max_inflight_bytes of
+ * them: a plugin that queues copies them) waiting for the plugin, its
  * requests are no longer read (backpressure) until both are below half;
  * an iteration asks the plugin for more only within the iterate limit; a
  * watch that would pass the watch limit ends; a client whose output does
@@ -58,13 +59,15 @@ int client_output_ok(const client *c, enum output_use use, size_t adding) {
  * or too many requests in flight. */
 static int client_busy(const client *c) {
   return !client_output_ok(c, OUT_READ, 0) ||
-         c->inflight >= c->srv->cfg->max_inflight;
+         c->inflight >= c->srv->cfg->max_inflight ||
+         c->inflight_bytes >= c->srv->cfg->max_inflight_bytes;
 }
 
 /* Room to take requests again: below half of both limits. */
 static int client_has_room(const client *c) {
   return client_output_ok(c, OUT_RESUME, 0) &&
-         c->inflight <= c->srv->cfg->max_inflight / 2;
+         c->inflight <= c->srv->cfg->max_inflight / 2 &&
+         c->inflight_bytes <= c->srv->cfg->max_inflight_bytes / 2;
 }
 
 int client_quiet(const client *c) {
@@ -196,8 +199,11 @@ void client_resume(client *c) {
   watch_pump_all(c);
 }
 
-void client_request_done(client *c) {
-  if (--c->inflight <= c->srv->cfg->max_inflight / 2)
+void client_request_done(client *c, size_t bytes) {
+  c->inflight--;
+  c->inflight_bytes -= bytes;
+  if (c->inflight <= c->srv->cfg->max_inflight / 2 &&
+      c->inflight_bytes <= c->srv->cfg->max_inflight_bytes / 2)
     client_resume(c);
 }
 
@@ -276,7 +282,8 @@ void client_check_stalled(server *s) {
 /* The largest body of the next frame this service reads into memory; a
  * batch has a limit of its own. */
 static size_t frame_max(const client *c) {
-  if (peerstore__reader_peek_type(&c->rd) == PEERSTORE_MSG_BATCH)
+  if (c->hello && c->version >= 3 &&
+      peerstore__reader_peek_type(&c->rd) == PEERSTORE_MSG_BATCH)
     return c->srv->cfg->batch_max_bytes;
   return c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD;
 }

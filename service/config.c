@@ -28,6 +28,7 @@ void config_defaults(config *cfg) {
   cfg->max_iterations = 64;
   cfg->iteration_timeout_ms = 60 * 1000;
   cfg->max_inflight = 4096;
+  cfg->max_inflight_bytes = 32u << 20;
   cfg->write_timeout_ms = 60 * 1000;
   cfg->history_events = 100000;
   cfg->history_bytes = 64u << 20;
@@ -275,6 +276,9 @@ int config_set(config *cfg, const char *name, const char *v) {
   } else if (strcmp(name, "max_inflight") == 0 && n > 0 &&
              n <= UINT32_MAX) {
     cfg->max_inflight = (uint32_t)n;
+  } else if (strcmp(name, "max_inflight_bytes") == 0 && n > 0 &&
+             n <= SIZE_MAX / 2) {
+    cfg->max_inflight_bytes = (size_t)n;
   } else if (strcmp(name, "write_timeout") == 0 && n > 0 &&
              n < UINT64_MAX / 1000) {
     cfg->write_timeout_ms = n * 1000;
@@ -295,7 +299,7 @@ int config_set(config *cfg, const char *name, const char *v) {
              n <= PEERSTORE_VALUE_MAX_HARD) {
     cfg->batch_max_bytes = (size_t)n;
   } else if (strcmp(name, "batch_retry_window") == 0 && n > 0 &&
-             n < UINT64_MAX / 1000) {
+             n <= 10ull * 366 * 86400) {
     cfg->batch_retry_window_ms = n * 1000;
   } else {
     return -1;

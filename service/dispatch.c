@@ -18,11 +18,12 @@ struct sreq {
   client *c;
   sreq *next_free;
   uint32_t request;
+  uint32_t bytes; /* of its message, counted against max_inflight_bytes */
 };
 
 #define SREQ_FREE_MAX 4096
 
-static sreq *sreq_new(client *c, uint32_t request) {
+static sreq *sreq_new(client *c, uint32_t request, uint32_t bytes) {
   server *s = c->srv;
   sreq *r = s->free_reqs;
 
@@ -34,21 +35,23 @@ static sreq *sreq_new(client *c, uint32_t request) {
   }
   r->c = c;
   r->request = request;
-  dispatch_request_begin(c);
+  r->bytes = bytes;
+  dispatch_request_begin(c, bytes);
   return r;
 }
 
-void dispatch_request_begin(client *c) {
+void dispatch_request_begin(client *c, size_t bytes) {
   client_ref(c);
   c->inflight++;
+  c->inflight_bytes += bytes;
   c->srv->inflight++;
 }
 
-void dispatch_request_end(client *c) {
+void dispatch_request_end(client *c, size_t bytes) {
   server *s = c->srv;
 
   s->inflight--;
-  client_request_done(c);
+  client_request_done(c, bytes);
   client_unref(c);
   if (s->stopping)
     server_kick(s);
@@ -57,7 +60,7 @@ void dispatch_request_end(client *c) {
 static void sreq_done(sreq *r) {
   server *s = r->c->srv;
 
-  dispatch_request_end(r->c);
+  dispatch_request_end(r->c, r->bytes);
   if (s->n_free_reqs < SREQ_FREE_MAX && !s->done) {
     r->next_free = s->free_reqs;
     s->free_reqs = r;
@@ -199,7 +202,7 @@ static int on_store(client *c, const peerstore__header *h, const uint8_t *b) {
                  PEERSTORE_ESHUTDOWN, &zero);
     return 0;
   }
-  if ((r = sreq_new(c, h->request)) == NULL)
+  if ((r = sreq_new(c, h->request, h->body_len)) == NULL)
     return PEERSTORE_ENOMEM;
   st = s->plugin.desc->ops->store(s->plugin.instance, &w.rec,
                                   (uint32_t)c->uid,
@@ -293,7 +296,7 @@ static int on_remove(client *c, const peerstore__header *h,
                  PEERSTORE_EACCES, &zero);
     return 0;
   }
-  if ((r = sreq_new(c, h->request)) == NULL)
+  if ((r = sreq_new(c, h->request, h->body_len)) == NULL)
     return PEERSTORE_ENOMEM;
   filter_to_plugin(&f, &pf);
   st = s->plugin.desc->ops->remove(s->plugin.instance, &pf, remove_done, r);

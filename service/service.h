@@ -56,6 +56,7 @@ typedef struct config {
   uint32_t max_iterations;   /* per client, open at once */
   uint64_t iteration_timeout_ms; /* an iteration that has not moved ends */
   uint32_t max_inflight;     /* plugin requests per client before pausing */
+  size_t max_inflight_bytes; /* ... and bytes of them */
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
   uint64_t history_events;   /* the change history's bounds (0: none) */
   uint64_t history_bytes;
@@ -185,6 +186,7 @@ struct client {
   peerstore__out out;
   uint32_t refs;        /* the handle + plugin requests in flight */
   uint32_t inflight;    /* plugin requests outstanding */
+  size_t inflight_bytes; /* ... and the bytes of their messages */
   size_t stall_queue;   /* write queue size when last seen unchanged */
   uint64_t stall_since; /* loop ms since it has not moved; 0: moving */
   uint32_t n_watches;
@@ -293,8 +295,9 @@ void client_flush(client *c);
 /* Reads and dispatches again once the client is below its limits, and
  * lets its iterations go on. */
 void client_resume(client *c);
-/* A request of c's that reached the plugin has completed. */
-void client_request_done(client *c);
+/* A request of c's that reached the plugin (a message of bytes) has
+ * completed. */
+void client_request_done(client *c, size_t bytes);
 /* Shutdown: stops reading and ends c's watches and iterations. */
 void client_shutdown(client *c);
 /* 1 when c has no output queued or being written. */
@@ -323,8 +326,8 @@ void dispatch_reply(client *c, uint16_t type, uint32_t request, int status,
 void dispatch_fini(server *s);
 /* A request of c's goes to the plugin / has come back: c stays allocated
  * and counts it against max_inflight meanwhile. */
-void dispatch_request_begin(client *c);
-void dispatch_request_end(client *c);
+void dispatch_request_begin(client *c, size_t bytes);
+void dispatch_request_end(client *c, size_t bytes);
 /* 1 if c may store and remove in subsystem; else counts and logs the
  * refusal. */
 int dispatch_may_write(client *c, const char *subsystem);

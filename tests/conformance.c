@@ -944,6 +944,36 @@ static void test_a_batch_whose_condition_fails_changes_nothing(
   expect_values(f, "ss", 2, (const char *const[]){"v2", "x"});
 }
 
+/* A condition sees what a reader sees: a record that has expired but is
+ * not purged yet is not there, and the newest unexpired one counts. */
+static void test_a_condition_does_not_see_expired_records(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op ops[2];
+  uint64_t live;
+  batched b;
+
+  if (!need_batches(f))
+    return;
+  put(f, "ss", 1, "gone", "old", 1, PEERSTORE_REPLACE); /* long expired */
+  ops[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "gone", 0);
+  run_batch(f, ops, 1, &b);
+  assert_int_equal(b.status, 0);
+  live = put_never(f, "ss", 1, "mixed", "live", PEERSTORE_MULTIPLE);
+  put(f, "ss", 1, "mixed", "expired", 1, PEERSTORE_MULTIPLE); /* newer */
+  ops[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REQUIRE, "ss", &p1, "mixed",
+                     live);
+  ops[1] = op_store("ss", &p1, "mixed", "next", PEERSTORE_REPLACE);
+  run_batch(f, ops, 2, &b);
+  assert_int_equal(b.status, 0);
+  {
+    result r;
+    all(f, "ss", NULL, "mixed", 0, 100, &r);
+    assert_int_equal(r.n, 1); /* REPLACE dropped both */
+    assert_string_equal(r.values[0], "next");
+  }
+}
+
 /* Two writers read the same revision and race to replace the record on
  * condition that it is still the one they read: exactly one wins. */
 static void test_two_batches_racing_on_one_revision_one_wins(void **state) {
@@ -1252,6 +1282,8 @@ int conformance_run(const char *group, const conformance_target *t) {
           teardown),
       cmocka_unit_test_setup_teardown(
           test_two_batches_racing_on_one_revision_one_wins, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_condition_does_not_see_expired_records, setup, teardown),
       cmocka_unit_test_setup_teardown(test_a_batch_stores_where_it_just_removed,
                                       setup_no_history, teardown),
       cmocka_unit_test_setup_teardown(test_a_batch_stores_an_empty_value,
