@@ -112,6 +112,69 @@ static double sequential(harness_svc *svc, int n) {
   return r;
 }
 
+static void batch_cb(void *arg, int status, uint64_t first) {
+  ctx *x = arg;
+
+  (void)first;
+  x->acks++;
+  if (status != 0)
+    x->failed++;
+}
+
+/* 1,000 stores, rounds times over: as one batch each round, and as 1,000
+ * pipelined stores each round (every round awaited before the next).
+ * Stores per second of each; a batch should cost about one commit. */
+static void batch_vs_pipelined(harness_svc *svc, int rounds, double *batched,
+                               double *piped) {
+  static uint8_t value[VALUE_SIZE];
+  peerstore_peer_id p;
+  char key[32];
+  double t0;
+  ctx x;
+  int r, i;
+
+  ctx_open(&x, svc);
+  t0 = bench_now();
+  for (r = 0; r < rounds; r++) {
+    peerstore_batch *b = peerstore_batch_new(x.c);
+
+    for (i = 0; i < 1000; i++) {
+      value[0] = (uint8_t)r;
+      bench_record(i, &p, key, sizeof(key));
+      if (peerstore_batch_store(b, "batch", &p, key, value, sizeof(value),
+                                PEERSTORE_EXPIRY_NEVER,
+                                PEERSTORE_REPLACE) != 0)
+        bench_die("batch store refused");
+    }
+    if (peerstore_batch_commit(b, batch_cb, &x) == NULL)
+      bench_die("batch refused");
+    wait_for(&x, &x.acks, r + 1);
+  }
+  *batched = rounds * 1000.0 / (bench_now() - t0);
+  if (x.failed)
+    bench_die("batches failed");
+  x.acks = 0;
+  t0 = bench_now();
+  for (r = 0; r < rounds; r++) {
+    for (i = 0; i < 1000; i++) {
+      value[0] = (uint8_t)r;
+      store_one(&x, i, value, sizeof(value), ack_cb);
+    }
+    wait_for(&x, &x.acks, (r + 1) * 1000);
+  }
+  *piped = rounds * 1000.0 / (bench_now() - t0);
+  if (x.failed)
+    bench_die("pipelined stores failed");
+  ctx_close(&x);
+}
+
+static void batch_rows(harness_svc *svc, const char *figure, int rounds) {
+  double batched, piped;
+
+  batch_vs_pipelined(svc, rounds, &batched, &piped);
+  bench_row(figure, batched, "/s", "1,000 pipelined stores", piped, 0);
+}
+
 /* Resets the process's peak RSS (VmHWM) to its current RSS. */
 static void reset_peak(const harness_svc *s) {
   char path[64];
@@ -533,6 +596,7 @@ void workloads_memory(void) {
   per_key = iterate_many(&svc, KEYS, 0, &recs);
   bench_fact("W3 iterate (ss, key) x 100", per_key, "it/s");
   fanout_rows(&svc);
+  batch_rows(&svc, "batch of 1,000 stores", 100);
   harness_stop(&svc);
   history_rows(w3);
   history_off_rows();
@@ -603,6 +667,7 @@ void workloads_sqlite(void) {
             "/s", "raw inserts, 1 row/tx", raw_row, 0);
   bench_fact("sqlite: history bytes per event (REPLACE churn, counted)",
              history_bytes_per_event(&svc, bench.records), "B");
+  batch_rows(&svc, "sqlite: batch of 1,000 stores", 50);
   harness_stop(&svc); /* checkpoints: the file holds everything */
   if (stat(db, &st) == 0)
     bench_fact("W5 database bytes per record",

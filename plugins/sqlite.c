@@ -1694,6 +1694,12 @@ static int configure_db(sq *s, const peerstore_plugin_env *env) {
   }
   if (!s->read_only && (rc = exec(s, "PRAGMA journal_mode = WAL")) != 0)
     return rc;
+  /* A batch runs in a savepoint, whose undo log (the statement journal)
+   * holds every page the batch changes: in memory it costs a copy; in a
+   * temporary file it was a write per page, and made a batch of 1,000
+   * stores slower than 1,000 single ones. */
+  if ((rc = exec(s, "PRAGMA temp_store = MEMORY")) != 0)
+    return rc;
   snprintf(sql, sizeof(sql), "PRAGMA synchronous = %s", sync);
   if ((rc = exec(s, sql)) != 0)
     return rc;
