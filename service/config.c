@@ -33,7 +33,7 @@ void config_defaults(config *cfg) {
   cfg->history_events = 100000;
   cfg->history_bytes = 64u << 20;
   cfg->batch_max_ops = 10000;
-  cfg->batch_max_bytes = 8u << 20;
+  cfg->batch_max_bytes = 4u << 20;
   cfg->batch_retry_window_ms = 600 * 1000;
   cfg->log_level = PEERSTORE_LOG_INFO;
   cfg->ready_fd = -1;
