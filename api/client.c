@@ -524,20 +524,35 @@ static int on_event(peerstore_client *c, ps_op *op, const uint8_t *b,
   return 0;
 }
 
+/* The most counters a reply is decoded into (a service with many quotas
+ * has four each). */
+#define STATS_MAX 1024
+
 static int on_stats(peerstore_client *c, ps_op *op, const uint8_t *b,
                     size_t n) {
-  peerstore_stat st[64];
-  char names[64][64];
+  peerstore_stat *st;
+  char (*names)[64];
   size_t count;
+  int r = 0;
 
-  if (op->kind != OP_STATS ||
-      peerstore__wire_stats(b, n, st, names, 64, &count) != 0)
+  if (op->kind != OP_STATS)
     return PEERSTORE_EPROTO;
-  op_untable(c, op);
-  op->finished = 1;
-  op->cb.stats(op->arg, 0, st, count);
-  op_garbage(c, op);
-  return 0;
+  st = malloc(STATS_MAX * sizeof(*st));
+  names = malloc(STATS_MAX * sizeof(*names));
+  if (st == NULL || names == NULL) {
+    r = PEERSTORE_ENOMEM;
+  } else if (peerstore__wire_stats(b, n, st, names, STATS_MAX, &count) !=
+             0) {
+    r = PEERSTORE_EPROTO;
+  } else {
+    op_untable(c, op);
+    op->finished = 1;
+    op->cb.stats(op->arg, 0, st, count);
+    op_garbage(c, op);
+  }
+  free(st);
+  free(names);
+  return r;
 }
 
 /* A reply ending op with status.  A service that is shutting down refuses

@@ -236,7 +236,9 @@ PEERSTORE_EXTERN int peerstore_default_socket_path(char *buf, size_t size);
  * REPLACE drops every other value under the triple; MULTIPLE adds it beside
  * them, or, if a byte-identical value is already there, only refreshes its
  * expiry, so resending a store is safe.  cb (may be NULL) runs once, after
- * the service applied the store.  Returns NULL on invalid arguments (NULL
+ * the service applied the store, or with the error that prevented it
+ * (PEERSTORE_EQUOTA: the subsystem's quota in the service's [quota]
+ * would be passed; nothing changed).  Returns NULL on invalid arguments (NULL
  * or empty subsystem or key, a string over its limit or containing no
  * terminating NUL within it, value NULL with size > 0, size over
  * PEERSTORE_VALUE_MAX_HARD, option out of range). */

@@ -50,6 +50,7 @@
 enum { L_SS, L_PEER, L_KEY, L_TRIPLE, L_COUNT };
 
 struct mrec;
+struct quota;
 
 struct mlist {
   struct mrec *first;
@@ -63,6 +64,7 @@ struct ss_node {
   peerstore__hnode h;
   struct mlist l;
   uint32_t pins;
+  struct quota *q; /* the subsystem's quota, or NULL */
   char name[];
 };
 
@@ -103,8 +105,9 @@ struct mrec {
   uint64_t revision;
   uint64_t expiry;   /* the expiry heap's key */
   uint32_t heap_pos; /* PEERSTORE__HEAP_NONE for records that never expire */
-  uint32_t value_size : 31; /* at most PEERSTORE_VALUE_MAX_HARD */
+  uint32_t value_size : 30; /* at most PEERSTORE_VALUE_MAX_HARD */
   uint32_t dead : 1;
+  uint32_t gone : 1; /* a batch's quota check counts it removed */
   uint32_t writer;
   uint32_t cursors; /* resting here (see mem.cursors) */
   uint8_t value[];
@@ -142,6 +145,8 @@ typedef struct mem {
   uint64_t hist_bytes; /* the ring's events and the dead records */
   uint64_t hist_id;
   peerstore__hmap pins; /* triples dead records point at, by address */
+  struct quota *quotas; /* env->quotas, with what each counts */
+  size_t n_quotas;
 } mem;
 
 struct peerstore_plugin_cursor {
@@ -156,6 +161,168 @@ struct peerstore_plugin_cursor {
 
 /* ------------------------------------------------------------------ */
 /* Groups: the four list heads                                         */
+
+/* ------------------------------------------------------------------ */
+/* Quotas: what each counts, kept as records come and go               */
+
+/* One writer's part of a per-writer quota. */
+struct wusage {
+  peerstore__hnode h;
+  uint32_t writer;
+  uint64_t records;
+  uint64_t bytes;
+};
+
+struct quota {
+  char *subsystem;
+  uint64_t max_records; /* 0: none */
+  uint64_t max_bytes;
+  int per_writer;
+  uint64_t records; /* over all writers */
+  uint64_t bytes;
+  peerstore__hmap writers; /* struct wusage, per_writer only */
+};
+
+static struct quota *quota_of(mem *m, const char *subsystem) {
+  size_t i;
+
+  for (i = 0; i < m->n_quotas; i++)
+    if (strcmp(m->quotas[i].subsystem, subsystem) == 0)
+      return &m->quotas[i];
+  return NULL;
+}
+
+static uint64_t hash_writer(uint32_t writer) {
+  return peerstore__hash(&writer, sizeof(writer), 7);
+}
+
+static struct wusage *wusage_find(struct quota *q, uint32_t writer,
+                                  int create) {
+  uint64_t h = hash_writer(writer);
+  peerstore__hnode *e;
+  struct wusage *w;
+
+  for (e = peerstore__hmap_bucket(&q->writers, h); e != NULL; e = e->next)
+    if (e->hash == h && ((struct wusage *)e)->writer == writer)
+      return (struct wusage *)e;
+  if (!create || (w = calloc(1, sizeof(*w))) == NULL)
+    return NULL;
+  w->writer = writer;
+  peerstore__hmap_insert(&q->writers, &w->h, h);
+  return w;
+}
+
+/* A record of a subsystem with a quota enters (sign 1) or leaves (-1)
+ * the store.  A writer's entry exists by then: the check before a store
+ * made it. */
+static void quota_count(struct quota *q, uint32_t writer, size_t size,
+                        int sign) {
+  struct wusage *w;
+
+  q->records += (uint64_t)(int64_t)sign;
+  q->bytes += (uint64_t)((int64_t)sign * (int64_t)size);
+  if (q->per_writer && (w = wusage_find(q, writer, 0)) != NULL) {
+    w->records += (uint64_t)(int64_t)sign;
+    w->bytes += (uint64_t)((int64_t)sign * (int64_t)size);
+  }
+}
+
+/* What a store or batch would change, per quota: all writers' records
+ * and bytes, then the writing uid's. */
+typedef struct qdelta {
+  int64_t records, bytes, w_records, w_bytes;
+} qdelta;
+
+static void delta_add(const mem *m, qdelta *d, struct quota *q,
+                      uint32_t rec_writer, uint32_t writer, size_t size,
+                      int sign) {
+  qdelta *x = &d[q - m->quotas];
+
+  x->records += sign;
+  x->bytes += sign * (int64_t)size;
+  if (q->per_writer && rec_writer == writer) {
+    x->w_records += sign;
+    x->w_bytes += sign * (int64_t)size;
+  }
+}
+
+/* 1 if usage u grown by delta passes max (0: no limit).  Only growth is
+ * refused: a change that lowers usage or keeps it goes through, even past
+ * a limit lowered since. */
+static int passes(uint64_t u, int64_t delta, uint64_t max) {
+  return max != 0 && delta > 0 && u + (uint64_t)delta > max;
+}
+
+/* 0, or PEERSTORE_EQUOTA after logging which quota d would pass.  Makes
+ * the writer's entry of each per-writer quota d touches (ENOMEM). */
+static int quota_check(mem *m, const qdelta *d, uint32_t writer) {
+  size_t i;
+
+  for (i = 0; i < m->n_quotas; i++) {
+    struct quota *q = &m->quotas[i];
+    struct wusage *w = NULL;
+    const char *what = NULL;
+
+    if (d[i].records == 0 && d[i].bytes == 0 && d[i].w_records == 0)
+      continue;
+    if (q->per_writer && (w = wusage_find(q, writer, 1)) == NULL)
+      return PEERSTORE_ENOMEM;
+    if (!q->per_writer && (passes(q->records, d[i].records, q->max_records) ||
+                           passes(q->bytes, d[i].bytes, q->max_bytes)))
+      what = "";
+    if (w != NULL && (passes(w->records, d[i].w_records, q->max_records) ||
+                      passes(w->bytes, d[i].w_bytes, q->max_bytes)))
+      what = " per uid";
+    if (what != NULL) {
+      m->env.log(m->env.log_ctx, PEERSTORE_LOG_WARN,
+                 "quota of subsystem '%s'%s (%llu records, %llu bytes) "
+                 "refuses a write by uid %u",
+                 q->subsystem, what, (unsigned long long)q->max_records,
+                 (unsigned long long)q->max_bytes, (unsigned)writer);
+      return PEERSTORE_EQUOTA;
+    }
+  }
+  return 0;
+}
+
+static int quotas_init(mem *m, const peerstore_plugin_env *env) {
+  size_t i;
+
+  if (env->n_quotas == 0)
+    return 0;
+  if ((m->quotas = calloc(env->n_quotas, sizeof(*m->quotas))) == NULL)
+    return PEERSTORE_ENOMEM;
+  m->n_quotas = env->n_quotas;
+  for (i = 0; i < env->n_quotas; i++) {
+    struct quota *q = &m->quotas[i];
+    q->max_records = env->quotas[i].max_records;
+    q->max_bytes = env->quotas[i].max_bytes;
+    q->per_writer =
+        (env->quotas[i].flags & PEERSTORE_PLUGIN_QUOTA_PER_WRITER) != 0;
+    if ((q->subsystem = strdup(env->quotas[i].subsystem)) == NULL ||
+        peerstore__hmap_init(&q->writers) != 0)
+      return PEERSTORE_ENOMEM;
+  }
+  return 0;
+}
+
+static void quotas_free(mem *m) {
+  size_t i, b;
+
+  for (i = 0; i < m->n_quotas; i++) {
+    peerstore__hmap *h = &m->quotas[i].writers;
+    for (b = 0; h->buckets != NULL && b <= h->mask; b++) {
+      peerstore__hnode *e = h->buckets[b], *next;
+      for (; e != NULL; e = next) {
+        next = e->next;
+        free(e);
+      }
+    }
+    peerstore__hmap_free(h);
+    free(m->quotas[i].subsystem);
+  }
+  free(m->quotas);
+}
 
 static uint64_t hash_ptr2(const void *a, const void *b, uint64_t salt) {
   uintptr_t v[2] = {(uintptr_t)a, (uintptr_t)b};
@@ -176,6 +343,7 @@ static struct ss_node *ss_find(mem *m, const char *name, int create) {
   if (!create || (s = calloc(1, sizeof(*s) + n + 1)) == NULL)
     return NULL;
   memcpy(s->name, name, n + 1);
+  s->q = quota_of(m, name);
   peerstore__hmap_insert(&m->ss, &s->h, h);
   return s;
 }
@@ -589,6 +757,8 @@ static void rec_retire(mem *m, struct mrec *r, int kind) {
     died = ++m->revision;
     report(m, (enum peerstore_plugin_change_kind)kind, died, r);
   }
+  if (r->t->pn->ss->q != NULL)
+    quota_count(r->t->pn->ss->q, r->writer, r->value_size, -1);
   keep = rec_keep(m, r, died);
   rec_unlink(m, r);
   if (!keep) {
@@ -625,7 +795,9 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
     return PEERSTORE_ENOMEM;
   if (peerstore__hmap_init(&m->ss) || peerstore__hmap_init(&m->peers) ||
       peerstore__hmap_init(&m->keys) || peerstore__hmap_init(&m->triples) ||
-      peerstore__hmap_init(&m->cursors) || peerstore__hmap_init(&m->pins)) {
+      peerstore__hmap_init(&m->cursors) || peerstore__hmap_init(&m->pins) ||
+      quotas_init(m, env) != 0) {
+    quotas_free(m);
     peerstore__hmap_free(&m->ss);
     peerstore__hmap_free(&m->peers);
     peerstore__hmap_free(&m->keys);
@@ -638,6 +810,8 @@ static int mem_open(const peerstore_plugin_env *env, void **instance) {
   peerstore__heap_init(&m->expiry, offsetof(struct mrec, expiry),
                        offsetof(struct mrec, heap_pos));
   m->env = *env;
+  m->env.quotas = NULL; /* copied */
+  m->env.n_quotas = 0;
   m->revision = m->hist_first = wall_clock_us();
   if (uv_random(NULL, NULL, &m->hist_id, sizeof(m->hist_id), 0, NULL) != 0)
     m->hist_id = m->revision ^ (uint64_t)(uintptr_t)m;
@@ -686,6 +860,7 @@ static void mem_close(void *instance) {
   free_all(&m->keys);
   free_all(&m->ss);
   free_all(&m->pins);
+  quotas_free(m);
   peerstore__heap_free(&m->expiry);
   /* The service closes its cursors before the plugin. */
   peerstore__hmap_free(&m->cursors);
@@ -703,8 +878,9 @@ static struct mrec *rec_alloc(struct triple *t, const void *value,
   r->t = t;
   r->expiry = expiry;
   r->heap_pos = PEERSTORE__HEAP_NONE;
-  r->value_size = (uint32_t)size & 0x7fffffffu;
+  r->value_size = (uint32_t)size & 0x3fffffffu;
   r->dead = 0;
+  r->gone = 0;
   r->cursors = 0;
   r->writer = writer;
   if (size > 0)
@@ -715,6 +891,8 @@ static struct mrec *rec_alloc(struct triple *t, const void *value,
 /* Stores r, with the next revision; its heap slot is reserved.  Cannot
  * fail. */
 static void rec_link(mem *m, struct mrec *r) {
+  if (r->t->pn->ss->q != NULL)
+    quota_count(r->t->pn->ss->q, r->writer, r->value_size, 1);
   if (r->expiry != PEERSTORE_EXPIRY_NEVER)
     peerstore__heap_push(&m->expiry, r);
   r->revision = ++m->revision;
@@ -784,12 +962,43 @@ static void store_apply(mem *m, const prepared *p,
   }
 }
 
+static int same_value(const struct mrec *a, const void *v, size_t n) {
+  return a->value_size == n && (n == 0 || memcmp(a->value, v, n) == 0);
+}
+
+/* Whether one store lets its subsystem's quota be: what it adds, less
+ * what it drops (a REPLACE everything under the triple, a MULTIPLE the
+ * identical value it refreshes). */
+static int store_quota(mem *m, const prepared *p,
+                       enum peerstore_store_option option, uint32_t writer) {
+  struct quota *q = p->ss->q;
+  qdelta *d = calloc(m->n_quotas, sizeof(*d));
+  struct mrec *r;
+  int st;
+
+  if (d == NULL)
+    return PEERSTORE_ENOMEM;
+  delta_add(m, d, q, writer, writer, p->r->value_size, 1);
+  for (r = p->t->first; r != NULL; r = r->next[L_TRIPLE]) {
+    if (option == PEERSTORE_MULTIPLE &&
+        !same_value(r, p->r->value, p->r->value_size))
+      continue;
+    delta_add(m, d, q, r->writer, writer, r->value_size, -1);
+    if (option == PEERSTORE_MULTIPLE)
+      break;
+  }
+  st = quota_check(m, d, writer);
+  free(d);
+  return st;
+}
+
 static int mem_store(void *instance, const peerstore_record *rec,
                      uint32_t writer, enum peerstore_store_option option,
                      peerstore_plugin_store_cb cb, void *arg) {
   mem *m = instance;
   peerstore_record view;
   prepared p;
+  int st;
 
   /* Everything that can fail comes first: past it, nothing can fail
    * half-way through changing the lists. */
@@ -799,6 +1008,10 @@ static int mem_store(void *instance, const peerstore_record *rec,
   if (store_prepare(m, rec, writer, &p) != 0) {
     store_unprepare(m, &p);
     return PEERSTORE_ENOMEM; /* nothing was changed; no callback */
+  }
+  if (p.ss->q != NULL && (st = store_quota(m, &p, option, writer)) != 0) {
+    store_unprepare(m, &p);
+    return st;
   }
   store_apply(m, &p, option);
   rec_view(p.r, &view);
@@ -959,6 +1172,139 @@ static void batch_unprepare(mem *m, prepared *p, size_t n) {
   }
 }
 
+/* A batch's quota check works on the store as the batch would leave it,
+ * without changing it: records it would drop are marked gone (and
+ * unmarked after), the stores it adds are kept aside. */
+typedef struct vadd {
+  struct triple *t;
+  const struct mrec *r; /* its prepared record: value and size */
+  int gone;
+} vadd;
+
+typedef struct vstate {
+  mem *m;
+  qdelta *d;
+  uint32_t writer;
+  vadd *added;
+  size_t n_added;
+  struct mrec **marked;
+  size_t n_marked;
+  size_t cap_marked;
+  int failed;
+} vstate;
+
+static void v_drop_live(vstate *v, struct quota *q, struct mrec *r) {
+  if (r->gone)
+    return;
+  if (v->n_marked == v->cap_marked) {
+    size_t cap = v->cap_marked ? 2 * v->cap_marked : 64;
+    struct mrec **nm = realloc(v->marked, cap * sizeof(*nm));
+    if (nm == NULL) {
+      v->failed = 1;
+      return;
+    }
+    v->marked = nm;
+    v->cap_marked = cap;
+  }
+  r->gone = 1;
+  v->marked[v->n_marked++] = r;
+  delta_add(v->m, v->d, q, r->writer, v->writer, r->value_size, -1);
+}
+
+static void v_drop_added(vstate *v, struct quota *q, vadd *a) {
+  a->gone = 1;
+  delta_add(v->m, v->d, q, v->writer, v->writer, a->r->value_size, -1);
+}
+
+static int v_matches(const vadd *a, const struct ss_node *ss,
+                     const peerstore_plugin_filter *f) {
+  return a->t->pn->ss == ss &&
+         (f->peer == NULL ||
+          memcmp(&a->t->pn->peer, f->peer, sizeof(*f->peer)) == 0) &&
+         (f->key == NULL || strcmp(a->t->kn->key, f->key) == 0);
+}
+
+static void v_store(vstate *v, const prepared *p,
+                    enum peerstore_store_option option) {
+  struct quota *q = p->ss->q;
+  struct mrec *r;
+  size_t k;
+  int found = 0;
+
+  for (r = p->t->first; r != NULL && !found; r = r->next[L_TRIPLE]) {
+    if (r->gone || (option == PEERSTORE_MULTIPLE &&
+                    !same_value(r, p->r->value, p->r->value_size)))
+      continue;
+    v_drop_live(v, q, r);
+    found = option == PEERSTORE_MULTIPLE;
+  }
+  for (k = 0; k < v->n_added && !found; k++) {
+    vadd *a = &v->added[k];
+    if (a->gone || a->t != p->t ||
+        (option == PEERSTORE_MULTIPLE &&
+         !same_value(a->r, p->r->value, p->r->value_size)))
+      continue;
+    v_drop_added(v, q, a);
+    found = option == PEERSTORE_MULTIPLE;
+  }
+  delta_add(v->m, v->d, q, v->writer, v->writer, p->r->value_size, 1);
+}
+
+static void v_remove(vstate *v, const peerstore_plugin_filter *f) {
+  struct ss_node *ss = ss_find(v->m, f->subsystem, 0);
+  struct mrec **head, *r;
+  size_t k;
+  int which;
+
+  if (ss == NULL || ss->q == NULL)
+    return;
+  if ((head = filter_list(v->m, f, &which)) != NULL)
+    for (r = *head; r != NULL; r = r->next[which])
+      v_drop_live(v, ss->q, r);
+  for (k = 0; k < v->n_added; k++)
+    if (!v->added[k].gone && v_matches(&v->added[k], ss, f))
+      v_drop_added(v, ss->q, &v->added[k]);
+}
+
+/* Whether the batch, applied, lets every quota be (0, EQUOTA, ENOMEM).
+ * p holds its prepared stores.  Stores and removes in subsystems without
+ * a quota cannot change one, and are passed over. */
+static int batch_quota(mem *m, const peerstore_plugin_batch_op *ops,
+                       size_t n, const prepared *p, size_t stores,
+                       uint32_t writer) {
+  vstate v;
+  size_t i, j = 0;
+  int st;
+
+  memset(&v, 0, sizeof(v));
+  v.m = m;
+  v.writer = writer;
+  if ((v.d = calloc(m->n_quotas, sizeof(*v.d))) == NULL ||
+      (v.added = calloc(stores ? stores : 1, sizeof(*v.added))) == NULL) {
+    free(v.d);
+    return PEERSTORE_ENOMEM;
+  }
+  for (i = 0; i < n && !v.failed; i++) {
+    if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_STORE) {
+      if (p[j].ss->q != NULL) {
+        v_store(&v, &p[j], ops[i].option);
+        v.added[v.n_added].t = p[j].t;
+        v.added[v.n_added++].r = p[j].r;
+      }
+      j++;
+    } else if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REMOVE) {
+      v_remove(&v, &ops[i].filter);
+    }
+  }
+  for (i = 0; i < v.n_marked; i++)
+    v.marked[i]->gone = 0;
+  st = v.failed ? PEERSTORE_ENOMEM : quota_check(m, v.d, writer);
+  free(v.marked);
+  free(v.added);
+  free(v.d);
+  return st;
+}
+
 static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
                      size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                      void *arg) {
@@ -966,6 +1312,7 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
   uint64_t first = m->revision + 1, now = wall_clock_us();
   size_t i, j = 0, stores = 0, expiring = 0;
   prepared *p = NULL;
+  int st;
 
   for (i = 0; i < n; i++) {
     const peerstore_plugin_batch_op *o = &ops[i];
@@ -1001,6 +1348,11 @@ static int mem_batch(void *instance, const peerstore_plugin_batch_op *ops,
       return PEERSTORE_ENOMEM;
     }
     p[j++].pinned = 1;
+  }
+  if (m->n_quotas > 0 && (st = batch_quota(m, ops, n, p, stores, writer))) {
+    batch_unprepare(m, p, j);
+    free(p);
+    return st;
   }
   for (i = j = 0; i < n; i++) {
     if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_STORE) {
@@ -1121,6 +1473,28 @@ static void mem_counts(void *instance, uint64_t *records,
   *revision = m->revision;
 }
 
+static void mem_quota_usage(void *instance, size_t i, uint64_t *records,
+                            uint64_t *bytes, uint64_t *max_writer_records,
+                            uint64_t *max_writer_bytes) {
+  mem *m = instance;
+  const struct quota *q = &m->quotas[i];
+  size_t b;
+
+  *records = q->records;
+  *bytes = q->bytes;
+  *max_writer_records = *max_writer_bytes = 0;
+  for (b = 0; q->per_writer && b <= q->writers.mask; b++) {
+    const peerstore__hnode *e = q->writers.buckets[b];
+    for (; e != NULL; e = e->next) {
+      const struct wusage *w = (const struct wusage *)e;
+      if (w->records > *max_writer_records)
+        *max_writer_records = w->records;
+      if (w->bytes > *max_writer_bytes)
+        *max_writer_bytes = w->bytes;
+    }
+  }
+}
+
 static const peerstore_plugin_ops mem_ops = {
     .open = mem_open,
     .close = mem_close,
@@ -1134,11 +1508,12 @@ static const peerstore_plugin_ops mem_ops = {
     .history_read = mem_history_read,
     .history_info = mem_history_info,
     .batch = mem_batch,
+    .quota_usage = mem_quota_usage,
 };
 
 static const peerstore_plugin_desc mem_desc = {
     .abi = PEERSTORE_PLUGIN_ABI,
-    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS,
+    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS | PEERSTORE_PLUGIN_QUOTAS,
     .name = "memory",
     .ops = &mem_ops};
 

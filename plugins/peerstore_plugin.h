@@ -106,6 +106,26 @@ typedef struct peerstore_plugin_change {
  * plugin without it reports STORE changes only, and numbers a remove
  * with one revision whatever it removed. */
 #define PEERSTORE_PLUGIN_REPORTS_REMOVALS 0x1u
+/* Set by a plugin that enforces env->quotas (and has quota_usage).  The
+ * service refuses to start with quotas configured and a plugin without
+ * it. */
+#define PEERSTORE_PLUGIN_QUOTAS 0x2u
+
+/* A quota (DESIGN.md section 8): the records of subsystem, and their
+ * value bytes, may not pass these limits (0: no limit) - for every writer
+ * uid separately with PEERSTORE_PLUGIN_QUOTA_PER_WRITER, else together.
+ * A store or batch that would raise a usage past its limit fails with
+ * PEERSTORE_EQUOTA and changes nothing; one that does not raise it (a
+ * REPLACE of a value by one as large, a remove) always goes through, even
+ * when the usage is already over a lowered limit.  Records count until
+ * they are removed or purged. */
+#define PEERSTORE_PLUGIN_QUOTA_PER_WRITER 0x1u
+typedef struct peerstore_plugin_quota {
+  const char *subsystem;
+  uint64_t max_records;
+  uint64_t max_bytes;
+  uint32_t flags;
+} peerstore_plugin_quota;
 
 /* What the service hands a plugin at open. */
 typedef struct peerstore_plugin_env {
@@ -130,7 +150,11 @@ typedef struct peerstore_plugin_env {
    * at most history_bytes bytes.  0 means none. */
   uint64_t history_events;
   uint64_t history_bytes;
-  void *reserved[6]; /* NULL; room for later calls */
+  /* The quotas to enforce (a plugin with PEERSTORE_PLUGIN_QUOTAS copies
+   * what it keeps); n_quotas 0: none. */
+  const peerstore_plugin_quota *quotas;
+  size_t n_quotas;
+  void *reserved[4]; /* NULL; room for later calls */
 } peerstore_plugin_env;
 
 /* subsystem is required; peer and key NULL mean any. */
@@ -289,7 +313,13 @@ typedef struct peerstore_plugin_ops {
   int (*batch)(void *instance, const peerstore_plugin_batch_op *ops,
                size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                void *arg);
-  void (*reserved[5])(void); /* NULL; room for later operations */
+  /* Quotas (with PEERSTORE_PLUGIN_QUOTAS): what env->quotas[i] counts
+   * now, over all writers, and for the writer that holds most of it.
+   * Synchronous; may lag the latest changes by a group of writes. */
+  void (*quota_usage)(void *instance, size_t i, uint64_t *records,
+                      uint64_t *bytes, uint64_t *max_writer_records,
+                      uint64_t *max_writer_bytes);
+  void (*reserved[4])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {

@@ -87,6 +87,7 @@ typedef struct job {
   struct job *next;
   enum job_kind kind;
   int status;
+  int contained; /* ran in a savepoint of its own: a failure undid it alone */
   void *arg;
   union {
     struct {
@@ -185,7 +186,40 @@ struct sq {
   sqlite3_stmt *st_iter[F_COUNT];
   sqlite3_stmt *st_remove[F_COUNT];
   sqlite3_stmt *st_hist[F_COUNT];
+  /* Quotas: counted by the worker as rows come and go; each count since
+   * the group began is logged, so that a rollback can take it back. */
+  struct squota *quotas;
+  size_t n_quotas;
+  struct qlog_e *qlog;
+  size_t qlog_n, qlog_cap;
+  int qlog_failed; /* out of memory for the log: the job fails */
 };
+
+/* One writer's part of a per-writer quota. */
+typedef struct swriter {
+  uint32_t writer;
+  uint64_t records, bytes;
+} swriter;
+
+typedef struct squota {
+  char *subsystem;
+  uint64_t max_records, max_bytes; /* 0: none */
+  int per_writer;
+  uint64_t records, bytes; /* the worker's */
+  swriter *w;
+  size_t n_w, cap_w;
+  /* For quota_usage, after each group, under lock. */
+  uint64_t pub[4];
+} squota;
+
+typedef struct qlog_e {
+  uint32_t q;
+  uint32_t writer;
+  int64_t records, bytes;
+} qlog_e;
+
+static void quota_note(sq *s, const char *subsystem, uint32_t writer,
+                       size_t size, int sign);
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
@@ -515,6 +549,9 @@ static int retire(sq *s, sqlite3_stmt *sel, int kind, rbuf *gone,
     if ((rc = step_done(s->st_delete)) != 0)
       return rc;
     s->records--;
+    quota_note(s,
+               (const char *)gone->bytes + (uintptr_t)r->subsystem,
+               gone->writers[i], r->value_size, -1);
   }
   return 0;
 }
@@ -527,11 +564,234 @@ static void bind_triple(sqlite3_stmt *st, const peerstore_record *r) {
   sqlite3_bind_blob(st, 3, r->key, (int)strlen(r->key), SQLITE_STATIC);
 }
 
+/* ------------------------------------------------------------------ */
+/* Quotas                                                              */
+
+static squota *quota_of(sq *s, const char *subsystem) {
+  size_t i;
+
+  for (i = 0; i < s->n_quotas; i++)
+    if (strcmp(s->quotas[i].subsystem, subsystem) == 0)
+      return &s->quotas[i];
+  return NULL;
+}
+
+static swriter *quota_writer(squota *q, uint32_t writer, int create) {
+  size_t i;
+
+  for (i = 0; i < q->n_w; i++)
+    if (q->w[i].writer == writer)
+      return &q->w[i];
+  if (!create)
+    return NULL;
+  if (q->n_w == q->cap_w) {
+    size_t cap = q->cap_w ? 2 * q->cap_w : 8;
+    swriter *w = realloc(q->w, cap * sizeof(*w));
+    if (w == NULL)
+      return NULL;
+    q->w = w;
+    q->cap_w = cap;
+  }
+  q->w[q->n_w].writer = writer;
+  q->w[q->n_w].records = q->w[q->n_w].bytes = 0;
+  return &q->w[q->n_w++];
+}
+
+static void quota_add(squota *q, uint32_t writer, int64_t records,
+                      int64_t bytes) {
+  swriter *w;
+
+  q->records += (uint64_t)records;
+  q->bytes += (uint64_t)bytes;
+  if (q->per_writer && (w = quota_writer(q, writer, 0)) != NULL) {
+    w->records += (uint64_t)records;
+    w->bytes += (uint64_t)bytes;
+  }
+}
+
+/* A row of subsystem by writer, of size value bytes, enters (sign 1) or
+ * leaves (-1) the table. */
+static void quota_note(sq *s, const char *subsystem, uint32_t writer,
+                       size_t size, int sign) {
+  squota *q;
+  qlog_e *e;
+
+  if (s->n_quotas == 0 || (q = quota_of(s, subsystem)) == NULL)
+    return;
+  if (s->qlog_n == s->qlog_cap) {
+    size_t cap = s->qlog_cap ? 2 * s->qlog_cap : 64;
+    qlog_e *l = realloc(s->qlog, cap * sizeof(*l));
+    if (l == NULL) {
+      s->qlog_failed = 1;
+      return;
+    }
+    s->qlog = l;
+    s->qlog_cap = cap;
+  }
+  if (q->per_writer && sign > 0 && quota_writer(q, writer, 1) == NULL) {
+    s->qlog_failed = 1;
+    return;
+  }
+  e = &s->qlog[s->qlog_n++];
+  e->q = (uint32_t)(q - s->quotas);
+  e->writer = writer;
+  e->records = sign;
+  e->bytes = sign * (int64_t)size;
+  quota_add(q, writer, e->records, e->bytes);
+}
+
+/* Takes back the counts logged since mark. */
+static void quota_undo(sq *s, size_t mark) {
+  while (s->qlog_n > mark) {
+    qlog_e *e = &s->qlog[--s->qlog_n];
+    quota_add(&s->quotas[e->q], e->writer, -e->records, -e->bytes);
+  }
+  s->qlog_failed = 0;
+}
+
+static int grew_past(uint64_t now, int64_t delta, uint64_t max) {
+  return max != 0 && delta > 0 && now > max;
+}
+
+/* 0, PEERSTORE_EQUOTA if the changes logged since mark (by writer) raised
+ * a usage past its limit (logged), or PEERSTORE_ENOMEM. */
+static int quota_verdict(sq *s, size_t mark, uint32_t writer) {
+  size_t i, k;
+
+  if (s->qlog_failed)
+    return PEERSTORE_ENOMEM;
+  for (i = 0; i < s->n_quotas; i++) {
+    squota *q = &s->quotas[i];
+    int64_t d[4] = {0, 0, 0, 0};
+    swriter *w;
+    const char *what = NULL;
+
+    for (k = mark; k < s->qlog_n; k++) {
+      if (s->qlog[k].q != i)
+        continue;
+      d[0] += s->qlog[k].records;
+      d[1] += s->qlog[k].bytes;
+      if (s->qlog[k].writer == writer) {
+        d[2] += s->qlog[k].records;
+        d[3] += s->qlog[k].bytes;
+      }
+    }
+    if (!q->per_writer && (grew_past(q->records, d[0], q->max_records) ||
+                           grew_past(q->bytes, d[1], q->max_bytes)))
+      what = "";
+    if (q->per_writer && (w = quota_writer(q, writer, 0)) != NULL &&
+        (grew_past(w->records, d[2], q->max_records) ||
+         grew_past(w->bytes, d[3], q->max_bytes)))
+      what = " per uid";
+    if (what != NULL) {
+      s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+             "quota of subsystem '%s'%s (%llu records, %llu bytes) refuses "
+             "a write by uid %u",
+             q->subsystem, what, (unsigned long long)q->max_records,
+             (unsigned long long)q->max_bytes, (unsigned)writer);
+      return PEERSTORE_EQUOTA;
+    }
+  }
+  return 0;
+}
+
+/* After a group: what quota_usage reports.  Under lock. */
+static void quota_publish(sq *s) {
+  size_t i, k;
+
+  for (i = 0; i < s->n_quotas; i++) {
+    squota *q = &s->quotas[i];
+    q->pub[0] = q->records;
+    q->pub[1] = q->bytes;
+    q->pub[2] = q->pub[3] = 0;
+    for (k = 0; k < q->n_w; k++) {
+      if (q->w[k].records > q->pub[2])
+        q->pub[2] = q->w[k].records;
+      if (q->w[k].bytes > q->pub[3])
+        q->pub[3] = q->w[k].bytes;
+    }
+  }
+  s->qlog_n = 0; /* committed, or taken back */
+}
+
+/* Counts what the table holds of each quota's subsystem (at open). */
+static int quota_load(sq *s, const peerstore_plugin_env *env) {
+  sqlite3_stmt *st = NULL;
+  size_t i;
+  int rc;
+
+  if (env->n_quotas == 0)
+    return 0;
+  if ((s->quotas = calloc(env->n_quotas, sizeof(*s->quotas))) == NULL)
+    return PEERSTORE_ENOMEM;
+  s->n_quotas = env->n_quotas;
+  rc = sqlite3_prepare_v2(s->db,
+                          "SELECT writer, count(*), total(length(value)) "
+                          "FROM records WHERE subsystem = ?1 GROUP BY writer",
+                          -1, &st, NULL);
+  if (rc != SQLITE_OK)
+    return map_error(rc);
+  for (i = 0; i < env->n_quotas && rc == SQLITE_OK; i++) {
+    squota *q = &s->quotas[i];
+    q->max_records = env->quotas[i].max_records;
+    q->max_bytes = env->quotas[i].max_bytes;
+    q->per_writer =
+        (env->quotas[i].flags & PEERSTORE_PLUGIN_QUOTA_PER_WRITER) != 0;
+    if ((q->subsystem = strdup(env->quotas[i].subsystem)) == NULL) {
+      rc = SQLITE_NOMEM;
+      break;
+    }
+    sqlite3_bind_blob(st, 1, q->subsystem, (int)strlen(q->subsystem),
+                      SQLITE_STATIC);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+      uint32_t writer = writer_from_sql(sqlite3_column_int64(st, 0));
+      int64_t n = sqlite3_column_int64(st, 1);
+      int64_t b = (int64_t)sqlite3_column_double(st, 2);
+      if (q->per_writer && quota_writer(q, writer, 1) == NULL) {
+        rc = SQLITE_NOMEM;
+        break;
+      }
+      quota_add(q, writer, n, b);
+    }
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE)
+      rc = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  quota_publish(s);
+  return rc == SQLITE_OK ? 0 : map_error(rc);
+}
+
+static void quota_free(sq *s) {
+  size_t i;
+
+  for (i = 0; i < s->n_quotas; i++) {
+    free(s->quotas[i].subsystem);
+    free(s->quotas[i].w);
+  }
+  free(s->quotas);
+  free(s->qlog);
+}
+
+static void sq_quota_usage(void *instance, size_t i, uint64_t *records,
+                           uint64_t *bytes, uint64_t *max_writer_records,
+                           uint64_t *max_writer_bytes) {
+  sq *s = instance;
+
+  uv_mutex_lock(&s->lock);
+  *records = s->quotas[i].pub[0];
+  *bytes = s->quotas[i].pub[1];
+  *max_writer_records = s->quotas[i].pub[2];
+  *max_writer_bytes = s->quotas[i].pub[3];
+  uv_mutex_unlock(&s->lock);
+}
+
 /* Applies one store; r->revision is set to its revision, and what a
  * REPLACE drops goes to gone. */
 static int store_one(sq *s, peerstore_record *r, uint32_t writer,
                      uint8_t option, rbuf *gone) {
   int64_t found = 0;
+  uint32_t found_writer = 0;
   int rc;
 
   if (option == PEERSTORE_MULTIPLE) {
@@ -539,8 +799,10 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
     sqlite3_bind_blob(s->st_find, 4, r->value, (int)r->value_size,
                       SQLITE_STATIC);
     rc = sqlite3_step(s->st_find);
-    if (rc == SQLITE_ROW)
+    if (rc == SQLITE_ROW) {
       found = sqlite3_column_int64(s->st_find, 0);
+      found_writer = writer_from_sql(sqlite3_column_int64(s->st_find, 1));
+    }
     sqlite3_reset(s->st_find);
     sqlite3_clear_bindings(s->st_find);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
@@ -561,7 +823,12 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
     sqlite3_bind_int64(s->st_refresh, 2, expiry_to_sql(r->expiry));
     sqlite3_bind_int64(s->st_refresh, 3, found);
     sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(writer));
-    return step_done(s->st_refresh);
+    if ((rc = step_done(s->st_refresh)) != 0)
+      return rc;
+    /* The row passes to its new writer. */
+    quota_note(s, r->subsystem, found_writer, r->value_size, -1);
+    quota_note(s, r->subsystem, writer, r->value_size, 1);
+    return 0;
   }
   sqlite3_bind_int64(s->st_insert, 1, (int64_t)r->revision);
   sqlite3_bind_blob(s->st_insert, 2, r->subsystem, (int)strlen(r->subsystem),
@@ -577,6 +844,7 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
   if ((rc = step_done(s->st_insert)) != 0)
     return rc;
   s->records++;
+  quota_note(s, r->subsystem, writer, r->value_size, 1);
   if (option != PEERSTORE_REPLACE)
     return 0;
   /* The values it replaces go after it, each a change of its own. */
@@ -585,9 +853,57 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
   return retire(s, s->st_replaced, PEERSTORE_CHANGE_REMOVE, gone, NULL);
 }
 
+/* The counters a savepoint's rollback must restore with it. */
+typedef struct counters {
+  uint64_t revision, records, hist_rows, hist_bytes;
+  size_t qlog;
+} counters;
+
+static void counters_save(const sq *s, counters *c) {
+  c->revision = s->revision;
+  c->records = s->records;
+  c->hist_rows = s->hist_rows;
+  c->hist_bytes = s->hist_bytes;
+  c->qlog = s->qlog_n;
+}
+
+/* Rolls back to savepoint name and restores what c saved. */
+static void counters_rollback(sq *s, const counters *c, const char *name) {
+  char sql[64];
+
+  snprintf(sql, sizeof(sql), "ROLLBACK TO %s", name);
+  exec(s, sql);
+  snprintf(sql, sizeof(sql), "RELEASE %s", name);
+  exec(s, sql);
+  s->revision = c->revision;
+  s->records = c->records;
+  s->hist_rows = c->hist_rows;
+  s->hist_bytes = c->hist_bytes;
+  quota_undo(s, c->qlog);
+}
+
 static int do_store(sq *s, job *j) {
-  return store_one(s, &j->u.store.rec, j->u.store.writer,
-                   j->u.store.option, &j->u.store.gone);
+  rbuf *gone = &j->u.store.gone;
+  counters c;
+  int rc;
+
+  if (s->n_quotas == 0 || quota_of(s, j->u.store.rec.subsystem) == NULL)
+    return store_one(s, &j->u.store.rec, j->u.store.writer,
+                     j->u.store.option, gone);
+  /* In a savepoint: a store that would pass its quota is taken back. */
+  j->contained = 1;
+  counters_save(s, &c);
+  if ((rc = exec(s, "SAVEPOINT store")) != 0)
+    return rc;
+  if ((rc = store_one(s, &j->u.store.rec, j->u.store.writer,
+                      j->u.store.option, gone)) == 0 &&
+      (rc = quota_verdict(s, c.qlog, j->u.store.writer)) == 0 &&
+      (rc = exec(s, "RELEASE store")) == 0)
+    return 0;
+  counters_rollback(s, &c, "store");
+  gone->n = 0;
+  gone->bytes_len = 0;
+  return rc;
 }
 
 /* The snapshot of an iteration is the revision when its J_OPEN runs:
@@ -798,25 +1114,24 @@ static int batch_ops(sq *s, job *j) {
  * its conditions, then its operations; any failure undoes the batch
  * alone. */
 static int do_batch(sq *s, job *j) {
-  uint64_t rev0 = s->revision, rec0 = s->records, rows0 = s->hist_rows,
-           bytes0 = s->hist_bytes;
+  uint64_t rev0 = s->revision;
+  counters c;
   int rc;
 
+  j->contained = 1; /* a failed condition has changed nothing either */
   if ((rc = check_required(s, j)) != 0)
     return rc;
+  counters_save(s, &c);
   if ((rc = exec(s, "SAVEPOINT batch")) != 0)
     return rc;
-  if ((rc = batch_ops(s, j)) == 0 && (rc = exec(s, "RELEASE batch")) == 0) {
+  if ((rc = batch_ops(s, j)) == 0 &&
+      (rc = quota_verdict(s, c.qlog, j->u.batch.writer)) == 0 &&
+      (rc = exec(s, "RELEASE batch")) == 0) {
     j->u.batch.first = s->revision > rev0 ? rev0 + 1 : 0;
     j->u.batch.last = s->revision > rev0 ? s->revision : 0;
     return 0;
   }
-  exec(s, "ROLLBACK TO batch");
-  exec(s, "RELEASE batch");
-  s->revision = rev0;
-  s->records = rec0;
-  s->hist_rows = rows0;
-  s->hist_bytes = bytes0;
+  counters_rollback(s, &c, "batch");
   j->u.batch.changes.n = 0;
   j->u.batch.changes.bytes_len = 0;
   return rc;
@@ -900,11 +1215,11 @@ static job *run_group(sq *s, job *head, job *end) {
     case J_HIST: break; /* after the group (take_group) */
     case J_BATCH: j->status = do_batch(s, j); break;
     }
-    /* A batch that failed has undone itself and the group goes on -
-     * unless SQLite rolled the whole transaction back by itself, as it
-     * may on SQLITE_FULL or an I/O error. */
+    /* A batch, or a store under a quota, that failed has undone itself
+     * and the group goes on - unless SQLite rolled the whole transaction
+     * back by itself, as it may on SQLITE_FULL or an I/O error. */
     if (j->status != 0 && is_write(j) &&
-        (j->kind != J_BATCH || sqlite3_get_autocommit(s->db))) {
+        (!j->contained || sqlite3_get_autocommit(s->db))) {
       failed = j->status;
       break;
     }
@@ -941,6 +1256,7 @@ static job *run_group(sq *s, job *head, job *end) {
   /* Nothing of the group stays: every write in it fails. */
   free(k);
   exec(s, "ROLLBACK");
+  quota_undo(s, 0);
   s->revision = rev0;
   s->records = rec0;
   s->hist_first = first0;
@@ -1013,6 +1329,7 @@ static void worker_main(void *arg) {
     s->pub_hist_first = s->hist_first;
     s->pub_hist_rows = s->hist_rows;
     s->pub_hist_bytes = s->hist_bytes;
+    quota_publish(s);
     if (s->done.tail != NULL)
       s->done.tail->next = group;
     else
@@ -1463,8 +1780,8 @@ static int prepare_all(sq *s) {
   int i, rc = 0;
 
   rc |= prepare(s, &s->st_find,
-                "SELECT revision FROM records WHERE subsystem = ?1 AND "
-                "peer = ?2 AND key = ?3 AND value = ?4 LIMIT 1");
+                "SELECT revision, writer FROM records WHERE subsystem = ?1 "
+                "AND peer = ?2 AND key = ?3 AND value = ?4 LIMIT 1");
   rc |= prepare(s, &s->st_refresh,
                 "UPDATE records SET revision = ?1, expiry = ?2, writer = ?4 "
                 "WHERE revision = ?3");
@@ -1639,6 +1956,7 @@ static void sq_free(sq *s) {
   if (s->db != NULL && sqlite3_close(s->db) != SQLITE_OK)
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite %s: close: %s", s->path,
            sqlite3_errmsg(s->db));
+  quota_free(s);
   free(s->path);
   free(s);
 }
@@ -1775,7 +2093,7 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
    * migration or the schema of a new file writes to it. */
   if ((rc = check_pages(s, env)) != 0 || (rc = check_schema(s)) != 0 ||
       (rc = configure_db(s, env)) != 0 ||
-      (rc = prepare_all(s)) != 0) {
+      (rc = prepare_all(s)) != 0 || (rc = quota_load(s, env)) != 0) {
     sq_free(s);
     return rc;
   }
@@ -1832,11 +2150,12 @@ static const peerstore_plugin_ops sq_ops = {
     .history_read = sq_history_read,
     .history_info = sq_history_info,
     .batch = sq_batch,
+    .quota_usage = sq_quota_usage,
 };
 
 static const peerstore_plugin_desc sq_desc = {
     .abi = PEERSTORE_PLUGIN_ABI,
-    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS,
+    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS | PEERSTORE_PLUGIN_QUOTAS,
     .name = "sqlite",
     .ops = &sq_ops};
 

@@ -142,6 +142,72 @@ const write_rule *config_write_rule(const config *cfg, const char *ss) {
   return NULL;
 }
 
+/* "100000 records, 64M" or "16M, per uid": comma-separated limits, at
+ * least one.  Returns 0 or -1. */
+static int parse_quota(const char *v, peerstore_plugin_quota *q) {
+  char buf[256], *tok, *save = NULL, *end;
+  uint64_t n;
+
+  if (strlen(v) >= sizeof(buf))
+    return -1;
+  strcpy(buf, v);
+  q->max_records = q->max_bytes = 0;
+  q->flags = 0;
+  for (tok = strtok_r(buf, ",", &save); tok != NULL;
+       tok = strtok_r(NULL, ",", &save)) {
+    while (isspace((unsigned char)*tok))
+      tok++;
+    end = tok + strlen(tok);
+    while (end > tok && isspace((unsigned char)end[-1]))
+      *--end = '\0';
+    if (strcmp(tok, "per uid") == 0) {
+      q->flags |= PEERSTORE_PLUGIN_QUOTA_PER_WRITER;
+    } else if ((end = strstr(tok, " records")) != NULL && end[8] == '\0') {
+      *end = '\0';
+      if (config_parse_size(tok, &n) != 0 || n == 0)
+        return -1;
+      q->max_records = n;
+    } else if (config_parse_size(tok, &n) == 0 && n > 0) {
+      q->max_bytes = n;
+    } else {
+      return -1;
+    }
+  }
+  return q->max_records != 0 || q->max_bytes != 0 ? 0 : -1;
+}
+
+const peerstore_plugin_quota *config_quota(const config *cfg,
+                                           const char *ss) {
+  size_t i;
+
+  for (i = 0; i < cfg->n_quotas; i++)
+    if (strcmp(cfg->quotas[i].subsystem, ss) == 0)
+      return &cfg->quotas[i];
+  return NULL;
+}
+
+static int finish_quota(config *cfg, const config_entry *e) {
+  peerstore_plugin_quota *q = (peerstore_plugin_quota *)config_quota(cfg,
+                                                                     e->name);
+
+  if (q == NULL) {
+    q = realloc(cfg->quotas, (cfg->n_quotas + 1) * sizeof(*cfg->quotas));
+    if (q == NULL)
+      return -1;
+    cfg->quotas = q;
+    q = &cfg->quotas[cfg->n_quotas++];
+    q->subsystem = e->name; /* lives as long as the entries */
+  }
+  if (parse_quota(e->value, q) != 0) {
+    fprintf(stderr,
+            "peerstored: [quota] %s = %s: expected limits like "
+            "\"100000 records, 64M\" or \"16M, per uid\"\n",
+            e->name, e->value);
+    return -1;
+  }
+  return 0;
+}
+
 int config_finish(config *cfg) {
   size_t i;
 
@@ -149,6 +215,11 @@ int config_finish(config *cfg) {
     config_entry *e = &cfg->entries[i];
     write_rule *r;
 
+    if (strcmp(e->section, "quota") == 0) {
+      if (finish_quota(cfg, e) != 0)
+        return -1;
+      continue;
+    }
     if (strcmp(e->section, "write") != 0)
       continue;
     /* A subsystem named again: its last line wins, as for every key. */
@@ -392,6 +463,7 @@ void config_free(config *cfg) {
     free(cfg->write_rules[i].gids.ids);
   }
   free(cfg->write_rules);
+  free(cfg->quotas);
   free(cfg->allow_uids.ids);
   free(cfg->allow_gids.ids);
   free(cfg->socket_path);

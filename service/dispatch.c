@@ -305,14 +305,48 @@ static int on_remove(client *c, const peerstore__header *h,
   return 0;
 }
 
+/* Each quota's usage: quota.SUBSYSTEM.records and .bytes, and for a
+ * per-uid quota the largest uid's part (.uid_records, .uid_bytes); names
+ * are cut to the protocol's 63 bytes. */
+static size_t quota_stats(server *s, peerstore_stat *st, char (*names)[64]) {
+  const peerstore_plugin_ops *o = s->plugin.desc->ops;
+  static const char *const what[] = {"records", "bytes", "uid_records",
+                                     "uid_bytes"};
+  uint64_t v[4];
+  size_t i, k, n = 0;
+
+  for (i = 0; i < s->cfg->n_quotas; i++) {
+    const peerstore_plugin_quota *q = &s->cfg->quotas[i];
+    o->quota_usage(s->plugin.instance, i, &v[0], &v[1], &v[2], &v[3]);
+    for (k = 0; k < 4; k++) {
+      int room = 63 - 7 - (int)strlen(what[k]);
+      if (k >= 2 && !(q->flags & PEERSTORE_PLUGIN_QUOTA_PER_WRITER))
+        break;
+      snprintf(names[n], 64, "quota.%.*s.%s", room, q->subsystem, what[k]);
+      st[n].name = names[n];
+      st[n].value = v[k];
+      n++;
+    }
+  }
+  return n;
+}
+
 static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   server *s = c->srv;
   uint64_t records = 0, revision = 0, output = 0;
-  peerstore_stat st[64];
+  size_t cap = 64 + 4 * s->cfg->n_quotas;
+  peerstore_stat *st = malloc(cap * sizeof(*st));
+  char (*names)[64] = malloc(4 * s->cfg->n_quotas * 64 + 1);
   const client *o;
   size_t n = 0;
+  int r = 0;
 
   (void)b;
+  if (st == NULL || names == NULL) {
+    free(st);
+    free(names);
+    return PEERSTORE_ENOMEM;
+  }
   for (o = s->clients; o != NULL; o = o->next)
     output += peerstore__out_queued(&o->out);
   s->plugin.desc->ops->counts(s->plugin.instance, &records, &revision);
@@ -353,10 +387,14 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("max_value_size", s->cfg->max_value_size);
   STAT("uptime_s", (uv_now(s->loop) - s->started_ms) / 1000);
 #undef STAT
+  n += quota_stats(s, st + n, names);
   if (peerstore__put_stats(&c->out.buf, h->request, st, n) != 0)
-    return PEERSTORE_ENOMEM;
-  client_output_ready(c);
-  return 0;
+    r = PEERSTORE_ENOMEM;
+  else
+    client_output_ready(c);
+  free(st);
+  free(names);
+  return r;
 }
 
 /* ------------------------------------------------------------------ */

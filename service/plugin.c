@@ -133,6 +133,16 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
   env.changed_ctx = ctx;
   env.history_events = cfg->history_events;
   env.history_bytes = cfg->history_bytes;
+  if (cfg->n_quotas > 0 &&
+      !(p->desc->flags & PEERSTORE_PLUGIN_QUOTAS &&
+        p->desc->ops->quota_usage != NULL)) {
+    LOG_ERROR("plugin %s does not enforce quotas; remove the [quota] "
+              "section or use a plugin that does", p->desc->name);
+    plugin_release(p);
+    return -1;
+  }
+  env.quotas = cfg->quotas;
+  env.n_quotas = cfg->n_quotas;
   r = p->desc->ops->open(&env, &p->instance);
   if (r != 0) {
     LOG_ERROR("plugin %s failed to open%s%s: %s", p->desc->name,

@@ -70,6 +70,8 @@ typedef struct config {
   idlist allow_gids;
   write_rule *write_rules;
   size_t n_write_rules;
+  peerstore_plugin_quota *quotas; /* [quota]; subsystems in entries */
+  size_t n_quotas;
   /* Every key of the config file, for plugin options. */
   config_entry *entries;
   size_t n_entries;
@@ -95,6 +97,9 @@ int config_id_match(const idlist *uids, const idlist *gids, uint32_t uid,
                     uint32_t gid);
 /* The rule for subsystem, or NULL when anyone admitted may write it. */
 const write_rule *config_write_rule(const config *cfg, const char *ss);
+/* The subsystem's [quota], or NULL. */
+const peerstore_plugin_quota *config_quota(const config *cfg,
+                                           const char *ss);
 
 /* ------------------------------------------------------------------ */
 /* Logging (log.c)                                                     */

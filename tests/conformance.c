@@ -104,6 +104,14 @@ static void changed(void *ctx, const peerstore_plugin_change *ch) {
 
 #define NO_HISTORY UINT64_MAX
 
+/* The quotas setup_quotas opens the plugin with: "q" 3 records and 100
+ * value bytes in all, "w" 2 records for each writer. */
+static const peerstore_plugin_quota test_quotas[] = {
+    {"q", 3, 100, 0},
+    {"w", 2, 0, PEERSTORE_PLUGIN_QUOTA_PER_WRITER},
+};
+static int with_quotas;
+
 static int setup_with(void **state, uint64_t history_events,
                       uint64_t history_bytes) {
   fx *f = calloc(1, sizeof(*f));
@@ -124,6 +132,11 @@ static int setup_with(void **state, uint64_t history_events,
                        : f->history_events ? f->history_events
                                            : 100000;
   env.history_bytes = f->history_bytes ? f->history_bytes : 64u << 20;
+  if (with_quotas) {
+    env.quotas = test_quotas;
+    env.n_quotas = 2;
+    with_quotas = 0;
+  }
   if (target->prepare != NULL)
     assert_int_equal(target->prepare(target->ctx, &env), 0);
   f->ops = target->desc->ops;
@@ -134,6 +147,11 @@ static int setup_with(void **state, uint64_t history_events,
 }
 
 static int setup(void **state) { return setup_with(state, 0, 0); }
+
+static int setup_quotas(void **state) {
+  with_quotas = 1;
+  return setup_with(state, 0, 0);
+}
 
 /* No history: nothing keeps a removed record's groups. */
 static int setup_no_history(void **state) {
@@ -974,6 +992,160 @@ static void test_a_condition_does_not_see_expired_records(void **state) {
   }
 }
 
+/* ------------------------------------------------------------------ */
+/* Quotas                                                              */
+
+static int need_quotas(const fx *f) {
+  if (target->desc->flags & PEERSTORE_PLUGIN_QUOTAS)
+    return 1;
+  (void)f;
+  print_message("skipped: the %s plugin enforces no quotas\n",
+                target->desc->name);
+  return 0;
+}
+
+/* A store's status, whether the plugin refuses it at once or through its
+ * callback. */
+static int try_put(fx *f, const char *ss, uint8_t peer, const char *key,
+                   const char *value, enum peerstore_store_option opt,
+                   uint32_t writer) {
+  result r = {0};
+  peerstore_record rec = {0};
+  int st;
+
+  r.f = f;
+  rec.subsystem = ss;
+  rec.peer = peer_n(peer);
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  st = f->ops->store(f->inst, &rec, writer, opt, store_cb, &r);
+  if (st != 0)
+    return st;
+  assert_int_equal(harness_run_until(&f->loop, &r.done, TIMEOUT), 0);
+  return r.status;
+}
+
+static int try_batch(fx *f, const peerstore_plugin_batch_op *ops, size_t n,
+                     uint32_t writer) {
+  batched b;
+  int st;
+
+  memset(&b, 0, sizeof(b));
+  b.f = f;
+  st = f->ops->batch(f->inst, ops, n, writer, batch_cb, &b);
+  if (st != 0)
+    return st;
+  assert_int_equal(harness_run_until(&f->loop, &b.done, TIMEOUT), 0);
+  return b.status;
+}
+
+static void usage_is(fx *f, size_t i, uint64_t records, uint64_t bytes,
+                     uint64_t wrecords) {
+  uint64_t r, b, wr, wb;
+
+  f->ops->quota_usage(f->inst, i, &r, &b, &wr, &wb);
+  assert_int_equal(r, records);
+  assert_int_equal(b, bytes);
+  assert_int_equal(wr, wrecords);
+}
+
+/* A store that would raise a usage past its quota fails with EQUOTA and
+ * changes nothing; one that does not raise it (a REPLACE, a refresh) and
+ * removes always go through. */
+static void test_a_store_past_a_quota_fails_and_changes_nothing(
+    void **state) {
+  fx *f = *state;
+  static char big[128];
+  int events;
+
+  if (!need_quotas(f))
+    return;
+  put_never(f, "q", 1, "a", "aaaa", PEERSTORE_MULTIPLE);
+  put_never(f, "q", 1, "b", "bbbb", PEERSTORE_MULTIPLE);
+  put_never(f, "q", 2, "a", "cccc", PEERSTORE_MULTIPLE);
+  usage_is(f, 0, 3, 12, 0);
+  events = f->n_events;
+  assert_int_equal(try_put(f, "q", 2, "b", "dddd", PEERSTORE_MULTIPLE, 1),
+                   PEERSTORE_EQUOTA);
+  assert_int_equal(try_put(f, "q", 1, "a", "new", PEERSTORE_MULTIPLE, 1),
+                   PEERSTORE_EQUOTA); /* beside "aaaa": one more */
+  assert_int_equal(f->n_events, events);
+  expect_values(f, "q", 3, (const char *const[]){"aaaa", "bbbb", "cccc"});
+  /* Replacing, refreshing: no more records. */
+  assert_int_equal(try_put(f, "q", 1, "a", "AAAA", PEERSTORE_REPLACE, 1), 0);
+  assert_int_equal(try_put(f, "q", 1, "b", "bbbb", PEERSTORE_MULTIPLE, 1), 0);
+  usage_is(f, 0, 3, 12, 0);
+  /* Bytes: 100 in all. */
+  memset(big, 'x', 95);
+  big[95] = '\0';
+  assert_int_equal(try_put(f, "q", 1, "a", big, PEERSTORE_REPLACE, 1),
+                   PEERSTORE_EQUOTA);
+  big[92] = '\0';
+  assert_int_equal(try_put(f, "q", 1, "a", big, PEERSTORE_REPLACE, 1), 0);
+  usage_is(f, 0, 3, 100, 0);
+  /* A subsystem without a quota is not held back. */
+  assert_int_equal(try_put(f, "free", 1, "a", big, PEERSTORE_MULTIPLE, 1), 0);
+  /* Removes always work, and make room. */
+  assert_int_equal(del(f, "q", NULL, "b"), 1);
+  usage_is(f, 0, 2, 96, 0);
+  assert_int_equal(try_put(f, "q", 2, "b", "dddd", PEERSTORE_MULTIPLE, 1), 0);
+}
+
+/* A batch is judged as a whole, on what it leaves: one that removes and
+ * stores as much fits a full quota; one that passes it changes nothing.
+ * A per-writer quota counts each writer apart. */
+static void test_a_batch_past_a_quota_fails_whole(void **state) {
+  fx *f = *state;
+  peerstore_peer_id p1 = peer_n(1);
+  peerstore_plugin_batch_op ops[4];
+  int events;
+
+  if (!need_quotas(f))
+    return;
+  put_never(f, "q", 1, "a", "a", PEERSTORE_MULTIPLE);
+  put_never(f, "q", 1, "b", "b", PEERSTORE_MULTIPLE);
+  put_never(f, "q", 1, "c", "c", PEERSTORE_MULTIPLE);
+  events = f->n_events;
+  ops[0] = op_store("q", &p1, "x", "x", PEERSTORE_MULTIPLE);
+  ops[1] = op_store("other", &p1, "x", "x", PEERSTORE_MULTIPLE);
+  assert_int_equal(try_batch(f, ops, 2, 1), PEERSTORE_EQUOTA);
+  assert_int_equal(f->n_events, events);
+  /* Stored then removed within the batch: it leaves no more. */
+  ops[0] = op_store("q", &p1, "x", "x", PEERSTORE_MULTIPLE);
+  ops[1] = op_filter(PEERSTORE_PLUGIN_BATCH_REMOVE, "q", NULL, "x", 0);
+  assert_int_equal(try_batch(f, ops, 2, 1), 0);
+  /* A swap: remove one, store another. */
+  ops[0] = op_filter(PEERSTORE_PLUGIN_BATCH_REMOVE, "q", &p1, "a", 0);
+  ops[1] = op_store("q", &p1, "d", "d", PEERSTORE_MULTIPLE);
+  assert_int_equal(try_batch(f, ops, 2, 1), 0);
+  /* Two REPLACEs of one triple leave one record. */
+  ops[0] = op_store("q", &p1, "b", "b1", PEERSTORE_REPLACE);
+  ops[1] = op_store("q", &p1, "b", "b2", PEERSTORE_REPLACE);
+  assert_int_equal(try_batch(f, ops, 2, 1), 0);
+  /* ... two MULTIPLEs of one new value leave one more: too many. */
+  ops[0] = op_store("q", &p1, "e", "e", PEERSTORE_MULTIPLE);
+  ops[1] = op_store("q", &p1, "e", "e", PEERSTORE_MULTIPLE);
+  assert_int_equal(try_batch(f, ops, 2, 1), PEERSTORE_EQUOTA);
+  usage_is(f, 0, 3, 4, 0);
+  expect_values(f, "q", 3, (const char *const[]){"c", "d", "b2"});
+  /* Per writer: 2 records each. */
+  ops[0] = op_store("w", &p1, "a", "1", PEERSTORE_MULTIPLE);
+  ops[1] = op_store("w", &p1, "b", "1", PEERSTORE_MULTIPLE);
+  assert_int_equal(try_batch(f, ops, 2, 100), 0);
+  assert_int_equal(try_batch(f, ops, 2, 200), 0); /* refreshes: its own */
+  usage_is(f, 1, 2, 2, 2);
+  ops[0] = op_store("w", &p1, "c", "1", PEERSTORE_MULTIPLE);
+  assert_int_equal(try_batch(f, ops, 1, 200), PEERSTORE_EQUOTA);
+  assert_int_equal(try_put(f, "w", 2, "c", "2", PEERSTORE_MULTIPLE, 100), 0);
+  assert_int_equal(try_put(f, "w", 3, "c", "3", PEERSTORE_MULTIPLE, 300), 0);
+  assert_int_equal(try_put(f, "w", 4, "c", "4", PEERSTORE_MULTIPLE, 300), 0);
+  assert_int_equal(try_put(f, "w", 5, "c", "5", PEERSTORE_MULTIPLE, 300),
+                   PEERSTORE_EQUOTA);
+  usage_is(f, 1, 5, 5, 2);
+}
+
 /* Two writers read the same revision and race to replace the record on
  * condition that it is still the one they read: exactly one wins. */
 static void test_two_batches_racing_on_one_revision_one_wins(void **state) {
@@ -1284,6 +1456,11 @@ int conformance_run(const char *group, const conformance_target *t) {
           test_two_batches_racing_on_one_revision_one_wins, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_a_condition_does_not_see_expired_records, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_store_past_a_quota_fails_and_changes_nothing, setup_quotas,
+          teardown),
+      cmocka_unit_test_setup_teardown(test_a_batch_past_a_quota_fails_whole,
+                                      setup_quotas, teardown),
       cmocka_unit_test_setup_teardown(test_a_batch_stores_where_it_just_removed,
                                       setup_no_history, teardown),
       cmocka_unit_test_setup_teardown(test_a_batch_stores_an_empty_value,

@@ -74,6 +74,22 @@ static int setup_write_rule(void **state) {
   return 0;
 }
 
+/* Quotas: "capped" holds 1,000 records and 64 KiB of values. */
+static int setup_quota(void **state) {
+  static char ini[64];
+  static const char *args[] = {"-c", ini, NULL};
+  FILE *fp;
+
+  snprintf(ini, sizeof(ini), "/tmp/test_batch_q.%d.ini", (int)getpid());
+  fp = fopen(ini, "w");
+  assert_non_null(fp);
+  fprintf(fp, "[quota]\ncapped = 1000 records, 64k\n");
+  fclose(fp);
+  start_with(state, args);
+  unlink(ini);
+  return 0;
+}
+
 static int teardown(void **state) {
   fx *f = *state;
 
@@ -710,6 +726,83 @@ static void test_disconnect_with_sync_waits_for_a_batch(void **state) {
   assert_int_equal(l.n, 1);
 }
 
+/* A client that stores far past its subsystem's quota: each store over
+ * it fails with EQUOTA and changes nothing, the quota's count stays at
+ * the limit, a batch over it fails whole, and another client is not
+ * held back meanwhile. */
+typedef struct tally {
+  int n;
+  int ok;
+  int quota;
+  int other;
+} tally;
+
+static void on_tally(void *arg, int status) {
+  tally *t = arg;
+
+  t->n++;
+  if (status == 0)
+    t->ok++;
+  else if (status == PEERSTORE_EQUOTA)
+    t->quota++;
+  else
+    t->other++;
+}
+
+static void test_a_client_past_its_quota_is_refused_and_others_go_on(
+    void **state) {
+  fx *f = *state;
+  peerstore_client *other = peerstore_connect(&f->loop, f->svc.socket_path);
+  peerstore_peer_id p = peer_n(1);
+  static tally t;
+  peerstore_batch *b;
+  acks a = {0};
+  outcome o;
+  char key[16];
+  uint64_t t0;
+  int i;
+
+  memset(&t, 0, sizeof(t));
+  for (i = 0; i < 5000; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_non_null(peerstore_store(f->c, "capped", &p, key, "0123456789",
+                                    10, PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_MULTIPLE, on_tally, &t));
+  }
+  /* Meanwhile another client's store in another subsystem. */
+  t0 = uv_now(&f->loop);
+  put(f, other, "open", "k", "v", &a);
+  assert_int_equal(harness_run_until_ge(&f->loop, &a.n, 1, TIMEOUT), 0);
+  assert_int_equal(a.failed, 0);
+  if (harness_memory_measurable())
+    assert_true(uv_now(&f->loop) - t0 < 2000);
+  assert_int_equal(harness_run_until_ge(&f->loop, &t.n, 5000, TIMEOUT), 0);
+  assert_int_equal(t.ok, 1000);
+  assert_int_equal(t.quota, 4000);
+  assert_int_equal(t.other, 0);
+  assert_int_equal(stat_of(f, "quota.capped.records"), 1000);
+  assert_int_equal(stat_of(f, "quota.capped.bytes"), 10000);
+  /* A batch that adds one more fails whole; one that swaps fits. */
+  b = peerstore_batch_new(f->c);
+  bstore(b, "open", 1, "k2", "v", PEERSTORE_REPLACE);
+  bstore(b, "capped", 1, "new", "v", PEERSTORE_REPLACE);
+  commit(f, b, &o);
+  assert_int_equal(o.status, PEERSTORE_EQUOTA);
+  b = peerstore_batch_new(f->c);
+  assert_int_equal(peerstore_batch_remove(b, "capped", &p, "k0"), 0);
+  bstore(b, "capped", 1, "new", "v", PEERSTORE_REPLACE);
+  commit(f, b, &o);
+  assert_int_equal(o.status, 0);
+  assert_int_equal(stat_of(f, "quota.capped.records"), 1000);
+  /* Removes always work. */
+  {
+    static listing l;
+    list(f, "open", &l);
+    assert_int_equal(l.n, 1); /* the refused batch stored nothing */
+  }
+  peerstore_disconnect(other, 1);
+}
+
 /* A builder belongs to its caller even after its client is gone: commit
  * then fails (NULL, the callback never runs), discard still frees. */
 static void test_a_builder_outlives_its_client_safely(void **state) {
@@ -759,6 +852,9 @@ int main(void) {
           test_disconnect_with_sync_waits_for_a_batch, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_a_builder_outlives_its_client_safely, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_client_past_its_quota_is_refused_and_others_go_on,
+          setup_quota, teardown),
   };
   int failed;
 

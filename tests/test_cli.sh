@@ -268,6 +268,21 @@ mv "$sock" "$dir/shared/moved"; echo newcomer >"$sock"
 kill -TERM $svc; wait $svc; svc=
 [ "$(cat "$sock" 2>/dev/null)" = newcomer ] && ok "socket: shutdown removes only its own socket" || not_ok "socket: shutdown removed what replaced its socket"
 rm -f "$sock" "$dir/shared/moved"; sock=$sock_saved
+# Quotas: refused with a clear message, logged with subsystem and uid,
+# their use in stats; a [quota] line that says nothing sensible stops the
+# service at start.
+printf '[quota]\nq = 2 records\n' >"$dir/quota.ini"
+start_service -c "$dir/quota.ini"
+ps store -s q -p $P1 -k a 1 && ps store -s q -p $P1 -k b 2
+check "quota: the third record is refused (exit 4)" 4 "" ps store -s q -p $P1 -k c 3
+grep -q "quota would be passed" "$dir/err" && ok "quota: refusal named" || not_ok "quota: refusal text: $(cat "$dir/err")"
+grep -q "quota of subsystem 'q' (2 records, 0 bytes) refuses a write by uid $(id -u)" "$dir/service.log" && ok "quota: refusal logged with subsystem and uid" || not_ok "quota: no log line"
+check "quota: a replace fits" 0 "" ps store -r -s q -p $P1 -k a one
+check "quota: use in stats" 0 "quota.q.records	2" sh -c "'$CLI' -S '$sock' stats | grep '^quota.q.records'"
+kill -TERM $svc; wait $svc; svc=
+printf '[quota]\nq = plenty\n' >"$dir/quota.ini"
+"$PEERSTORED" --socket "$sock" -c "$dir/quota.ini" 2>"$dir/err"
+[ $? = 1 ] && grep -q "\[quota\] q = plenty" "$dir/err" && ok "quota: a bad line stops the start, named" || not_ok "quota: bad line: $(cat "$dir/err")"
 # The sqlite plugin, when it was built.
 sqlite_dir=${PEERSTORE_PLUGIN_PATH:-../plugins/.libs}
 if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then

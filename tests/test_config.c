@@ -77,6 +77,44 @@ static void test_the_last_setting_of_a_key_wins(void **state) {
   config_free(&cfg);
 }
 
+/* [quota] lines: records, bytes, per uid, in any order; the last line
+ * of a subsystem wins; a line that limits nothing, or says something
+ * else, is refused. */
+static void test_quota_lines_are_parsed_or_refused(void **state) {
+  static const char *const bad[] = {"", "per uid", "0 records", "12 apples",
+                                    "5 records, lots", "-3"};
+  const peerstore_plugin_quota *q;
+  config cfg;
+  size_t i;
+  char text[128];
+
+  (void)state;
+  load(&cfg, "[quota]\n"
+             "transport = 100000 records, 64M\n"
+             "hello = 16M , per uid\n"
+             "dht = 10k records\n"
+             "dht = 20 records\n");
+  assert_int_equal(config_finish(&cfg), 0);
+  assert_int_equal(cfg.n_quotas, 3);
+  q = config_quota(&cfg, "transport");
+  assert_non_null(q);
+  assert_int_equal(q->max_records, 100000);
+  assert_int_equal(q->max_bytes, 64u << 20);
+  assert_int_equal(q->flags, 0);
+  q = config_quota(&cfg, "hello");
+  assert_int_equal(q->max_records, 0);
+  assert_int_equal(q->max_bytes, 16u << 20);
+  assert_int_equal(q->flags, PEERSTORE_PLUGIN_QUOTA_PER_WRITER);
+  assert_int_equal(config_quota(&cfg, "dht")->max_records, 20);
+  config_free(&cfg);
+  for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    snprintf(text, sizeof(text), "[quota]\nx = %s\n", bad[i]);
+    load(&cfg, text);
+    assert_int_equal(config_finish(&cfg), -1);
+    config_free(&cfg);
+  }
+}
+
 /* A bad value is refused and leaves the setting as it was. */
 static void test_a_bad_value_changes_nothing(void **state) {
   config cfg;
@@ -175,6 +213,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_a_flag_replaces_a_list_from_the_file),
       cmocka_unit_test(test_the_last_setting_of_a_key_wins),
+      cmocka_unit_test(test_quota_lines_are_parsed_or_refused),
       cmocka_unit_test(test_a_bad_value_changes_nothing),
       cmocka_unit_test(test_log_lines_from_two_threads_stay_whole),
   };
