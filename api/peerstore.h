@@ -435,8 +435,9 @@ PEERSTORE_EXTERN int peerstore_batch_remove(peerstore_batch *b,
                                             const peerstore_peer_id *peer,
                                             const char *key);
 
-/* Adds a condition: the newest record under (subsystem, peer, key) has
- * this revision (0: there is none).  Every condition is checked against
+/* Adds a condition: the newest unexpired record under (subsystem, peer,
+ * key) has this revision (0: there is none).  Every condition is checked
+ * against
  * the store as it is before the batch, before anything is applied; one
  * that does not hold fails the batch with PEERSTORE_ECONFLICT.  A
  * record's revision comes with it (peerstore_record.revision, `peerstore

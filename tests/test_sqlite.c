@@ -32,6 +32,7 @@ typedef struct opts {
   const char *read_only;
   const char *max_page_count;
   const char *synchronous;
+  const char *batch_max_changes;
 } opts;
 
 static const char *get_option(void *ctx, const char *name) {
@@ -45,6 +46,8 @@ static const char *get_option(void *ctx, const char *name) {
     return o->max_page_count;
   if (strcmp(name, "synchronous") == 0)
     return o->synchronous;
+  if (strcmp(name, "batch_max_changes") == 0)
+    return o->batch_max_changes;
   return NULL; /* check_on_open and the rest: defaults */
 }
 
@@ -626,6 +629,50 @@ static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
                    after.status == 0);
 }
 
+/* What a batch changes is held for the hook until it commits, so a batch
+ * that would change more than batch_max_changes records (a remove that
+ * matches too much) fails with ELIMIT and changes nothing, while a store
+ * beside it in the same group goes through. */
+static void test_a_batch_changing_too_much_is_refused(void **state) {
+  inst in;
+  opts few = {NULL, NULL, NULL, "100"};
+  peerstore_plugin_batch_op op;
+  batch_res b = {0};
+  res after = {0}, r;
+  uint64_t changes;
+  char key[16];
+  int i;
+
+  (void)state;
+  assert_int_equal(inst_open(&in, &few), 0);
+  for (i = 0; i < 150; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
+  }
+  memset(&op, 0, sizeof(op));
+  op.kind = PEERSTORE_PLUGIN_BATCH_REMOVE;
+  op.filter.subsystem = "ss";
+  changes = in.changes;
+  assert_int_equal(desc->ops->batch(in.p, &op, 1, 1000, batch_cb, &b), 0);
+  assert_int_equal(start_store(&in, "t", "beside", "v", PEERSTORE_REPLACE,
+                               &after),
+                   0);
+  assert_int_equal(harness_run_until(&in.loop, &b.done, TIMEOUT), 0);
+  assert_int_equal(harness_run_until(&in.loop, &after.done, TIMEOUT), 0);
+  assert_int_equal(b.status, PEERSTORE_ELIMIT);
+  assert_int_equal(after.status, 0);
+  assert_int_equal(in.changes, changes + 1);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_int_equal(r.n, 150);
+  /* A remove of 100 is within it. */
+  op.filter.key = "k1";
+  memset(&b, 0, sizeof(b));
+  assert_int_equal(desc->ops->batch(in.p, &op, 1, 1000, batch_cb, &b), 0);
+  assert_int_equal(harness_run_until(&in.loop, &b.done, TIMEOUT), 0);
+  assert_int_equal(b.status, 0);
+  inst_close(&in);
+}
+
 static void test_synchronous_option(void **state) {
   inst in;
   opts full = {NULL, NULL, "FULL"}, bad = {NULL, NULL, "SOMETIMES"};
@@ -726,6 +773,8 @@ int main(void) {
           teardown),
       cmocka_unit_test_setup_teardown(
           test_a_batch_failing_half_way_leaves_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_batch_changing_too_much_is_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
