@@ -1190,8 +1190,21 @@ typedef struct vstate {
   struct mrec **marked;
   size_t n_marked;
   size_t cap_marked;
+  /* The triples stores were added to, as an open-addressing set: most
+   * stores go to a triple no earlier one did, and need not look through
+   * the others. */
+  struct triple **tset;
+  size_t tmask;
   int failed;
 } vstate;
+
+static size_t tset_slot(const vstate *v, const struct triple *t) {
+  size_t i = (size_t)(((uintptr_t)t >> 4) * 0x9E3779B97F4A7C15ull) & v->tmask;
+
+  while (v->tset[i] != NULL && v->tset[i] != t)
+    i = (i + 1) & v->tmask;
+  return i;
+}
 
 static void v_drop_live(vstate *v, struct quota *q, struct mrec *r) {
   if (r->gone)
@@ -1238,6 +1251,8 @@ static void v_store(vstate *v, const prepared *p,
     v_drop_live(v, q, r);
     found = option == PEERSTORE_MULTIPLE;
   }
+  if (v->tset[tset_slot(v, p->t)] == NULL)
+    found = 1; /* nothing added to this triple yet */
   for (k = 0; k < v->n_added && !found; k++) {
     vadd *a = &v->added[k];
     if (a->gone || a->t != p->t ||
@@ -1279,9 +1294,13 @@ static int batch_quota(mem *m, const peerstore_plugin_batch_op *ops,
   memset(&v, 0, sizeof(v));
   v.m = m;
   v.writer = writer;
+  for (v.tmask = 15; v.tmask < 2 * stores; v.tmask = 2 * v.tmask + 1)
+    ;
   if ((v.d = calloc(m->n_quotas, sizeof(*v.d))) == NULL ||
-      (v.added = calloc(stores ? stores : 1, sizeof(*v.added))) == NULL) {
+      (v.added = calloc(stores ? stores : 1, sizeof(*v.added))) == NULL ||
+      (v.tset = calloc(v.tmask + 1, sizeof(*v.tset))) == NULL) {
     free(v.d);
+    free(v.added);
     return PEERSTORE_ENOMEM;
   }
   for (i = 0; i < n && !v.failed; i++) {
@@ -1290,6 +1309,7 @@ static int batch_quota(mem *m, const peerstore_plugin_batch_op *ops,
         v_store(&v, &p[j], ops[i].option);
         v.added[v.n_added].t = p[j].t;
         v.added[v.n_added++].r = p[j].r;
+        v.tset[tset_slot(&v, p[j].t)] = p[j].t;
       }
       j++;
     } else if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REMOVE) {
@@ -1301,6 +1321,7 @@ static int batch_quota(mem *m, const peerstore_plugin_batch_op *ops,
   st = v.failed ? PEERSTORE_ENOMEM : quota_check(m, v.d, writer);
   free(v.marked);
   free(v.added);
+  free(v.tset);
   free(v.d);
   return st;
 }
