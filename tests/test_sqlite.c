@@ -425,7 +425,7 @@ static void test_refuse_damaged_old_version_without_migrating(void **state) {
 
 static void test_read_only(void **state) {
   inst in;
-  opts ro = {"yes", NULL, NULL};
+  opts ro = {"yes", NULL, NULL, NULL};
   res r;
 
   (void)state;
@@ -466,7 +466,7 @@ static int fill_until_full(inst *in, const char *big) {
 
 static void test_write_failure(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL};
+  opts small = {NULL, "40", NULL, NULL};
   char big[3000];
   int ok;
   res r;
@@ -506,7 +506,7 @@ static void submit_store(inst *in, const char *key, const char *value,
  * it, which is given a revision the rolled-back stores had held. */
 static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL};
+  opts small = {NULL, "40", NULL, NULL};
   peerstore_plugin_filter f = {"t", NULL, NULL}; /* what submit_store writes */
   peerstore_plugin_cursor *c1, *c2;
   static char big[3000];
@@ -579,7 +579,7 @@ static void batch_cb(void *arg, int status, uint64_t first, uint64_t last) {
  * store comes - leaves nothing of itself and reports no change. */
 static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL};
+  opts small = {NULL, "40", NULL, NULL};
   peerstore_plugin_batch_op ops[2];
   static char big[3000];
   batch_res b = {0};
@@ -675,7 +675,7 @@ static void test_a_batch_changing_too_much_is_refused(void **state) {
 
 static void test_synchronous_option(void **state) {
   inst in;
-  opts full = {NULL, NULL, "FULL"}, bad = {NULL, NULL, "SOMETIMES"};
+  opts full = {NULL, NULL, "FULL", NULL}, bad = {NULL, NULL, "SOMETIMES", NULL};
 
   (void)state;
   assert_int_equal(inst_open(&in, &full), 0);
