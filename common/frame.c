@@ -55,13 +55,17 @@ int peerstore__reader_next(peerstore__reader *r, size_t body_max,
   return PEERSTORE__FRAME_READY;
 }
 
+int peerstore__reader_peek(const peerstore__reader *r, peerstore__header *h) {
+  if (r->skip > 0 || peerstore__buf_pending(&r->in) < PEERSTORE_HEADER_SIZE)
+    return 0;
+  peerstore__wire_header(r->in.data + r->in.off, h);
+  return 1;
+}
+
 uint16_t peerstore__reader_peek_type(const peerstore__reader *r) {
   peerstore__header h;
 
-  if (r->skip > 0 || peerstore__buf_pending(&r->in) < PEERSTORE_HEADER_SIZE)
-    return 0;
-  peerstore__wire_header(r->in.data + r->in.off, &h);
-  return h.type;
+  return peerstore__reader_peek(r, &h) ? h.type : 0;
 }
 
 void peerstore__reader_skip(peerstore__reader *r) {

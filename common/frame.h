@@ -54,6 +54,8 @@ int peerstore__reader_next(peerstore__reader *r, size_t body_max,
  * no whole header is there (or a skipped frame is still passing), so that
  * a caller can choose the body limit by the kind of message. */
 uint16_t peerstore__reader_peek_type(const peerstore__reader *r);
+/* The header of the next frame into *h, and 1; or 0 as peek_type. */
+int peerstore__reader_peek(const peerstore__reader *r, peerstore__header *h);
 /* Drops the frame just reported as ETOOBIG as its bytes arrive; next()
  * reports PEERSTORE__FRAME_SKIPPED once it has passed. */
 void peerstore__reader_skip(peerstore__reader *r);

@@ -28,6 +28,8 @@
 #define FRAMES_PER_WAKEUP 4096
 
 static void set_paused(client *c, int on);
+static void waiter_remove(client *c);
+static void big_release(client *c);
 
 /* ------------------------------------------------------------------ */
 /* Limits                                                              */
@@ -113,6 +115,8 @@ void client_close(client *c) {
   s->n_clients--;
   set_paused(c, 0);
   client_set_backlog(c, 0);
+  waiter_remove(c);
+  big_release(c);
   watch_end_all(c, 0);
   iter_end_all(c, 0);
   LOG_DEBUG("client %llu closed", (unsigned long long)c->id);
@@ -189,7 +193,8 @@ void client_resume(client *c) {
 
   if (c->closing)
     return;
-  if (!c->reading && !s->stopping && client_has_room(c)) {
+  if (!c->reading && !s->stopping && !c->input_waiting &&
+      client_has_room(c)) {
     set_paused(c, 0);
     start_reading(c);
     /* Frames read before the pause are still waiting in the buffer. */
@@ -254,6 +259,23 @@ void client_check_stalled(server *s) {
 
   for (c = s->clients; c != NULL; c = next) {
     next = c->next;
+    if (c->big_reserved > 0) {
+      size_t have = peerstore__buf_pending(&c->rd.in);
+      /* Not read while it is paced: its silence is the service's. */
+      if (have != c->big_seen || !c->reading) {
+        c->big_seen = have;
+        c->big_since = now;
+      } else if (now - c->big_since >= s->cfg->read_timeout_ms) {
+        s->stats.input_timed_out++;
+        LOG_WARN("client %llu (uid %u pid %d) sent %zu of a %zu-byte "
+                 "message and nothing for %llu s; disconnecting",
+                 (unsigned long long)c->id, (unsigned)c->uid, (int)c->pid,
+                 have, c->big_reserved,
+                 (unsigned long long)((now - c->big_since) / 1000));
+        client_close(c);
+        continue;
+      }
+    }
     if (!c->out.writing) {
       c->stall_since = 0;
       continue;
@@ -288,11 +310,113 @@ static size_t frame_max(const client *c) {
   return c->srv->cfg->max_value_size + PEERSTORE_MSG_OVERHEAD;
 }
 
+/* ------------------------------------------------------------------ */
+/* Large frames                                                        */
+
+/* A frame is buffered whole before it is handled.  The bytes of frames
+ * over BIG_FRAME being read share input_buffer_limit over all clients, so
+ * that many connections each sending most of a large message cannot make
+ * the service hold them all.  The first is always admitted (one frame
+ * over the limit still goes through); the others wait their turn, FIFO,
+ * unread; one that stops arriving for read_timeout ends its connection
+ * (client_check_stalled). */
+#define BIG_FRAME 65536
+
+/* The body length of the large frame at the head of c's buffer that is
+ * to be buffered whole and is not yet, else 0. */
+static size_t big_pending(const client *c) {
+  peerstore__header h;
+
+  if (!peerstore__reader_peek(&c->rd, &h) || h.body_len <= BIG_FRAME ||
+      h.body_len > frame_max(c) ||
+      peerstore__buf_pending(&c->rd.in) >=
+          PEERSTORE_HEADER_SIZE + (size_t)h.body_len)
+    return 0;
+  return h.body_len;
+}
+
+static int big_fits(const server *s, size_t need) {
+  return s->input_big == 0 ||
+         s->input_big + need <= s->cfg->input_buffer_limit;
+}
+
+static void big_reserve(client *c, size_t need) {
+  c->srv->input_big += need;
+  c->big_reserved = need;
+  c->big_seen = peerstore__buf_pending(&c->rd.in);
+  c->big_since = uv_now(c->srv->loop);
+}
+
+/* 1 if c may go on reading the frame at the head of its buffer; else it
+ * waits on the server's list. */
+static int big_admit(client *c) {
+  server *s = c->srv;
+  size_t need;
+
+  if (c->big_reserved > 0 || (need = big_pending(c)) == 0)
+    return 1;
+  if (!c->input_waiting && big_fits(s, need)) {
+    big_reserve(c, need);
+    return 1;
+  }
+  if (!c->input_waiting) {
+    c->input_waiting = 1;
+    c->next_input_waiter = NULL;
+    if (s->input_waiters_tail != NULL)
+      s->input_waiters_tail->next_input_waiter = c;
+    else
+      s->input_waiters_head = c;
+    s->input_waiters_tail = c;
+    s->n_input_waiters++;
+  }
+  return 0;
+}
+
+static void waiter_remove(client *c) {
+  server *s = c->srv;
+  client **p = &s->input_waiters_head, *prev = NULL;
+
+  if (!c->input_waiting)
+    return;
+  while (*p != c) {
+    prev = *p;
+    p = &(*p)->next_input_waiter;
+  }
+  *p = c->next_input_waiter;
+  if (s->input_waiters_tail == c)
+    s->input_waiters_tail = prev;
+  c->input_waiting = 0;
+  s->n_input_waiters--;
+}
+
+/* c's large frame is in, or c is gone: the waiters that now fit, in
+ * turn, read on. */
+static void big_release(client *c) {
+  server *s = c->srv;
+  client *w;
+  size_t need;
+
+  if (c->big_reserved == 0)
+    return;
+  s->input_big -= c->big_reserved;
+  c->big_reserved = 0;
+  while ((w = s->input_waiters_head) != NULL &&
+         big_fits(s, need = big_pending(w))) {
+    waiter_remove(w);
+    if (need > 0)
+      big_reserve(w, need);
+    client_resume(w);
+  }
+}
+
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   client *c = h->data;
 
   (void)hint;
-  peerstore__reader_space(&c->rd, frame_max(c), buf);
+  /* A large frame not admitted yet is read no further than a chunk. */
+  peerstore__reader_space(
+      &c->rd, c->big_reserved == 0 && big_pending(c) > 0 ? 0 : frame_max(c),
+      buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
@@ -335,9 +459,16 @@ void client_process_input(client *c) {
       set_paused(c, 1);
       break;
     }
+    if (!big_admit(c)) {
+      /* Until a large frame ahead of it is in (big_release). */
+      stop_reading(c);
+      break;
+    }
     r = peerstore__reader_next(&c->rd, frame_max(c), &h, &body);
     if (r == PEERSTORE__FRAME_MORE)
       break;
+    if (r == PEERSTORE__FRAME_READY)
+      big_release(c);
     if (r == PEERSTORE__FRAME_SKIPPED) {
       if (h.type == PEERSTORE_MSG_BATCH)
         dispatch_batch_too_big(c, h.request);

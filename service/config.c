@@ -30,6 +30,8 @@ void config_defaults(config *cfg) {
   cfg->max_inflight = 4096;
   cfg->max_inflight_bytes = 32u << 20;
   cfg->write_timeout_ms = 60 * 1000;
+  cfg->input_buffer_limit = 256u << 20;
+  cfg->read_timeout_ms = 60 * 1000;
   cfg->history_events = 100000;
   cfg->history_bytes = 64u << 20;
   cfg->batch_max_ops = 10000;
@@ -350,6 +352,12 @@ int config_set(config *cfg, const char *name, const char *v) {
   } else if (strcmp(name, "max_inflight_bytes") == 0 && n > 0 &&
              n <= SIZE_MAX / 2) {
     cfg->max_inflight_bytes = (size_t)n;
+  } else if (strcmp(name, "input_buffer_limit") == 0 && n > 0 &&
+             n <= SIZE_MAX / 2) {
+    cfg->input_buffer_limit = (size_t)n;
+  } else if (strcmp(name, "read_timeout") == 0 && n > 0 &&
+             n < UINT64_MAX / 1000) {
+    cfg->read_timeout_ms = n * 1000;
   } else if (strcmp(name, "write_timeout") == 0 && n > 0 &&
              n < UINT64_MAX / 1000) {
     cfg->write_timeout_ms = n * 1000;

@@ -373,6 +373,9 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("watches_syncing", s->watches.syncing);
   STAT("watch_resets", s->stats.watch_resets);
   STAT("watch_progress", s->stats.watch_progress);
+  STAT("input_buffered", s->input_big);
+  STAT("clients_waiting_input", s->n_input_waiters);
+  STAT("input_timed_out", s->stats.input_timed_out);
   STAT("batches", s->stats.batches);
   STAT("batch_conflicts", s->stats.batch_conflicts);
   STAT("batches_repeated", s->stats.batches_repeated);

@@ -356,6 +356,8 @@ static uint64_t housekeeping_ms(const config *cfg) {
   uint64_t d = cfg->write_timeout_ms < cfg->iteration_timeout_ms
                    ? cfg->write_timeout_ms
                    : cfg->iteration_timeout_ms;
+  if (cfg->read_timeout_ms < d)
+    d = cfg->read_timeout_ms;
   return d < 4000 ? (d / 4 > 0 ? d / 4 : 1) : 1000;
 }
 

@@ -58,6 +58,8 @@ typedef struct config {
   uint32_t max_inflight;     /* plugin requests per client before pausing */
   size_t max_inflight_bytes; /* ... and bytes of them */
   uint64_t write_timeout_ms; /* a client not reading for this long goes */
+  size_t input_buffer_limit; /* large frames being read, all clients */
+  uint64_t read_timeout_ms;  /* a large frame that does not move goes */
   uint64_t history_events;   /* the change history's bounds (0: none) */
   uint64_t history_bytes;
   uint32_t batch_max_ops;   /* operations in one batch */
@@ -205,6 +207,13 @@ struct client {
   unsigned closing : 1;
   unsigned in_flush : 1;
   unsigned in_backlog : 1; /* has whole frames left over from a wake-up */
+  unsigned input_waiting : 1; /* on the server's input_waiters list */
+  /* A large frame being read: the bytes it holds of the server's
+   * input_buffer_limit, and when it last grew (see client.c, Input). */
+  size_t big_reserved;
+  size_t big_seen;
+  uint64_t big_since;
+  client *next_input_waiter;
 };
 
 typedef struct server_stats {
@@ -222,6 +231,8 @@ typedef struct server_stats {
   uint64_t purged;
   uint64_t watch_resets; /* snapshots begun again after a compaction */
   uint64_t watch_progress; /* PROGRESS markers sent to quiet watches */
+  uint64_t input_timed_out; /* clients closed for a large frame that
+                               stopped arriving */
   uint64_t batches;          /* batches applied */
   uint64_t batch_conflicts;  /* batches failed on a condition */
   uint64_t batches_repeated; /* batches sent again, found applied */
@@ -251,6 +262,10 @@ struct server {
   uint64_t next_client_id;
   uint64_t inflight; /* plugin requests outstanding */
   uint64_t started_ms;
+  size_t input_big; /* bytes reserved by large frames being read */
+  client *input_waiters_head; /* waiting for input_buffer_limit, FIFO */
+  client *input_waiters_tail;
+  uint32_t n_input_waiters;
   sreq *free_reqs; /* dispatch.c's recycled requests */
   uint32_t n_free_reqs;
   dev_t sock_dev; /* the socket file this service made (remove_own_socket) */
@@ -307,7 +322,8 @@ void client_request_done(client *c, size_t bytes);
 void client_shutdown(client *c);
 /* 1 when c has no output queued or being written. */
 int client_quiet(const client *c);
-/* Closes clients whose output has not moved for write_timeout_ms. */
+/* Closes clients whose output has not moved for write_timeout_ms, and
+ * those whose large frame has not grown for read_timeout_ms. */
 void client_check_stalled(server *s);
 /* Marks (on) or clears the client as having frames left to dispatch on
  * the next idle turn. */

@@ -367,6 +367,95 @@ static void test_stalled_cursor_holds_nothing_under_churn(void **state) {
   close(fd);
 }
 
+/* ------------------------------------------------------------------ */
+/* 4. Large frames being read, over all clients                        */
+
+/* Twelve connections each send all but the last byte of a 4 MiB store
+ * and stop.  Large frames being read share input_buffer_limit (9 MiB
+ * here): two are admitted, the other ten wait unread, so the service
+ * holds about 8 MiB, not 48.  A small store from another client goes
+ * through meanwhile; an admitted frame that stops arriving ends its
+ * connection after read_timeout; once the hostile clients are gone a
+ * 4 MiB store goes through. */
+static int setup_input_budget(void **state) {
+  static const char *const args[] = {
+      "-o", "input_buffer_limit=9M", "-o", "read_timeout=2",
+      "--max-value-size", "4M", "-o", "write_timeout=3600", NULL};
+  return start_with(state, 0, args);
+}
+
+static void test_large_frames_in_progress_share_a_budget(void **state) {
+  fx *f = *state;
+  enum { HOSTILE = 12 };
+  static uint8_t value[4 * MIB];
+  peerstore__buf frame = {0};
+  peerstore_peer_id p = peer_n(1);
+  size_t sent[HOSTILE], total = 0, last = (size_t)-1;
+  int fd[HOSTILE], i, still = 0;
+  long before, after;
+  int acks = 0;
+
+  assert_int_equal(peerstore__put_store(&frame, 9, "big", &p, "k", value,
+                                        sizeof(value), PEERSTORE_EXPIRY_NEVER,
+                                        PEERSTORE_REPLACE),
+                   0);
+  before = harness_rss_kb(&f->svc);
+  for (i = 0; i < HOSTILE; i++) {
+    fd[i] = raw_client(f);
+    sent[i] = 0;
+  }
+  /* Push until nothing more goes in: the waiting connections' sockets
+   * are full, the admitted ones have sent all but the last byte. */
+  while (still < 3) {
+    for (i = 0; i < HOSTILE; i++) {
+      ssize_t w;
+      while (sent[i] < frame.len - 1 &&
+             (w = send(fd[i], frame.data + sent[i], frame.len - 1 - sent[i],
+                       MSG_NOSIGNAL | MSG_DONTWAIT)) > 0) {
+        sent[i] += (size_t)w;
+        total += (size_t)w;
+      }
+    }
+    /* A round trip to the service lets it read what it will. */
+    assert_true(stat_of(f, "clients") >= HOSTILE);
+    still = total == last ? still + 1 : 0;
+    last = total;
+  }
+  after = harness_rss_kb(&f->svc);
+  print_message("%zu KiB sent by %d clients; %lld waiting; %lld KiB "
+                "buffered; service RSS %ld -> %ld KiB\n",
+                total / 1024, HOSTILE,
+                (long long)stat_of(f, "clients_waiting_input"),
+                (long long)stat_of(f, "input_buffered") / 1024, before,
+                after);
+  assert_int_equal(stat_of(f, "clients_waiting_input"), HOSTILE - 2);
+  assert_true(stat_of(f, "input_buffered") <= 9 * (int64_t)MIB);
+  if (harness_memory_measurable())
+    assert_true(after - before < 24 * 1024);
+  /* Small requests are not held back. */
+  assert_non_null(peerstore_store(f->c, "small", &p, "k", "v", 1,
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  ack_cb, &acks));
+  assert_int_equal(harness_run_until_ge(&f->loop, &acks, 1, TIMEOUT), 0);
+  /* The admitted frames do not move: their connections end. */
+  assert_int_equal(
+      harness_wait_stat(&f->loop, f->c, "input_timed_out", 2, TIMEOUT), 0);
+  for (i = 0; i < HOSTILE; i++)
+    close(fd[i]);
+  /* Each query is a round trip: the service has read the closes. */
+  for (i = 0; i < 1000 && stat_of(f, "clients") > 1; i++)
+    ;
+  assert_int_equal(stat_of(f, "clients"), 1);
+  assert_int_equal(stat_of(f, "input_buffered"), 0);
+  assert_int_equal(stat_of(f, "clients_waiting_input"), 0);
+  /* And a large store goes through (teardown checks it succeeded). */
+  assert_non_null(peerstore_store(f->c, "big", &p, "k", value, sizeof(value),
+                                  PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE,
+                                  ack_cb, &acks));
+  assert_int_equal(harness_run_until_ge(&f->loop, &acks, 2, TIMEOUT), 0);
+  peerstore__buf_free(&frame);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(
@@ -380,6 +469,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(
           test_stalled_cursor_holds_nothing_under_churn,
           setup_memory_short_history, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_large_frames_in_progress_share_a_budget, setup_input_budget,
+          teardown),
   };
 
   return cmocka_run_group_tests_name("limits", tests, NULL, NULL);
