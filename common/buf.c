@@ -49,6 +49,27 @@ void peerstore__buf_compact(peerstore__buf *b) {
   b->off = 0;
 }
 
+void peerstore__buf_shrink(peerstore__buf *b, size_t keep) {
+  size_t n = b->len - b->off, cap = n > keep ? n : keep;
+  uint8_t *p;
+
+  if (b->cap <= cap)
+    return;
+  if (b->off > 0)
+    memmove(b->data, b->data + b->off, n);
+  b->len = n;
+  b->off = 0;
+  if (cap == 0) {
+    free(b->data);
+    b->data = NULL;
+  } else if ((p = realloc(b->data, cap)) != NULL) {
+    b->data = p;
+  } else {
+    return; /* keeps the larger block, still valid */
+  }
+  b->cap = cap;
+}
+
 void peerstore__buf_reset(peerstore__buf *b) {
   b->len = b->off = 0;
   if (b->cap > PEERSTORE__BUF_KEEP)

@@ -25,6 +25,9 @@ void peerstore__buf_free(peerstore__buf *b);
 int peerstore__buf_reserve(peerstore__buf *b, size_t n);
 /* Moves the unread bytes to the front once the consumed prefix is large. */
 void peerstore__buf_compact(peerstore__buf *b);
+/* Moves the unread bytes to the front and gives back the memory past
+ * max(them, keep). */
+void peerstore__buf_shrink(peerstore__buf *b, size_t keep);
 /* Forgets the contents; releases the memory if it grew past BUF_KEEP. */
 void peerstore__buf_reset(peerstore__buf *b);
 /* Bytes not yet consumed. */

@@ -76,10 +76,22 @@ void peerstore__reader_skip(peerstore__reader *r) {
   r->skip = r->skipped.body_len;
 }
 
+/* What a connection keeps for reading between messages.  A large
+ * message's buffer is given back once it has been handled, whatever
+ * follows it, so that a connection holds no more than this while idle. */
+#define READ_KEEP (2 * READ_CHUNK)
+
 void peerstore__reader_trim(peerstore__reader *r) {
+  peerstore__header h;
+
   peerstore__buf_compact(&r->in);
-  if (r->in.len == 0 && r->in.cap > PEERSTORE__BUF_KEEP)
-    peerstore__buf_free(&r->in);
+  if (r->in.cap <= READ_KEEP)
+    return;
+  /* Not while a frame is arriving into the room made for it. */
+  if (peerstore__reader_peek(r, &h) &&
+      peerstore__buf_pending(&r->in) < PEERSTORE_HEADER_SIZE + (size_t)h.body_len)
+    return;
+  peerstore__buf_shrink(&r->in, r->in.len == 0 ? 0 : READ_KEEP);
 }
 
 void peerstore__reader_reset(peerstore__reader *r) {

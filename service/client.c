@@ -26,6 +26,8 @@
 #include "service.h"
 
 #define FRAMES_PER_WAKEUP 4096
+/* Frames larger than this share input_buffer_limit (Large frames). */
+#define BIG_FRAME 65536
 
 static void set_paused(client *c, int on);
 static void waiter_remove(client *c);
@@ -261,8 +263,12 @@ void client_check_stalled(server *s) {
     next = c->next;
     if (c->big_reserved > 0) {
       size_t have = peerstore__buf_pending(&c->rd.in);
-      /* Not read while it is paced: its silence is the service's. */
-      if (have != c->big_seen || !c->reading) {
+      /* Progress is a chunk, so a frame cannot be kept alive a byte at a
+       * time; a client the service is not reading, for its own reasons
+       * (requests in flight), is not blamed - one that does not read its
+       * replies is. */
+      if (have >= c->big_seen + BIG_FRAME ||
+          (!c->reading && client_output_ok(c, OUT_RESUME, 0))) {
         c->big_seen = have;
         c->big_since = now;
       } else if (now - c->big_since >= s->cfg->read_timeout_ms) {
@@ -320,8 +326,6 @@ static size_t frame_max(const client *c) {
  * over the limit still goes through); the others wait their turn, FIFO,
  * unread; one that stops arriving for read_timeout ends its connection
  * (client_check_stalled). */
-#define BIG_FRAME 65536
-
 /* The body length of the large frame at the head of c's buffer that is
  * to be buffered whole and is not yet, else 0. */
 static size_t big_pending(const client *c) {
@@ -355,7 +359,10 @@ static int big_admit(client *c) {
 
   if (c->big_reserved > 0 || (need = big_pending(c)) == 0)
     return 1;
-  if (!c->input_waiting && big_fits(s, need)) {
+  /* First come, first served: a newcomer queues behind waiters, so that
+   * a frame larger than what is left is not passed over for ever. */
+  if (!c->input_waiting && s->input_waiters_head == NULL &&
+      big_fits(s, need)) {
     big_reserve(c, need);
     return 1;
   }
