@@ -326,6 +326,7 @@ static size_t frame_max(const client *c) {
  * over the limit still goes through); the others wait their turn, FIFO,
  * unread; one that stops arriving for read_timeout ends its connection
  * (client_check_stalled). */
+
 /* The body length of the large frame at the head of c's buffer that is
  * to be buffered whole and is not yet, else 0. */
 static size_t big_pending(const client *c) {

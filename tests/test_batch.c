@@ -58,8 +58,9 @@ static int setup_small_limits(void **state) {
   return start_with(state, args);
 }
 
-/* A [write] rule no test user matches: "locked" is for uid 4242 only. */
-static int setup_write_rule(void **state) {
+/* Starts the service with a config file holding text (removed once the
+ * service has read it). */
+static int start_with_config(void **state, const char *text) {
   static char ini[64];
   static const char *args[] = {"-c", ini, NULL};
   FILE *fp;
@@ -67,27 +68,21 @@ static int setup_write_rule(void **state) {
   snprintf(ini, sizeof(ini), "/tmp/test_batch.%d.ini", (int)getpid());
   fp = fopen(ini, "w");
   assert_non_null(fp);
-  fprintf(fp, "[write]\nlocked = 4242\n");
+  fputs(text, fp);
   fclose(fp);
   start_with(state, args);
   unlink(ini);
   return 0;
 }
 
+/* A [write] rule no test user matches: "locked" is for uid 4242 only. */
+static int setup_write_rule(void **state) {
+  return start_with_config(state, "[write]\nlocked = 4242\n");
+}
+
 /* Quotas: "capped" holds 1,000 records and 64 KiB of values. */
 static int setup_quota(void **state) {
-  static char ini[64];
-  static const char *args[] = {"-c", ini, NULL};
-  FILE *fp;
-
-  snprintf(ini, sizeof(ini), "/tmp/test_batch_q.%d.ini", (int)getpid());
-  fp = fopen(ini, "w");
-  assert_non_null(fp);
-  fprintf(fp, "[quota]\ncapped = 1000 records, 64k\n");
-  fclose(fp);
-  start_with(state, args);
-  unlink(ini);
-  return 0;
+  return start_with_config(state, "[quota]\ncapped = 1000 records, 64k\n");
 }
 
 static int teardown(void **state) {
