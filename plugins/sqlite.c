@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "peerstore_plugin.h"
+#include "plugin_util.h"
 #include "sqlite_queries.h"
 
 #define SCHEMA_VERSION 4
@@ -54,33 +55,9 @@ enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST, J_BATCH };
 
 typedef struct sq sq;
 
-/* A filter, copied. */
-typedef struct filt {
-  char *subsystem;
-  char *key; /* NULL: any */
-  peerstore_peer_id peer;
-  int has_peer;
-} filt;
-
-/* Records copied out by the worker for the loop: a batch of an
- * iteration or a history read, or the records a write took out of the
- * table (their changes, for the hook).  kinds and revs are the changes'
- * (history reads and removals only). */
-typedef struct rbuf {
-  peerstore_record *recs;
-  uint32_t *writers;
-  uint64_t *revs;
-  uint8_t *kinds;
-  uint8_t *bytes; /* strings and values of recs, back to back */
-  size_t n;
-  size_t cap;
-  size_t bytes_len;
-  size_t bytes_cap;
-} rbuf;
-
 struct peerstore_plugin_cursor {
   sq *s;
-  filt f;
+  ps_filt f;
   uint64_t after;        /* last revision yielded */
   uint64_t max_revision; /* the snapshot, fixed by its J_OPEN job */
   uint64_t now;
@@ -101,7 +78,7 @@ typedef struct job {
       uint32_t writer;
       uint8_t option;
       char *data;
-      rbuf gone; /* what a REPLACE dropped */
+      ps_rbuf gone; /* what a REPLACE dropped */
       peerstore_plugin_store_cb cb;
     } store;
     struct {
@@ -109,28 +86,28 @@ typedef struct job {
       uint64_t from; /* cursor->after before it ran */
       uint32_t max;
       int more;
-      rbuf out;
+      ps_rbuf out;
       peerstore_plugin_record_cb rec_cb;
       peerstore_plugin_next_cb done_cb;
     } next;
     struct {
-      filt f;
+      ps_filt f;
       uint64_t now;
       uint32_t max;
       uint64_t count;
-      rbuf gone; /* what it removed or expired */
+      ps_rbuf gone; /* what it removed or expired */
       peerstore_plugin_count_cb cb;
       uint64_t upto; /* remove: the revision when it began */
       int more;      /* remove: a step left records to do */
       int partial;   /* remove: a step's report; the callback comes later */
     } count; /* remove and purge */
     struct {
-      filt f;
+      ps_filt f;
       uint64_t after;
       uint32_t max;
       int more;
       uint64_t reached;
-      rbuf out;
+      ps_rbuf out;
       peerstore_plugin_change_cb ev_cb;
       peerstore_plugin_history_cb done_cb;
     } hist;
@@ -140,7 +117,7 @@ typedef struct job {
       uint32_t writer;
       char *data;
       uint64_t first, last;
-      rbuf changes; /* every change it made, in order, for the hook */
+      ps_rbuf changes; /* every change it made, in order, for the hook */
       peerstore_plugin_batch_cb cb;
     } batch;
   } u;
@@ -269,31 +246,8 @@ static uint32_t writer_from_sql(int64_t w) {
                                           : (uint32_t)w;
 }
 
-static int filt_copy(filt *d, const peerstore_plugin_filter *f) {
-  memset(d, 0, sizeof(*d));
-  d->subsystem = strdup(f->subsystem);
-  if (f->key != NULL)
-    d->key = strdup(f->key);
-  if (f->peer != NULL) {
-    d->peer = *f->peer;
-    d->has_peer = 1;
-  }
-  return (d->subsystem == NULL || (f->key != NULL && d->key == NULL))
-             ? PEERSTORE_ENOMEM
-             : 0;
-}
-
-static void filt_free(filt *f) {
-  free(f->subsystem);
-  free(f->key);
-}
-
-static int filt_kind(const filt *f) {
-  return f->has_peer ? (f->key ? F_TRIPLE : F_PEER) : (f->key ? F_KEY : F_SS);
-}
-
 /* Binds subsystem, [peer], [key] from position 1 on; returns the next. */
-static int bind_filter(sqlite3_stmt *st, const filt *f) {
+static int bind_filter(sqlite3_stmt *st, const ps_filt *f) {
   int i = 1;
 
   sqlite3_bind_blob(st, i++, f->subsystem, (int)strlen(f->subsystem),
@@ -331,115 +285,31 @@ static int exec(sq *s, const char *sql) {
 /* ------------------------------------------------------------------ */
 /* Worker: applying jobs                                               */
 
-/* Appends n bytes to the batch's byte area; returns their offset. */
-static int rbuf_put(rbuf *b, const void *p, size_t n, int nul, size_t *off) {
-  size_t need = b->bytes_len + n + (size_t)nul;
-
-  if (need > b->bytes_cap) {
-    size_t cap = b->bytes_cap ? b->bytes_cap : 4096;
-    uint8_t *nb;
-    while (cap < need)
-      cap *= 2;
-    if ((nb = realloc(b->bytes, cap)) == NULL)
-      return PEERSTORE_ENOMEM;
-    b->bytes = nb;
-    b->bytes_cap = cap;
-  }
-  *off = b->bytes_len;
-  if (n > 0)
-    memcpy(b->bytes + b->bytes_len, p, n);
-  if (nul)
-    b->bytes[b->bytes_len + n] = 0;
-  b->bytes_len = need;
-  return 0;
-}
-
-static int rbuf_grow(rbuf *b) {
-  size_t cap = b->cap ? b->cap * 2 : 16;
-  peerstore_record *recs;
-  uint32_t *writers;
-  uint64_t *revs;
-  uint8_t *kinds;
-
-  if ((recs = realloc(b->recs, cap * sizeof(*recs))) == NULL)
-    return PEERSTORE_ENOMEM;
-  b->recs = recs;
-  if ((writers = realloc(b->writers, cap * sizeof(*writers))) == NULL)
-    return PEERSTORE_ENOMEM;
-  b->writers = writers;
-  if ((revs = realloc(b->revs, cap * sizeof(*revs))) == NULL)
-    return PEERSTORE_ENOMEM;
-  b->revs = revs;
-  if ((kinds = realloc(b->kinds, cap * sizeof(*kinds))) == NULL)
-    return PEERSTORE_ENOMEM;
-  b->kinds = kinds;
-  b->cap = cap;
-  return 0;
-}
-
 /* Copies the row st is on - revision, subsystem, peer, key, value,
  * expiry, writer from column c on - to the end of b; with c == 2, the
  * first two columns are a change's revision and kind.  Strings and values
  * are kept as offsets into the byte area, which may still move; the loop
  * makes them pointers (rbuf_fixup). */
-static int rbuf_row(rbuf *b, sqlite3_stmt *st, int c) {
-  peerstore_record *r;
-  size_t o_ss, o_key, o_val;
-  int ss_n = sqlite3_column_bytes(st, c + 1);
-  int key_n = sqlite3_column_bytes(st, c + 3);
-  int val_n = sqlite3_column_bytes(st, c + 4);
+static int rbuf_row(ps_rbuf *b, sqlite3_stmt *st, int c) {
+  uint64_t stored = (uint64_t)sqlite3_column_int64(st, c);
 
-  if ((b->n == b->cap && rbuf_grow(b) != 0) ||
-      sqlite3_column_bytes(st, c + 2) != PEERSTORE_PEER_ID_SIZE ||
-      rbuf_put(b, sqlite3_column_blob(st, c + 1), (size_t)ss_n, 1, &o_ss) ||
-      rbuf_put(b, sqlite3_column_blob(st, c + 3), (size_t)key_n, 1, &o_key) ||
-      rbuf_put(b, sqlite3_column_blob(st, c + 4), (size_t)val_n, 0, &o_val))
+  if (sqlite3_column_bytes(st, c + 2) != PEERSTORE_PEER_ID_SIZE)
     return PEERSTORE_ENOMEM;
-  r = &b->recs[b->n];
-  r->revision = (uint64_t)sqlite3_column_int64(st, c);
-  memcpy(r->peer.bytes, sqlite3_column_blob(st, c + 2),
-         PEERSTORE_PEER_ID_SIZE);
-  r->subsystem = (const char *)(uintptr_t)o_ss;
-  r->key = (const char *)(uintptr_t)o_key;
-  r->value = (const void *)(uintptr_t)o_val;
-  r->value_size = (size_t)val_n;
-  r->expiry = expiry_from_sql(sqlite3_column_int64(st, c + 5));
-  b->writers[b->n] = writer_from_sql(sqlite3_column_int64(st, c + 6));
-  b->revs[b->n] = c == 2 ? (uint64_t)sqlite3_column_int64(st, 0)
-                         : r->revision;
-  b->kinds[b->n] = c == 2 ? (uint8_t)sqlite3_column_int(st, 1)
-                          : (uint8_t)PEERSTORE_CHANGE_STORE;
-  b->n++;
-  return 0;
-}
-
-/* Adds rec to the end of b as a STORE change (its revision is set
- * later, in revs and recs alike). */
-static int rbuf_rec(rbuf *b, const peerstore_record *rec, uint32_t writer) {
-  peerstore_record *r;
-  size_t o_ss, o_key, o_val;
-
-  if ((b->n == b->cap && rbuf_grow(b) != 0) ||
-      rbuf_put(b, rec->subsystem, strlen(rec->subsystem), 1, &o_ss) ||
-      rbuf_put(b, rec->key, strlen(rec->key), 1, &o_key) ||
-      rbuf_put(b, rec->value, rec->value_size, 0, &o_val))
-    return PEERSTORE_ENOMEM;
-  r = &b->recs[b->n];
-  *r = *rec;
-  r->subsystem = (const char *)(uintptr_t)o_ss;
-  r->key = (const char *)(uintptr_t)o_key;
-  r->value = (const void *)(uintptr_t)o_val;
-  b->writers[b->n] = writer;
-  b->kinds[b->n] = (uint8_t)PEERSTORE_CHANGE_STORE;
-  b->revs[b->n] = 0;
-  b->n++;
-  return 0;
+  return ps_rbuf_add(
+      b, c == 2 ? (uint64_t)sqlite3_column_int64(st, 0) : stored,
+      c == 2 ? sqlite3_column_int(st, 1) : PEERSTORE_CHANGE_STORE, stored,
+      sqlite3_column_blob(st, c + 1), (size_t)sqlite3_column_bytes(st, c + 1),
+      sqlite3_column_blob(st, c + 2), sqlite3_column_blob(st, c + 3),
+      (size_t)sqlite3_column_bytes(st, c + 3), sqlite3_column_blob(st, c + 4),
+      (size_t)sqlite3_column_bytes(st, c + 4),
+      expiry_from_sql(sqlite3_column_int64(st, c + 5)),
+      writer_from_sql(sqlite3_column_int64(st, c + 6)));
 }
 
 /* Steps st, already bound, for up to max rows into b (fewer once b holds
  * RECORD_BATCH_BYTES), from column c as rbuf_row reads them; *more says
  * whether rows were left.  Returns 0 or a mapped status. */
-static int read_batch(sqlite3_stmt *st, rbuf *b, uint32_t max, int c,
+static int read_batch(sqlite3_stmt *st, ps_rbuf *b, uint32_t max, int c,
                       int *more) {
   int rc;
 
@@ -457,25 +327,6 @@ static int read_batch(sqlite3_stmt *st, rbuf *b, uint32_t max, int c,
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : map_error(rc);
-}
-
-static void rbuf_fixup(rbuf *b) {
-  size_t i;
-
-  for (i = 0; i < b->n; i++) {
-    peerstore_record *r = &b->recs[i];
-    r->subsystem = (const char *)b->bytes + (uintptr_t)r->subsystem;
-    r->key = (const char *)b->bytes + (uintptr_t)r->key;
-    r->value = b->bytes + (uintptr_t)r->value;
-  }
-}
-
-static void rbuf_free(rbuf *b) {
-  free(b->recs);
-  free(b->writers);
-  free(b->revs);
-  free(b->kinds);
-  free(b->bytes);
 }
 
 /* Records one step of a remove takes out (and hands to the loop for the
@@ -518,7 +369,7 @@ static int keep(sq *s, uint64_t rev, int kind, uint64_t stored, size_t size) {
  * table: each is a change of kind with a revision of its own, kept in
  * the history, and in gone for the hook.  With more != NULL it stops
  * once gone holds cap bytes, and says whether it did. */
-static int retire(sq *s, sqlite3_stmt *sel, int kind, rbuf *gone,
+static int retire(sq *s, sqlite3_stmt *sel, int kind, ps_rbuf *gone,
                   int *more, size_t cap) {
   size_t i, first = gone->n;
   int rc;
@@ -796,7 +647,7 @@ static void sq_quota_usage(void *instance, size_t i, uint64_t *records,
 /* Applies one store; r->revision is set to its revision, and what a
  * REPLACE drops goes to gone. */
 static int store_one(sq *s, peerstore_record *r, uint32_t writer,
-                     uint8_t option, rbuf *gone) {
+                     uint8_t option, ps_rbuf *gone) {
   int64_t found = 0;
   uint32_t found_writer = 0;
   int rc;
@@ -890,7 +741,7 @@ static void counters_rollback(sq *s, const counters *c, const char *name) {
 }
 
 static int do_store(sq *s, job *j) {
-  rbuf *gone = &j->u.store.gone;
+  ps_rbuf *gone = &j->u.store.gone;
   counters c;
   int rc;
 
@@ -923,8 +774,8 @@ static int do_open(sq *s, job *j) {
 
 static int do_next(sq *s, job *j) {
   peerstore_plugin_cursor *c = j->u.next.cursor;
-  sqlite3_stmt *st = s->st_iter[filt_kind(&c->f)];
-  rbuf *b = &j->u.next.out;
+  sqlite3_stmt *st = s->st_iter[ps_filt_kind(&c->f)];
+  ps_rbuf *b = &j->u.next.out;
   uint32_t max = j->u.next.max;
   int i, rc;
 
@@ -944,7 +795,7 @@ static int do_next(sq *s, job *j) {
  * RECORD_BATCH_BYTES of them, of those that were there when it began
  * (upto).  more says whether there may be others. */
 static int do_remove(sq *s, job *j) {
-  sqlite3_stmt *st = s->st_remove[filt_kind(&j->u.count.f)];
+  sqlite3_stmt *st = s->st_remove[ps_filt_kind(&j->u.count.f)];
   size_t n0 = j->u.count.gone.n;
   int i, rc, full;
 
@@ -1009,7 +860,7 @@ static int do_purge(sq *s, job *j) {
 }
 
 /* Binds a history read's filter as ?1 subsystem, ?2 peer, ?3 key. */
-static void bind_hist_filter(sqlite3_stmt *st, const filt *f) {
+static void bind_hist_filter(sqlite3_stmt *st, const ps_filt *f) {
   sqlite3_bind_blob(st, 1, f->subsystem, (int)strlen(f->subsystem),
                     SQLITE_STATIC);
   if (f->has_peer)
@@ -1020,8 +871,8 @@ static void bind_hist_filter(sqlite3_stmt *st, const filt *f) {
 }
 
 static int do_hist(sq *s, job *j) {
-  sqlite3_stmt *st = s->st_hist[filt_kind(&j->u.hist.f)];
-  rbuf *b = &j->u.hist.out;
+  sqlite3_stmt *st = s->st_hist[ps_filt_kind(&j->u.hist.f)];
+  ps_rbuf *b = &j->u.hist.out;
   uint32_t max = j->u.hist.max ? j->u.hist.max : 1;
   uint64_t after = j->u.hist.after, upto = s->revision;
   int rc;
@@ -1082,7 +933,7 @@ static int check_required(sq *s, job *j) {
 }
 
 static int batch_ops(sq *s, job *j) {
-  rbuf *ch = &j->u.batch.changes;
+  ps_rbuf *ch = &j->u.batch.changes;
   size_t i, at;
   int rc;
 
@@ -1091,7 +942,7 @@ static int batch_ops(sq *s, job *j) {
     int more = 0;
     if (o->kind == PEERSTORE_PLUGIN_BATCH_STORE) {
       at = ch->n;
-      if (rbuf_rec(ch, &o->rec, j->u.batch.writer) != 0)
+      if (ps_rbuf_rec(ch, &o->rec, j->u.batch.writer) != 0)
         return PEERSTORE_ENOMEM;
       if ((rc = store_one(s, &o->rec, j->u.batch.writer,
                           (uint8_t)o->option, ch)) != 0)
@@ -1099,7 +950,7 @@ static int batch_ops(sq *s, job *j) {
       ch->recs[at].revision = ch->revs[at] = o->rec.revision;
     } else if (o->kind == PEERSTORE_PLUGIN_BATCH_REMOVE) {
       /* In one piece, unlike a remove of its own: a batch is atomic. */
-      filt f;
+      ps_filt f;
       sqlite3_stmt *st;
       int k;
       memset(&f, 0, sizeof(f));
@@ -1108,7 +959,7 @@ static int batch_ops(sq *s, job *j) {
       f.has_peer = o->filter.peer != NULL;
       if (f.has_peer)
         f.peer = *o->filter.peer;
-      st = s->st_remove[filt_kind(&f)];
+      st = s->st_remove[ps_filt_kind(&f)];
       k = bind_filter(st, &f);
       sqlite3_bind_int64(st, k, INT64_MAX);
       sqlite3_bind_int64(st, k + 1,
@@ -1369,24 +1220,24 @@ static void job_free(job *j) {
   switch (j->kind) {
   case J_STORE:
     free(j->u.store.data);
-    rbuf_free(&j->u.store.gone);
+    ps_rbuf_free(&j->u.store.gone);
     break;
   case J_NEXT:
-    rbuf_free(&j->u.next.out);
+    ps_rbuf_free(&j->u.next.out);
     break;
   case J_REMOVE:
   case J_PURGE:
-    filt_free(&j->u.count.f);
-    rbuf_free(&j->u.count.gone);
+    ps_filt_free(&j->u.count.f);
+    ps_rbuf_free(&j->u.count.gone);
     break;
   case J_HIST:
-    filt_free(&j->u.hist.f);
-    rbuf_free(&j->u.hist.out);
+    ps_filt_free(&j->u.hist.f);
+    ps_rbuf_free(&j->u.hist.out);
     break;
   case J_BATCH:
     free(j->u.batch.ops);
     free(j->u.batch.data);
-    rbuf_free(&j->u.batch.changes);
+    ps_rbuf_free(&j->u.batch.changes);
     break;
   case J_OPEN:
     break;
@@ -1395,28 +1246,19 @@ static void job_free(job *j) {
 }
 
 static void cursor_free(peerstore_plugin_cursor *c) {
-  filt_free(&c->f);
+  ps_filt_free(&c->f);
   free(c);
-}
-
-/* The i-th change of b, once b is fixed up. */
-static void change_at(const rbuf *b, size_t i, peerstore_plugin_change *ch) {
-  ch->kind = (enum peerstore_plugin_change_kind)b->kinds[i];
-  ch->revision = b->revs[i];
-  ch->rec = &b->recs[i];
-  ch->writer = b->writers[i];
-  ch->flags = 0;
 }
 
 /* Reports the changes in b (what a write made or took out) through the
  * hook. */
-static void report_gone(sq *s, rbuf *b) {
+static void report_gone(sq *s, ps_rbuf *b) {
   peerstore_plugin_change ch;
   size_t i;
 
-  rbuf_fixup(b);
+  ps_rbuf_fixup(b);
   for (i = 0; i < b->n; i++) {
-    change_at(b, i, &ch);
+    ps_rbuf_change(b, i, &ch);
     s->changed(s->changed_ctx, &ch);
   }
 }
@@ -1446,10 +1288,10 @@ static void job_complete(sq *s, job *j) {
     break;
   }
   case J_NEXT: {
-    rbuf *b = &j->u.next.out;
+    ps_rbuf *b = &j->u.next.out;
     peerstore_plugin_cursor *c = j->u.next.cursor;
     if (j->status == 0) {
-      rbuf_fixup(b);
+      ps_rbuf_fixup(b);
       for (i = 0; i < b->n; i++) {
         if (j->u.next.rec_cb(j->arg, &b->recs[i], b->writers[i]) &&
             i + 1 < b->n) {
@@ -1479,13 +1321,13 @@ static void job_complete(sq *s, job *j) {
                   j->status ? 0 : j->u.batch.last);
     break;
   case J_HIST: {
-    rbuf *b = &j->u.hist.out;
+    ps_rbuf *b = &j->u.hist.out;
     uint64_t reached = j->u.hist.reached;
     int more = j->u.hist.more;
     if (j->status == 0) {
-      rbuf_fixup(b);
+      ps_rbuf_fixup(b);
       for (i = 0; i < b->n; i++) {
-        change_at(b, i, &ch);
+        ps_rbuf_change(b, i, &ch);
         if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
           reached = b->revs[i];
           more = 1;
@@ -1571,7 +1413,7 @@ static int sq_iterate_open(void *instance, const peerstore_plugin_filter *f,
   peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
   job *j = calloc(1, sizeof(*j));
 
-  if (c == NULL || j == NULL || filt_copy(&c->f, f) != 0) {
+  if (c == NULL || j == NULL || ps_filt_copy(&c->f, f) != 0) {
     free(j);
     if (c != NULL)
       cursor_free(c);
@@ -1632,7 +1474,7 @@ static int count_job(sq *s, enum job_kind kind, const peerstore_plugin_filter *f
   j->u.count.cb = cb;
   j->u.count.now = now;
   j->u.count.max = max;
-  if (f != NULL && filt_copy(&j->u.count.f, f) != 0) {
+  if (f != NULL && ps_filt_copy(&j->u.count.f, f) != 0) {
     job_free(j);
     return PEERSTORE_ENOMEM;
   }
@@ -1659,8 +1501,8 @@ static int sq_history_read(void *instance, const peerstore_plugin_filter *f,
 
   if (j == NULL)
     return PEERSTORE_ENOMEM;
-  if (filt_copy(&j->u.hist.f, f) != 0) {
-    filt_free(&j->u.hist.f);
+  if (ps_filt_copy(&j->u.hist.f, f) != 0) {
+    ps_filt_free(&j->u.hist.f);
     free(j);
     return PEERSTORE_ENOMEM;
   }
@@ -1674,79 +1516,24 @@ static int sq_history_read(void *instance, const peerstore_plugin_filter *f,
   return 0;
 }
 
-/* Copies a batch's operations, their strings and values into one
- * allocation, for the worker. */
-static int batch_copy(job *j, const peerstore_plugin_batch_op *ops,
-                      size_t n) {
-  size_t i, bytes = 0;
-  char *d;
-
-#define STR_BYTES(p) ((p) != NULL ? strlen(p) + 1 : 0)
-  for (i = 0; i < n; i++)
-    bytes += STR_BYTES(ops[i].rec.subsystem) + STR_BYTES(ops[i].rec.key) +
-             ops[i].rec.value_size + STR_BYTES(ops[i].filter.subsystem) +
-             STR_BYTES(ops[i].filter.key) + sizeof(peerstore_peer_id);
-  if ((j->u.batch.ops = calloc(n ? n : 1, sizeof(*ops))) == NULL ||
-      (j->u.batch.data = d = malloc(bytes ? bytes : 1)) == NULL)
-    return PEERSTORE_ENOMEM;
-#define COPY_STR(field)                                                       \
-  do {                                                                        \
-    if ((field) != NULL) {                                                    \
-      size_t len_ = strlen(field) + 1;                                        \
-      memcpy(d, (field), len_);                                               \
-      (field) = d;                                                            \
-      d += len_;                                                              \
-    }                                                                         \
-  } while (0)
-  for (i = 0; i < n; i++) {
-    peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
-    *o = ops[i];
-    COPY_STR(o->rec.subsystem);
-    COPY_STR(o->rec.key);
-    COPY_STR(o->filter.subsystem);
-    COPY_STR(o->filter.key);
-    if (o->rec.value_size > 0) {
-      memcpy(d, o->rec.value, o->rec.value_size);
-      o->rec.value = d;
-      d += o->rec.value_size;
-    } else {
-      o->rec.value = ""; /* an empty blob, never SQL NULL */
-    }
-    if (o->filter.peer != NULL) {
-      memcpy(d, o->filter.peer, sizeof(peerstore_peer_id));
-      o->filter.peer = (const peerstore_peer_id *)(void *)d;
-      d += sizeof(peerstore_peer_id);
-    }
-  }
-#undef COPY_STR
-#undef STR_BYTES
-  j->u.batch.n = n;
-  return 0;
-}
-
 static int sq_batch(void *instance, const peerstore_plugin_batch_op *ops,
                     size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                     void *arg) {
   sq *s = instance;
-  size_t i;
   job *j;
 
-  for (i = 0; i < n; i++) {
-    if (ops[i].kind == PEERSTORE_PLUGIN_BATCH_REQUIRE
-            ? ops[i].filter.peer == NULL || ops[i].filter.key == NULL
-            : ops[i].kind != PEERSTORE_PLUGIN_BATCH_STORE &&
-                  ops[i].kind != PEERSTORE_PLUGIN_BATCH_REMOVE)
-      return PEERSTORE_EINVAL;
-  }
+  if (ps_batch_check(ops, n) != 0)
+    return PEERSTORE_EINVAL;
   if (s->read_only)
     return PEERSTORE_EROFS;
   if ((j = calloc(1, sizeof(*j))) == NULL)
     return PEERSTORE_ENOMEM;
   j->kind = J_BATCH;
-  if (batch_copy(j, ops, n) != 0) {
-    job_free(j);
+  if (ps_batch_copy(ops, n, &j->u.batch.ops, &j->u.batch.data) != 0) {
+    free(j);
     return PEERSTORE_ENOMEM;
   }
+  j->u.batch.n = n;
   j->arg = arg;
   j->u.batch.writer = writer;
   j->u.batch.cb = cb;

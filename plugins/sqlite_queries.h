@@ -4,8 +4,7 @@
 #ifndef PEERSTORE_SQLITE_QUERIES_H
 #define PEERSTORE_SQLITE_QUERIES_H
 
-/* The four filters, in this order everywhere. */
-enum { F_SS, F_PEER, F_KEY, F_TRIPLE, F_COUNT };
+#include "plugin_util.h" /* F_SS .. F_COUNT */
 
 static const char *const sqlite_filter_where[F_COUNT] = {
     "subsystem = ?", "subsystem = ? AND peer = ?", "subsystem = ? AND key = ?",
