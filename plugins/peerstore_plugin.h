@@ -87,7 +87,14 @@ enum peerstore_log_level {
 enum peerstore_plugin_change_kind {
   PEERSTORE_CHANGE_STORE = 1,  /* rec was stored, or refreshed by MULTIPLE */
   PEERSTORE_CHANGE_REMOVE = 2, /* rec was removed, or dropped by a REPLACE */
-  PEERSTORE_CHANGE_EXPIRE = 3  /* rec expired and was purged */
+  PEERSTORE_CHANGE_EXPIRE = 3, /* rec expired and was purged */
+  /* A plugin that learns of other services' changes (a shared database)
+   * could not learn of every change up to revision (its history was
+   * trimmed past them while it was away): rec is NULL.  The service
+   * treats every watch as if the history no longer reached back to where
+   * it stands (RESET or PEERSTORE_ECOMPACTED), never as if nothing had
+   * been missed. */
+  PEERSTORE_CHANGE_LOST = 4
 };
 
 typedef struct peerstore_plugin_change {

@@ -398,7 +398,6 @@ int config_load(config *cfg, const char *path) {
   }
   while (fgets(line, sizeof(line), f) != NULL) {
     char *s = trim(line), *eq, *name, *value;
-    config_entry *ne;
 
     lineno++;
     if (*s == '\0' || *s == '#' || *s == ';')
@@ -424,16 +423,7 @@ int config_load(config *cfg, const char *path) {
       fclose(f);
       return -1;
     }
-    ne = realloc(cfg->entries, (cfg->n_entries + 1) * sizeof(*ne));
-    if (ne == NULL)
-      goto bad;
-    cfg->entries = ne;
-    ne = &cfg->entries[cfg->n_entries];
-    ne->section = strdup(section);
-    ne->name = strdup(name);
-    ne->value = strdup(value);
-    cfg->n_entries++;
-    if (!ne->section || !ne->name || !ne->value)
+    if (config_add(cfg, section, name, value) != 0)
       goto bad;
   }
   fclose(f);
@@ -442,6 +432,22 @@ bad:
   fprintf(stderr, "peerstored: %s:%d: cannot parse line\n", path, lineno);
   fclose(f);
   return -1;
+}
+
+int config_add(config *cfg, const char *section, const char *name,
+               const char *value) {
+  config_entry *ne = realloc(cfg->entries,
+                             (cfg->n_entries + 1) * sizeof(*ne));
+
+  if (ne == NULL)
+    return -1;
+  cfg->entries = ne;
+  ne = &cfg->entries[cfg->n_entries];
+  ne->section = strdup(section);
+  ne->name = strdup(name);
+  ne->value = strdup(value);
+  cfg->n_entries++;
+  return ne->section && ne->name && ne->value ? 0 : -1;
 }
 
 const char *config_get(const config *cfg, const char *section,

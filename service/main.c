@@ -26,7 +26,9 @@ static void usage(FILE *f) {
 "      --purge-interval S   seconds between purges of expired records (60)\n"
 "  -l, --log-level LEVEL    error, warn, info (default) or debug\n"
 "  -o, --option NAME=VALUE  any setting of the config file's [peerstored]\n"
-"                           section (max_clients, write_timeout, ...)\n"
+"                           section (max_clients, write_timeout, ...);\n"
+"                           SECTION.NAME=VALUE: one of another section\n"
+"                           (postgres.conninfo=..., plugin.synchronous=...)\n"
 "      --ready-fd FD        write \"READY\\n\" to FD once listening\n"
 "  -h, --help               show this help\n"
 "  -V, --version            show the version\n"
@@ -127,9 +129,17 @@ int main(int argc, char **argv) {
       /* NAME=VALUE, split in place: optarg points into argv. */
       char *eq = strchr(flags[i].value, '=');
       if (eq != NULL && eq != flags[i].value) {
+        /* SECTION.NAME=VALUE: a line of the file's [SECTION]. */
+        char *dot = memchr(flags[i].value, '.', (size_t)(eq - flags[i].value));
         *eq = '\0';
-        if (config_set(&cfg, flags[i].value, eq + 1) == 0)
+        if (dot != NULL && dot != flags[i].value && dot[1] != '\0') {
+          *dot = '\0';
+          if (config_add(&cfg, flags[i].value, dot + 1, eq + 1) == 0)
+            continue;
+          *dot = '.';
+        } else if (config_set(&cfg, flags[i].value, eq + 1) == 0) {
           continue;
+        }
         *eq = '=';
       }
     } else if (strcmp(flags[i].name, "ready_fd") == 0) {

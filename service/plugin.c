@@ -16,8 +16,13 @@
 #define PEERSTORE_PLUGIN_DIR "/usr/local/lib/peerstore"
 #endif
 
+/* A plugin's options: its own section ([postgres], -o postgres.NAME=...)
+ * first, then the [plugin] section every plugin reads. */
 static const char *plugin_option(void *ctx, const char *name) {
-  return config_get(ctx, "plugin", name);
+  const plugin *p = ctx;
+  const char *v = config_get(p->cfg, p->desc->name, name);
+
+  return v != NULL ? v : config_get(p->cfg, "plugin", name);
 }
 
 /* Loads one candidate file.  Returns 1 if it was loaded and checked, 0 if
@@ -116,6 +121,7 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
   int r;
 
   memset(p, 0, sizeof(*p));
+  p->cfg = cfg;
   if (strcmp(name, "memory") == 0)
     p->desc = peerstore_plugin_memory();
   else if (find_plugin(p, cfg, name) != 0) {
@@ -126,7 +132,7 @@ int plugin_load(plugin *p, const config *cfg, uv_loop_t *loop,
   env.loop = loop;
   env.database = cfg->database;
   env.option = plugin_option;
-  env.option_ctx = (void *)cfg;
+  env.option_ctx = p;
   env.log = log_plugin;
   env.strerror = peerstore_strerror;
   env.changed = changed;

@@ -85,6 +85,10 @@ int config_load(config *cfg, const char *path);
 /* Applies one [peerstored] setting (also used for command-line flags);
  * returns 0, or -1 for an unknown name or a bad value. */
 int config_set(config *cfg, const char *name, const char *value);
+/* Adds "name = value" to section, as a line of the file would; 0 or -1
+ * (out of memory). */
+int config_add(config *cfg, const char *section, const char *name,
+               const char *value);
 /* Parses a size with an optional k/M/G suffix; returns 0 or -1. */
 int config_parse_size(const char *s, uint64_t *out);
 /* A value from the file's [section]; NULL if absent. */
@@ -125,6 +129,7 @@ typedef struct plugin {
   void *instance;
   uv_lib_t lib;
   int lib_open;
+  const config *cfg; /* for the plugin's options */
 } plugin;
 
 /* Finds, loads, checks and opens the configured plugin, whose changes are

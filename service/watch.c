@@ -624,6 +624,25 @@ static void notify_bucket(server *s, uint64_t h, int want_peer, int want_key,
   }
 }
 
+/* The plugin could not learn of every change up to rev: a live watch
+ * may have missed some, so it is treated as one whose history was
+ * compacted.  The others find out themselves: their history reads fail
+ * with ECOMPACTED. */
+static void lost(server *s, uint64_t rev) {
+  client *c;
+  watch *w, *next;
+
+  LOG_WARN("the plugin missed changes up to revision %llu; live watches "
+           "start again or end", (unsigned long long)rev);
+  for (c = s->clients; c != NULL; c = c->next) {
+    for (w = c->watches; w != NULL; w = next) {
+      next = w->next_of_client;
+      if (!w->ended && w->state == W_LIVE && w->pos < rev)
+        compacted(w);
+    }
+  }
+}
+
 void watch_changed(void *server_, const peerstore_plugin_change *ch) {
   server *s = server_;
   const peerstore_record *rec = ch->rec;
@@ -633,6 +652,10 @@ void watch_changed(void *server_, const peerstore_plugin_change *ch) {
   s->reported = ch->revision;
   if (s->watches.count == 0)
     return;
+  if (ch->kind == PEERSTORE_CHANGE_LOST) {
+    lost(s, ch->revision);
+    return;
+  }
   n.ch = ch;
   n.frame[0] = &s->watches.note;
   n.frame[1] = &s->watches.note_v2;

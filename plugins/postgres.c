@@ -1,0 +1,1856 @@
+/* postgres.c - the PostgreSQL plugin: one database shared by the services
+ * of many hosts (DESIGN.md section 9).
+ *
+ * All database work runs on one worker thread with one connection, so
+ * the service's loop never waits for the network.  As in the SQLite
+ * plugin, the loop queues jobs and the worker takes every job queued so
+ * far and applies them in ONE transaction (group commit), then hands them
+ * back through a uv_async_t.  A job's callback runs only after its
+ * transaction committed: an acknowledged change is in the database.
+ *
+ * One revision sequence for every service: the counter row in
+ * peerstore_meta is the writers' lock.  A write transaction takes it FOR
+ * UPDATE in its first statement (peerstore_lock) and writes the counter
+ * back in its last (peerstore_unlock), so writers commit one at a time
+ * and in revision order, and a rollback leaves no gap.  Under READ
+ * COMMITTED every later statement of the transaction sees every change
+ * committed before the lock was granted.
+ *
+ * Changes made through other services: the worker reports every change
+ * in revision order through the hook, its own and others' alike.  It
+ * keeps fed, the revision up to which every change has been handed to
+ * the loop.  A write transaction first reads the changes between fed and
+ * the counter it locked (others', committed before it) and reports them
+ * before its own; between writes, a LISTEN doorbell (rung by
+ * peerstore_unlock) or a slow poll makes the worker read what others
+ * committed.  The doorbell only hurries the reading: every change is
+ * read from the tables by revision, so a lost notification, a reconnect
+ * or a failover costs latency, not changes.  Should the history have been
+ * trimmed past fed while this service was away, it reports
+ * PEERSTORE_CHANGE_LOST and its watchers start again or end: never a
+ * silent gap.
+ *
+ * A lost connection fails the jobs of the group in flight - with
+ * PEERSTORE_ENOTCONN if the commit was not sent (nothing applied), with
+ * PEERSTORE_EINTERRUPTED if it was and no answer came (the outcome is not
+ * known; the changes, if they were applied, are reported like anyone
+ * else's once the worker reads them back) - and the worker reconnects
+ * with a growing backoff.  Jobs that arrive meanwhile wait up to
+ * unavailable_timeout, then fail with PEERSTORE_ENOTCONN.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#include "peerstore_plugin.h"
+#include "plugin_util.h"
+#include "postgres_queries.h"
+
+#define SCHEMA_VERSION 1
+#define EXPIRY_NEVER_SQL INT64_MAX
+#define RECORD_BATCH_MAX 4096
+#define RECORD_BATCH_BYTES (1u << 20)
+/* Records one step of a remove (or a purge) takes out: a larger remove
+ * commits a step at a time, so that neither the service's memory nor
+ * the writers' lock is held in proportion to what it matches. */
+#define REMOVE_STEP 4096
+/* What a batch may change; past it, PEERSTORE_ELIMIT (as in sqlite). */
+#define BATCH_CHANGES_MAX 262144
+#define BATCH_CHANGES_BYTES (64u << 20)
+/* Revisions one history read (or one read of others' changes) looks
+ * through at most. */
+#define HISTORY_WINDOW 16384
+#define HIST_PER_GROUP 2
+/* Key of the advisory locks: creating the schema, purging. */
+#define LOCK_SCHEMA 0x7073747231LL /* "pstr1" */
+#define LOCK_PURGE 0x7073747232LL  /* "pstr2" */
+
+extern const char peerstore_postgres_schema[];
+
+enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST,
+                J_BATCH, J_FEED };
+
+typedef struct pg pg;
+
+struct peerstore_plugin_cursor {
+  pg *s;
+  ps_filt f;
+  uint64_t after;
+  uint64_t max_revision;
+  uint64_t now;
+  int done;
+  int open_pending;
+  int closed;
+};
+
+typedef struct job {
+  struct job *next;
+  enum job_kind kind;
+  int status;
+  void *arg;
+  ps_rbuf changes; /* others' changes to report before this job's */
+  uint64_t lost;   /* > 0: report PEERSTORE_CHANGE_LOST up to it first */
+  union {
+    struct {
+      peerstore_record rec;
+      uint32_t writer;
+      uint8_t option;
+      char *data;
+      int refresh;
+      ps_rbuf gone;
+      peerstore_plugin_store_cb cb;
+    } store;
+    struct {
+      peerstore_plugin_cursor *cursor;
+      uint32_t max;
+      int more;
+      ps_rbuf out;
+      peerstore_plugin_record_cb rec_cb;
+      peerstore_plugin_next_cb done_cb;
+    } next;
+    struct {
+      ps_filt f;
+      uint64_t now;
+      uint32_t max;
+      uint64_t count;
+      uint64_t upto;
+      ps_rbuf gone;
+      peerstore_plugin_count_cb cb;
+      int partial; /* a step's report: the callback comes with the last */
+    } count;
+    struct {
+      ps_filt f;
+      uint64_t after;
+      uint32_t max;
+      int more;
+      uint64_t reached;
+      ps_rbuf out;
+      peerstore_plugin_change_cb ev_cb;
+      peerstore_plugin_history_cb done_cb;
+    } hist;
+    struct {
+      peerstore_plugin_batch_op *ops;
+      size_t n;
+      uint32_t writer;
+      char *data;
+      uint64_t first, last;
+      ps_rbuf changes;
+      peerstore_plugin_batch_cb cb;
+    } batch;
+  } u;
+} job;
+
+typedef struct jobq {
+  job *head;
+  job *tail;
+} jobq;
+
+struct pg {
+  uv_loop_t *loop;
+  char *conninfo;
+  void (*log)(void *ctx, enum peerstore_log_level level, const char *fmt,
+              ...);
+  void *log_ctx;
+  void (*changed)(void *ctx, const peerstore_plugin_change *change);
+  void *changed_ctx;
+  uv_thread_t worker;
+  int worker_started;
+  uv_mutex_t lock;
+  uv_async_t async;
+  int wake[2]; /* loop -> worker: a byte when todo was empty */
+  jobq todo, hist_todo, done;
+  int stopping;
+  uint64_t hist_max_events, hist_max_bytes;
+  uint64_t hist_id;
+  int poll_ms;         /* safety net: read others' changes this often */
+  int unavailable_ms;  /* jobs wait this long for a connection */
+  size_t batch_max_changes;
+  /* The worker's. */
+  PGconn *conn;
+  uint64_t fed;        /* every change up to it is on its way to the hook */
+  uint64_t hist_first;
+  uint64_t records;
+  uint64_t rung;       /* the newest revision a doorbell told of */
+  int64_t delta;       /* records added by the transaction in progress */
+  int in_commit;       /* COMMIT sent, no answer yet */
+  int err_lost;        /* the last error was a lost connection */
+  uint64_t down_since; /* ms; 0 while connected */
+  unsigned backoff_ms;
+  /* Published after each group, under lock. */
+  uint64_t pub_revision, pub_records, pub_hist_first, pub_hist_rows,
+      pub_hist_bytes;
+  uint64_t hist_rows, hist_bytes; /* the worker's, from the last purge */
+};
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t wall_clock_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static int64_t expiry_to_sql(uint64_t e) {
+  return e >= (uint64_t)EXPIRY_NEVER_SQL ? EXPIRY_NEVER_SQL : (int64_t)e;
+}
+
+static uint64_t expiry_from_sql(int64_t e) {
+  return e == EXPIRY_NEVER_SQL ? PEERSTORE_EXPIRY_NEVER : (uint64_t)e;
+}
+
+static int64_t writer_to_sql(uint32_t w) {
+  return w == PEERSTORE_WRITER_UNKNOWN ? -1 : (int64_t)w;
+}
+
+static uint32_t writer_from_sql(int64_t w) {
+  return w < 0 || w > (int64_t)UINT32_MAX ? PEERSTORE_WRITER_UNKNOWN
+                                          : (uint32_t)w;
+}
+
+/* Parameters of one statement, all sent in binary. */
+typedef struct params {
+  int n;
+  const char *v[10];
+  int len[10];
+  int fmt[10];
+  uint64_t ints[10]; /* int8 and int4 values, in network order */
+} params;
+
+static void p_bytes(params *p, const void *v, size_t n) {
+  p->v[p->n] = v != NULL ? (n > 0 ? v : "") : NULL;
+  p->len[p->n] = (int)n;
+  p->fmt[p->n] = 1;
+  p->n++;
+}
+
+static void p_str(params *p, const char *s) {
+  p_bytes(p, s, s != NULL ? strlen(s) : 0);
+}
+
+static void p_int8(params *p, int64_t x) {
+  uint64_t u = (uint64_t)x;
+  uint32_t hi = htonl((uint32_t)(u >> 32)), lo = htonl((uint32_t)u);
+
+  memcpy((char *)&p->ints[p->n], &hi, 4);
+  memcpy((char *)&p->ints[p->n] + 4, &lo, 4);
+  p_bytes(p, &p->ints[p->n], 8);
+}
+
+static void p_int4(params *p, int32_t x) {
+  uint32_t u = htonl((uint32_t)x);
+
+  memcpy(&p->ints[p->n], &u, 4);
+  p_bytes(p, &p->ints[p->n], 4);
+}
+
+static void p_bool(params *p, int b) {
+  p->ints[p->n] = b ? 1 : 0;
+  p_bytes(p, &p->ints[p->n], 1);
+}
+
+static int64_t get_int8(const PGresult *r, int row, int col) {
+  const unsigned char *b = (const unsigned char *)PQgetvalue(r, row, col);
+  uint64_t u = 0;
+  int i, n = PQgetlength(r, row, col);
+
+  if (PQgetisnull(r, row, col))
+    return 0;
+  for (i = 0; i < n; i++) /* int2 or int8, big-endian, sign-extended */
+    u = (u << 8) | b[i];
+  if (n == 2)
+    return (int16_t)u;
+  if (n == 4)
+    return (int32_t)u;
+  return (int64_t)u;
+}
+
+/* Maps a failed result (or connection) to a status, logging it. */
+static int fail(pg *s, const PGresult *r, const char *what) {
+  const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
+                                : NULL;
+  const char *msg = r != NULL ? PQresultErrorMessage(r) : NULL;
+
+  if (msg == NULL || *msg == '\0')
+    msg = PQerrorMessage(s->conn);
+  s->err_lost = PQstatus(s->conn) != CONNECTION_OK;
+  s->log(s->log_ctx, s->err_lost ? PEERSTORE_LOG_WARN : PEERSTORE_LOG_ERROR,
+         "postgres: %s: %s%s%s", what, state ? state : "",
+         state ? " " : "", msg);
+  if (s->err_lost)
+    return s->in_commit ? PEERSTORE_EINTERRUPTED : PEERSTORE_ENOTCONN;
+  if (state != NULL) {
+    if (strncmp(state, "53", 2) == 0)
+      return strcmp(state, "53100") == 0 ? PEERSTORE_ENOSPC
+                                         : PEERSTORE_ENOMEM;
+    if (strcmp(state, "25006") == 0)
+      return PEERSTORE_EROFS;
+    if (strncmp(state, "08", 2) == 0)
+      return PEERSTORE_ENOTCONN;
+    if (strncmp(state, "58", 2) == 0 || strncmp(state, "XX", 2) == 0)
+      return PEERSTORE_EIO;
+  }
+  return PEERSTORE_EPLUGIN;
+}
+
+/* Runs a prepared statement; *res is its result (rows or none) or NULL
+ * with a status returned. */
+static int run(pg *s, const char *name, const params *p, PGresult **res) {
+  PGresult *r = PQexecPrepared(s->conn, name, p ? p->n : 0, p ? p->v : NULL,
+                               p ? p->len : NULL, p ? p->fmt : NULL, 1);
+  ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  int rc;
+
+  if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+    *res = r;
+    return 0;
+  }
+  rc = fail(s, r, name);
+  PQclear(r);
+  *res = NULL;
+  return rc;
+}
+
+static int exec(pg *s, const char *sql) {
+  PGresult *r = PQexec(s->conn, sql);
+  int rc = 0;
+
+  if (r == NULL || (PQresultStatus(r) != PGRES_COMMAND_OK &&
+                    PQresultStatus(r) != PGRES_TUPLES_OK))
+    rc = fail(s, r, sql);
+  PQclear(r);
+  return rc;
+}
+
+/* Appends row i of r - revision, kind, stored, subsystem, peer, key,
+ * value, expiry, writer - to b. */
+static int add_row(ps_rbuf *b, const PGresult *r, int i) {
+  if (PQgetlength(r, i, 4) != PEERSTORE_PEER_ID_SIZE)
+    return PEERSTORE_EPLUGIN;
+  return ps_rbuf_add(b, (uint64_t)get_int8(r, i, 0), (int)get_int8(r, i, 1),
+                     (uint64_t)get_int8(r, i, 2), PQgetvalue(r, i, 3),
+                     (size_t)PQgetlength(r, i, 3),
+                     (const uint8_t *)PQgetvalue(r, i, 4), PQgetvalue(r, i, 5),
+                     (size_t)PQgetlength(r, i, 5), PQgetvalue(r, i, 6),
+                     (size_t)PQgetlength(r, i, 6),
+                     expiry_from_sql(get_int8(r, i, 7)),
+                     writer_from_sql(get_int8(r, i, 8)));
+}
+
+static void p_filter(params *p, const ps_filt *f) {
+  p_str(p, f->subsystem);
+  if (f->has_peer)
+    p_bytes(p, f->peer.bytes, PEERSTORE_PEER_ID_SIZE);
+  else
+    p_bytes(p, NULL, 0);
+  p_str(p, f->key);
+}
+
+static int history_on(const pg *s) {
+  return s->hist_max_events > 0 && s->hist_max_bytes > 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker: others' changes                                             */
+
+/* Reads the changes after s->fed up to upto (others': committed, not yet
+ * reported) into b, a window at a time.  With the writers' lock held,
+ * nothing can change under it; without it, upto comes from the same
+ * snapshot (read_head). */
+static int read_others(pg *s, uint64_t upto, uint64_t hist_first,
+                       ps_rbuf *b, uint64_t *lost) {
+  PGresult *r;
+  params p;
+  int i, rc;
+
+  if (upto <= s->fed)
+    return 0;
+  if (hist_first > s->fed) {
+    /* Trimmed past what this service had read: say so, go on from the
+     * history's start. */
+    s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+           "postgres: the history was trimmed past revision %" PRIu64
+           " (to %" PRIu64 ") before this service read it; its watchers "
+           "start again",
+           s->fed, hist_first);
+    *lost = hist_first;
+    s->fed = hist_first;
+  }
+  while (s->fed < upto) {
+    uint64_t to = upto - s->fed > HISTORY_WINDOW ? s->fed + HISTORY_WINDOW
+                                                 : upto;
+    memset(&p, 0, sizeof(p));
+    p_int8(&p, (int64_t)s->fed);
+    p_int8(&p, (int64_t)to);
+    if ((rc = run(s, "feed", &p, &r)) != 0)
+      return rc;
+    for (i = 0; i < PQntuples(r); i++) {
+      if ((rc = add_row(b, r, i)) != 0) {
+        PQclear(r);
+        return rc;
+      }
+    }
+    PQclear(r);
+    s->fed = to;
+  }
+  return 0;
+}
+
+/* The revision, history start and record count as committed now. */
+static int read_head(pg *s, uint64_t *rev, uint64_t *first,
+                     uint64_t *records) {
+  PGresult *r;
+  int rc;
+
+  if ((rc = run(s, "head", NULL, &r)) != 0)
+    return rc;
+  *rev = (uint64_t)get_int8(r, 0, 0);
+  *first = (uint64_t)get_int8(r, 0, 1);
+  *records = (uint64_t)get_int8(r, 0, 2);
+  PQclear(r);
+  return 0;
+}
+
+/* A J_FEED job: what others committed since fed, read in one snapshot. */
+static int do_feed(pg *s, job *j) {
+  uint64_t rev, first, records, fed0 = s->fed;
+  int rc;
+
+  if ((rc = exec(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")) != 0)
+    return rc;
+  if ((rc = read_head(s, &rev, &first, &records)) == 0 &&
+      (rc = read_others(s, rev, first, &j->changes, &j->lost)) == 0) {
+    s->hist_first = first;
+    s->records = records;
+  }
+  if (exec(s, rc == 0 ? "COMMIT" : "ROLLBACK") != 0 && rc == 0)
+    rc = PEERSTORE_ENOTCONN;
+  if (rc != 0)
+    s->fed = fed0;
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker: writes                                                      */
+
+/* Copies the change rows of r into b, adding up the records they take
+ * out; row 0 of a store is the store itself and is skipped. */
+static int take_changes(pg *s, PGresult *r, int from, ps_rbuf *b) {
+  int i, rc;
+
+  for (i = from; i < PQntuples(r); i++) {
+    if ((rc = add_row(b, r, i)) != 0)
+      return rc;
+    s->delta--;
+  }
+  return 0;
+}
+
+static int store_one(pg *s, peerstore_record *rec, uint32_t writer,
+                     uint8_t option, ps_rbuf *gone, int *refresh) {
+  PGresult *r;
+  params p;
+  int rc;
+
+  memset(&p, 0, sizeof(p));
+  p_str(&p, rec->subsystem);
+  p_bytes(&p, rec->peer.bytes, PEERSTORE_PEER_ID_SIZE);
+  p_str(&p, rec->key);
+  p_bytes(&p, rec->value, rec->value_size);
+  p_int8(&p, expiry_to_sql(rec->expiry));
+  p_int8(&p, writer_to_sql(writer));
+  p_bool(&p, option == PEERSTORE_REPLACE);
+  p_bool(&p, history_on(s));
+  p_int8(&p, (int64_t)s->hist_first);
+  if ((rc = run(s, "store", &p, &r)) != 0)
+    return rc;
+  if (PQntuples(r) < 1) {
+    PQclear(r);
+    return PEERSTORE_EPLUGIN;
+  }
+  rec->revision = (uint64_t)get_int8(r, 0, 0);
+  *refresh = (uint64_t)get_int8(r, 0, 2) != rec->revision;
+  if (!*refresh)
+    s->delta++;
+  rc = take_changes(s, r, 1, gone);
+  PQclear(r);
+  return rc;
+}
+
+static int do_store(pg *s, job *j) {
+  return store_one(s, &j->u.store.rec, j->u.store.writer,
+                   j->u.store.option, &j->u.store.gone,
+                   &j->u.store.refresh);
+}
+
+/* One step of a remove: up to REMOVE_STEP records of those stored when
+ * it began.  Returns 1 in *more when it took a full step. */
+static int remove_step(pg *s, const ps_filt *f, uint64_t upto, int lim,
+                       ps_rbuf *gone, int *more) {
+  PGresult *r;
+  params p;
+  int rc, n;
+
+  memset(&p, 0, sizeof(p));
+  p_filter(&p, f);
+  p_int8(&p, (int64_t)upto);
+  p_int4(&p, lim);
+  p_bool(&p, history_on(s));
+  if ((rc = run(s, "remove", &p, &r)) != 0)
+    return rc;
+  n = PQntuples(r);
+  rc = take_changes(s, r, 0, gone);
+  PQclear(r);
+  *more = n >= lim;
+  return rc;
+}
+
+static int do_purge(pg *s, job *j, int *more) {
+  PGresult *r;
+  params p;
+  int rc;
+
+  *more = 0;
+  memset(&p, 0, sizeof(p));
+  p_int8(&p, expiry_to_sql(j->u.count.now));
+  p_int4(&p, (int32_t)(j->u.count.max ? j->u.count.max : 1));
+  p_bool(&p, history_on(s));
+  if ((rc = run(s, "expire", &p, &r)) != 0)
+    return rc;
+  j->u.count.count += (uint64_t)PQntuples(r);
+  rc = take_changes(s, r, 0, &j->u.count.gone);
+  PQclear(r);
+  if (rc != 0)
+    return rc;
+  if (history_on(s)) {
+    memset(&p, 0, sizeof(p));
+    p_int8(&p, (int64_t)s->hist_max_events);
+    p_int8(&p, (int64_t)s->hist_max_bytes);
+    if ((rc = run(s, "trim", &p, &r)) != 0)
+      return rc;
+    s->hist_first = (uint64_t)get_int8(r, 0, 0);
+    PQclear(r);
+    if ((rc = run(s, "hist_size", NULL, &r)) != 0)
+      return rc;
+    s->hist_rows = (uint64_t)get_int8(r, 0, 0);
+    s->hist_bytes = (uint64_t)get_int8(r, 0, 1);
+    PQclear(r);
+  }
+  return 0;
+}
+
+static int check_required(pg *s, job *j) {
+  size_t i;
+  int rc;
+
+  for (i = 0; i < j->u.batch.n; i++) {
+    const peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
+    PGresult *r;
+    params p;
+    uint64_t newest;
+    if (o->kind != PEERSTORE_PLUGIN_BATCH_REQUIRE)
+      continue;
+    memset(&p, 0, sizeof(p));
+    p_str(&p, o->filter.subsystem);
+    p_bytes(&p, o->filter.peer->bytes, PEERSTORE_PEER_ID_SIZE);
+    p_str(&p, o->filter.key);
+    p_int8(&p, expiry_to_sql(wall_clock_us()));
+    if ((rc = run(s, "newest", &p, &r)) != 0)
+      return rc;
+    newest = (uint64_t)get_int8(r, 0, 0);
+    PQclear(r);
+    if (newest != o->revision)
+      return PEERSTORE_ECONFLICT;
+  }
+  return 0;
+}
+
+static int batch_ops(pg *s, job *j) {
+  ps_rbuf *ch = &j->u.batch.changes;
+  size_t i, at;
+  int rc, refresh;
+
+  for (i = 0; i < j->u.batch.n; i++) {
+    peerstore_plugin_batch_op *o = &j->u.batch.ops[i];
+    int more = 0;
+    if (o->kind == PEERSTORE_PLUGIN_BATCH_STORE) {
+      at = ch->n;
+      if (ps_rbuf_rec(ch, &o->rec, j->u.batch.writer) != 0)
+        return PEERSTORE_ENOMEM;
+      if ((rc = store_one(s, &o->rec, j->u.batch.writer, (uint8_t)o->option,
+                          ch, &refresh)) != 0)
+        return rc;
+      ch->recs[at].revision = ch->revs[at] = o->rec.revision;
+    } else if (o->kind == PEERSTORE_PLUGIN_BATCH_REMOVE) {
+      ps_filt f;
+      size_t left = s->batch_max_changes + 1 - ch->n;
+      memset(&f, 0, sizeof(f));
+      f.subsystem = (char *)o->filter.subsystem;
+      f.key = (char *)o->filter.key;
+      f.has_peer = o->filter.peer != NULL;
+      if (f.has_peer)
+        f.peer = *o->filter.peer;
+      if ((rc = remove_step(s, &f, INT64_MAX,
+                            left > INT32_MAX ? INT32_MAX : (int)left, ch,
+                            &more)) != 0)
+        return rc;
+    }
+    if (ch->n > s->batch_max_changes || ch->bytes_len > BATCH_CHANGES_BYTES) {
+      s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+             "postgres: a batch would change more than %zu records or "
+             "%u MiB; refused",
+             s->batch_max_changes, (unsigned)(BATCH_CHANGES_BYTES >> 20));
+      return PEERSTORE_ELIMIT;
+    }
+  }
+  return 0;
+}
+
+/* A batch, in a savepoint of its own: a failed condition or limit undoes
+ * it alone. */
+static int do_batch(pg *s, job *j) {
+  uint64_t rev0 = 0;
+  int64_t delta0 = s->delta;
+  PGresult *r;
+  int rc;
+
+  if ((rc = check_required(s, j)) != 0)
+    return rc;
+  if ((rc = exec(s, "SAVEPOINT batch")) != 0)
+    return rc;
+  if ((rc = run(s, "current", NULL, &r)) != 0)
+    return rc;
+  rev0 = (uint64_t)get_int8(r, 0, 0);
+  PQclear(r);
+  if ((rc = batch_ops(s, j)) == 0 &&
+      (rc = exec(s, "RELEASE batch")) == 0) {
+    ps_rbuf *ch = &j->u.batch.changes;
+    j->u.batch.first = ch->n > 0 ? rev0 + 1 : 0;
+    j->u.batch.last = ch->n > 0 ? ch->revs[ch->n - 1] : 0;
+    return 0;
+  }
+  if (!s->err_lost && exec(s, "ROLLBACK TO SAVEPOINT batch") != 0)
+    return PEERSTORE_ENOTCONN;
+  s->delta = delta0;
+  j->u.batch.changes.n = 0;
+  j->u.batch.changes.bytes_len = 0;
+  return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker: reads                                                       */
+
+static int do_next(pg *s, job *j) {
+  static const char *const names[F_COUNT] = {"iter0", "iter1", "iter2",
+                                             "iter3"};
+  peerstore_plugin_cursor *c = j->u.next.cursor;
+  ps_rbuf *b = &j->u.next.out;
+  uint32_t max = j->u.next.max;
+  PGresult *r;
+  params p;
+  int i, n, rc;
+
+  memset(&p, 0, sizeof(p));
+  p_filter(&p, &c->f);
+  p_int8(&p, (int64_t)c->after);
+  p_int8(&p, (int64_t)c->max_revision);
+  p_int8(&p, expiry_to_sql(c->now));
+  p_int8(&p, (int64_t)max + 1);
+  if ((rc = run(s, names[ps_filt_kind(&c->f)], &p, &r)) != 0)
+    return rc;
+  n = PQntuples(r);
+  for (i = 0; i < n && rc == 0; i++) {
+    if ((uint32_t)i == max || b->bytes_len >= RECORD_BATCH_BYTES) {
+      j->u.next.more = 1;
+      break;
+    }
+    rc = add_row(b, r, i);
+  }
+  PQclear(r);
+  if (b->n > 0)
+    c->after = b->recs[b->n - 1].revision;
+  return rc;
+}
+
+static int do_hist(pg *s, job *j) {
+  static const char *const names[F_COUNT] = {"hist0", "hist1", "hist2",
+                                             "hist3"};
+  ps_rbuf *b = &j->u.hist.out;
+  uint32_t max = j->u.hist.max ? j->u.hist.max : 1;
+  uint64_t after = j->u.hist.after, upto = s->fed;
+  PGresult *r;
+  params p;
+  int i, n, rc = 0;
+
+  if (after < s->hist_first || after > s->fed)
+    return PEERSTORE_ECOMPACTED;
+  if (upto - after > HISTORY_WINDOW)
+    upto = after + HISTORY_WINDOW;
+  memset(&p, 0, sizeof(p));
+  p_filter(&p, &j->u.hist.f);
+  p_int8(&p, (int64_t)after);
+  p_int8(&p, (int64_t)max + 1);
+  p_int8(&p, (int64_t)upto);
+  if ((rc = run(s, names[ps_filt_kind(&j->u.hist.f)], &p, &r)) != 0)
+    return rc;
+  n = PQntuples(r);
+  for (i = 0; i < n && rc == 0; i++) {
+    if ((uint32_t)i == max || b->bytes_len >= RECORD_BATCH_BYTES) {
+      j->u.hist.more = 1;
+      break;
+    }
+    rc = add_row(b, r, i);
+  }
+  PQclear(r);
+  if (rc != 0)
+    return rc;
+  /* A trim may have run since the check above (another service's). */
+  j->u.hist.reached = j->u.hist.more ? b->revs[b->n - 1] : upto;
+  j->u.hist.more |= upto < s->fed;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker: groups                                                      */
+
+static int is_write(const job *j) {
+  return j->kind == J_STORE || j->kind == J_REMOVE || j->kind == J_PURGE ||
+         j->kind == J_BATCH;
+}
+
+static void publish(pg *s) {
+  uv_mutex_lock(&s->lock);
+  s->pub_revision = s->fed;
+  s->pub_records = s->records;
+  s->pub_hist_first = s->hist_first;
+  s->pub_hist_rows = s->hist_rows;
+  s->pub_hist_bytes = s->hist_bytes;
+  uv_mutex_unlock(&s->lock);
+}
+
+static void push_done(pg *s, job *head, job *tail) {
+  if (head == NULL)
+    return;
+  uv_mutex_lock(&s->lock);
+  if (s->done.tail != NULL)
+    s->done.tail->next = head;
+  else
+    s->done.head = head;
+  s->done.tail = tail;
+  uv_mutex_unlock(&s->lock);
+  uv_async_send(&s->async);
+}
+
+/* Whether a purge has anything to do: no other service purging right
+ * now (an advisory lock, held to the end of the transaction), and
+ * records expired or a history over its limits.  Saves taking the
+ * writers' lock on every service at every purge interval. */
+static int purge_needed(pg *s, const job *j, int *needed) {
+  PGresult *r;
+  params p;
+  int rc;
+
+  memset(&p, 0, sizeof(p));
+  p_int8(&p, LOCK_PURGE);
+  p_int8(&p, expiry_to_sql(j->u.count.now));
+  if ((rc = run(s, "purge_check", &p, &r)) != 0)
+    return rc;
+  *needed = PQgetvalue(r, 0, 0)[0] != 0 &&
+            (PQgetvalue(r, 0, 1)[0] != 0 ||
+             (history_on(s) &&
+              ((uint64_t)get_int8(r, 0, 2) > s->hist_max_events ||
+               (uint64_t)get_int8(r, 0, 3) > s->hist_max_bytes)));
+  s->hist_rows = (uint64_t)get_int8(r, 0, 2);
+  s->hist_bytes = (uint64_t)get_int8(r, 0, 3);
+  PQclear(r);
+  return 0;
+}
+
+/* Runs the jobs of list (writes and cursor opens, NULL-terminated) in one
+ * transaction.  A remove with more to do ends it early: *stop is that
+ * job (its step done), to go on in the next one; NULL when all ran. */
+static int write_group(pg *s, job *list, job **stop) {
+  uint64_t fed0 = s->fed, locked, first, records;
+  PGresult *r;
+  params p;
+  job *j;
+  int rc, more, needed = 1;
+
+  *stop = NULL;
+  s->delta = 0;
+  s->in_commit = 0;
+  if ((rc = exec(s, "BEGIN")) != 0)
+    return rc;
+  if (list->kind == J_PURGE && list->next == NULL &&
+      ((rc = purge_needed(s, list, &needed)) != 0 || !needed))
+    goto rollback; /* rc 0: nothing to do, nothing written */
+  if ((rc = run(s, "lock", NULL, &r)) != 0)
+    goto rollback;
+  locked = (uint64_t)get_int8(r, 0, 0);
+  first = (uint64_t)get_int8(r, 0, 1);
+  records = (uint64_t)get_int8(r, 0, 2);
+  PQclear(r);
+  /* Others' changes, before ours. */
+  if ((rc = read_others(s, locked, first, &list->changes, &list->lost)) != 0)
+    goto rollback;
+  s->hist_first = first;
+  for (j = list; j != NULL && rc == 0 && *stop == NULL; j = j->next) {
+    switch (j->kind) {
+    case J_STORE:
+      rc = do_store(s, j);
+      break;
+    case J_REMOVE:
+      if (j->u.count.upto == 0)
+        j->u.count.upto = locked;
+      rc = remove_step(s, &j->u.count.f, j->u.count.upto, REMOVE_STEP,
+                       &j->u.count.gone, &more);
+      if (rc == 0 && more)
+        *stop = j;
+      break;
+    case J_PURGE:
+      rc = do_purge(s, j, &more);
+      break;
+    case J_BATCH:
+      j->status = do_batch(s, j);
+      rc = j->status == PEERSTORE_ECONFLICT || j->status == PEERSTORE_ELIMIT
+               ? 0
+               : j->status;
+      break;
+    default:
+      break;
+    }
+  }
+  if (rc != 0)
+    goto rollback;
+  memset(&p, 0, sizeof(p));
+  p_int8(&p, s->delta);
+  if ((rc = run(s, "unlock", &p, &r)) != 0)
+    goto rollback;
+  s->fed = (uint64_t)get_int8(r, 0, 0);
+  PQclear(r);
+  s->in_commit = 1;
+  rc = exec(s, "COMMIT");
+  s->in_commit = 0;
+  if (rc != 0) {
+    s->fed = fed0;
+    return rc;
+  }
+  s->records = (uint64_t)((int64_t)records + s->delta);
+  for (j = list; j != NULL; j = j->next) {
+    if (j->kind == J_REMOVE)
+      j->u.count.count += j->u.count.gone.n;
+    if (j == *stop)
+      break;
+  }
+  return 0;
+
+rollback:
+  if (!s->err_lost)
+    exec(s, "ROLLBACK");
+  s->fed = fed0;
+  return rc;
+}
+
+/* Snapshots of the cursors opened in a committed group: the revision of
+ * the last change before each one's place in the order. */
+static void set_snapshots(job *list, uint64_t at, int ok) {
+  job *j;
+
+  for (j = list; j != NULL; j = j->next) {
+    if (ok && j->changes.n > 0)
+      at = j->changes.revs[j->changes.n - 1];
+    if (ok && j->kind == J_STORE && j->status == 0)
+      at = j->u.store.gone.n > 0
+               ? j->u.store.gone.revs[j->u.store.gone.n - 1]
+               : j->u.store.rec.revision;
+    if (ok && (j->kind == J_REMOVE || j->kind == J_PURGE) &&
+        j->u.count.gone.n > 0)
+      at = j->u.count.gone.revs[j->u.count.gone.n - 1];
+    if (ok && j->kind == J_BATCH && j->status == 0 && j->u.batch.last > 0)
+      at = j->u.batch.last;
+    if (j->kind == J_OPEN)
+      j->u.next.cursor->max_revision = at;
+  }
+}
+
+/* Drops what a failed transaction's jobs collected for the hook, and
+ * fails them. */
+static void fail_list(job *list, int status) {
+  job *j;
+
+  for (j = list; j != NULL; j = j->next) {
+    j->changes.n = j->changes.bytes_len = 0;
+    j->lost = 0;
+    if (j->kind == J_STORE)
+      j->u.store.gone.n = j->u.store.gone.bytes_len = 0;
+    if (j->kind == J_REMOVE || j->kind == J_PURGE)
+      j->u.count.gone.n = j->u.count.gone.bytes_len = 0;
+    if (j->kind != J_OPEN)
+      j->status = status;
+  }
+}
+
+static job *list_tail(job *j) {
+  while (j != NULL && j->next != NULL)
+    j = j->next;
+  return j;
+}
+
+/* A remove cut into steps: what this step took goes to the loop in a
+ * job of its own (reported, no callback). */
+static job *split_step(job *j) {
+  job *k = calloc(1, sizeof(*k));
+
+  if (k == NULL)
+    return NULL;
+  k->kind = j->kind;
+  k->u.count.partial = 1;
+  k->changes = j->changes;
+  k->lost = j->lost;
+  k->u.count.gone = j->u.count.gone;
+  memset(&j->changes, 0, sizeof(j->changes));
+  j->lost = 0;
+  memset(&j->u.count.gone, 0, sizeof(j->u.count.gone));
+  return k;
+}
+
+static int wait_connected(pg *s);
+
+/* Runs the writes (and cursor opens) of list, all in order, and hands
+ * them to the loop. */
+static void run_writes(pg *s, job *list) {
+  while (list != NULL) {
+    uint64_t fed0 = s->fed;
+    job *stop = NULL, *j, *k;
+    int rc = 0, writes = 0;
+
+    for (j = list; j != NULL; j = j->next)
+      writes |= is_write(j);
+    if (writes && (rc = wait_connected(s)) == 0)
+      rc = write_group(s, list, &stop);
+    if (rc != 0) {
+      fail_list(list, rc);
+      stop = NULL;
+    }
+    set_snapshots(list, fed0, rc == 0);
+    publish(s);
+    if (stop == NULL) {
+      push_done(s, list, list_tail(list));
+      return;
+    }
+    /* Up to stop's step committed; stop goes on in the next one. */
+    if ((k = split_step(stop)) == NULL) {
+      stop->status = PEERSTORE_ENOMEM;
+      push_done(s, list, list_tail(list));
+      return;
+    }
+    if (stop == list) {
+      push_done(s, k, k);
+    } else {
+      for (j = list; j->next != stop; j = j->next)
+        ;
+      j->next = k;
+      push_done(s, list, k);
+    }
+    list = stop;
+  }
+}
+
+/* Runs the jobs of head (NULL-terminated): each run of writes in a
+ * transaction, each read after it, in the order they came. */
+static void run_group(pg *s, job *head) {
+  while (head != NULL) {
+    job *j = head, *prev = NULL;
+    int rc = 0;
+
+    if (is_write(head) || head->kind == J_OPEN) {
+      /* A purge goes alone: it may find nothing to do. */
+      while (j != NULL && (is_write(j) || j->kind == J_OPEN) &&
+             (j == head || (j->kind != J_PURGE && head->kind != J_PURGE))) {
+        prev = j;
+        j = j->next;
+      }
+      prev->next = NULL;
+      run_writes(s, head);
+      head = j;
+      continue;
+    }
+    head = j->next;
+    j->next = NULL;
+    if ((rc = wait_connected(s)) == 0) {
+      switch (j->kind) {
+      case J_NEXT:
+        rc = do_next(s, j);
+        break;
+      case J_HIST:
+        rc = do_hist(s, j);
+        break;
+      case J_FEED:
+        rc = do_feed(s, j);
+        break;
+      default:
+        break;
+      }
+    }
+    if (rc != 0) {
+      j->status = rc;
+      j->changes.n = j->changes.bytes_len = 0;
+      j->lost = 0;
+    }
+    publish(s);
+    push_done(s, j, j);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Worker: the connection                                              */
+
+/* Parameter types of the filter statements: three bytea, then int8s
+ * (declared, since a filter leaves some unused). */
+static const Oid filter_types[7] = {17, 17, 17, 20, 20, 20, 20};
+
+static int prepare_typed(pg *s, const char *name, const char *sql, int n,
+                         const Oid *types) {
+  PGresult *r = PQprepare(s->conn, name, sql, n, types);
+  int rc = 0;
+
+  if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK)
+    rc = fail(s, r, name);
+  PQclear(r);
+  return rc;
+}
+
+static int prepare(pg *s, const char *name, const char *sql) {
+  return prepare_typed(s, name, sql, 0, NULL);
+}
+
+static int prepare_all(pg *s) {
+  char sql[2048];
+  int i, rc = 0;
+
+  rc |= prepare(s, "head", PG_HEAD_SQL);
+  rc |= prepare(s, "feed", PG_FEED_SQL);
+  rc |= prepare(s, "lock",
+                "SELECT revision, history_first, records "
+                "FROM peerstore_lock()");
+  rc |= prepare(s, "unlock", "SELECT peerstore_unlock($1)");
+  rc |= prepare(s, "current",
+                "SELECT current_setting('peerstore.revision')::bigint");
+  rc |= prepare(s, "store",
+                "SELECT * FROM peerstore_store($1, $2, $3, $4, $5, $6, $7, "
+                "$8, $9)");
+  rc |= prepare(s, "remove",
+                "SELECT * FROM peerstore_remove($1, $2, $3, $4, $5, $6)");
+  rc |= prepare(s, "expire", "SELECT * FROM peerstore_expire($1, $2, $3)");
+  rc |= prepare(s, "trim", "SELECT peerstore_trim($1, $2)");
+  rc |= prepare(s, "purge_check", PG_PURGE_CHECK_SQL);
+  rc |= prepare(s, "hist_size", PG_HIST_SIZE_SQL);
+  rc |= prepare(s, "newest", PG_NEWEST_SQL);
+  for (i = 0; i < F_COUNT; i++) {
+    char name[16];
+    snprintf(name, sizeof(name), "iter%d", i);
+    snprintf(sql, sizeof(sql), PG_ITERATE_SQL, pg_filter_where[i]);
+    rc |= prepare_typed(s, name, sql, 7, filter_types);
+    snprintf(name, sizeof(name), "hist%d", i);
+    snprintf(sql, sizeof(sql), PG_HISTORY_SQL, pg_filter_where[i],
+             pg_filter_where[i], pg_filter_where[i]);
+    rc |= prepare_typed(s, name, sql, 6, filter_types);
+  }
+  return rc ? PEERSTORE_EPLUGIN : 0;
+}
+
+/* Creates the schema on a database without it, checks its version
+ * otherwise; under an advisory lock, so that services starting together
+ * create it once. */
+static int check_schema(pg *s) {
+  PGresult *r;
+  int64_t version = -1;
+  int rc;
+
+  if ((rc = exec(s, "BEGIN")) != 0)
+    return rc;
+  if ((rc = exec(s, "SELECT pg_advisory_xact_lock(" "7073747231" ")")) != 0)
+    goto out;
+  r = PQexec(s->conn, "SELECT value FROM peerstore_meta "
+                      "WHERE name = 'schema_version'");
+  if (r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK) {
+    version = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+  } else {
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    int missing = state != NULL && strcmp(state, "42P01") == 0;
+    if (!missing)
+      rc = fail(s, r, "reading the schema version");
+    PQclear(r);
+    if (!missing)
+      goto out;
+    /* The failed statement ended the transaction's usefulness. */
+    if ((rc = exec(s, "ROLLBACK")) != 0 || (rc = exec(s, "BEGIN")) != 0 ||
+        (rc = exec(s, "SELECT pg_advisory_xact_lock(7073747231)")) != 0)
+      goto out;
+    r = PQexec(s->conn, "SELECT to_regclass('peerstore_meta') IS NULL");
+    if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
+      rc = fail(s, r, "looking for the schema");
+      PQclear(r);
+      goto out;
+    }
+    if (PQgetvalue(r, 0, 0)[0] == 't') {
+      PQclear(r);
+      if ((rc = exec(s, peerstore_postgres_schema)) != 0)
+        goto out;
+      s->log(s->log_ctx, PEERSTORE_LOG_INFO,
+             "postgres: created the schema (version %d)", SCHEMA_VERSION);
+      version = SCHEMA_VERSION;
+    } else {
+      PQclear(r);
+      version = 0; /* created meanwhile by another: read it again */
+      rc = exec(s, "COMMIT");
+      return rc != 0 ? rc : check_schema(s);
+    }
+  }
+  if (version != SCHEMA_VERSION) {
+    s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
+           "postgres: the database has schema version %" PRId64
+           "; this plugin knows %d (a newer peerstore made it?)",
+           version, SCHEMA_VERSION);
+    rc = PEERSTORE_EPLUGIN;
+  }
+out:
+  if (rc == 0)
+    rc = exec(s, "COMMIT");
+  else if (PQstatus(s->conn) == CONNECTION_OK)
+    exec(s, "ROLLBACK");
+  return rc;
+}
+
+/* Waits for fd to be ready for events, or the wake pipe, or ms. */
+static int wait_fd(pg *s, int fd, short events, int ms) {
+  struct pollfd p[2];
+
+  p[0].fd = fd;
+  p[0].events = events;
+  p[1].fd = s->wake[0];
+  p[1].events = POLLIN;
+  return poll(p, 2, ms);
+}
+
+static int stopping(pg *s) {
+  int st;
+
+  uv_mutex_lock(&s->lock);
+  st = s->stopping;
+  uv_mutex_unlock(&s->lock);
+  return st;
+}
+
+/* Connects without blocking past the stop: PQconnectStart and
+ * PQconnectPoll, waiting on the socket and the wake pipe.  Then the
+ * session: schema, statements, LISTEN. */
+static int connect_db(pg *s, int timeout_ms) {
+  uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
+  PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+  int rc;
+
+  if (s->conn != NULL)
+    PQfinish(s->conn);
+  s->conn = PQconnectStart(s->conninfo);
+  if (s->conn == NULL)
+    return PEERSTORE_ENOMEM;
+  if (PQstatus(s->conn) == CONNECTION_BAD)
+    goto bad;
+  while (ps != PGRES_POLLING_OK) {
+    int left = (int)(deadline - mono_ms());
+    if (ps == PGRES_POLLING_FAILED)
+      goto bad;
+    if (left <= 0 || (s->worker_started && stopping(s))) {
+      s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+             "postgres: connecting: %s",
+             left <= 0 ? "timed out" : "stopped");
+      PQfinish(s->conn);
+      s->conn = NULL;
+      return PEERSTORE_ENOTCONN;
+    }
+    wait_fd(s, PQsocket(s->conn),
+            ps == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+            left < 200 ? left : 200);
+    ps = PQconnectPoll(s->conn);
+  }
+  if ((rc = exec(s, "SET SESSION CHARACTERISTICS AS TRANSACTION "
+                    "ISOLATION LEVEL READ COMMITTED")) != 0 ||
+      (rc = exec(s, "SET client_min_messages = warning")) != 0 ||
+      (rc = check_schema(s)) != 0 || (rc = prepare_all(s)) != 0 ||
+      (rc = exec(s, "LISTEN peerstore")) != 0) {
+    PQfinish(s->conn);
+    s->conn = NULL;
+    return rc;
+  }
+  return 0;
+
+bad:
+  s->log(s->log_ctx, PEERSTORE_LOG_WARN, "postgres: connecting: %s",
+         PQerrorMessage(s->conn));
+  PQfinish(s->conn);
+  s->conn = NULL;
+  return PEERSTORE_ENOTCONN;
+}
+
+/* Before a job: a connection, reconnecting with backoff for up to
+ * unavailable_ms since it was lost.  Then 0, else PEERSTORE_ENOTCONN. */
+static int wait_connected(pg *s) {
+  uint64_t now;
+
+  if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK)
+    return 0;
+  now = mono_ms();
+  if (s->down_since == 0) {
+    s->down_since = now;
+    s->backoff_ms = 0;
+    s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+           "postgres: lost the database connection; reconnecting");
+  }
+  for (;;) {
+    if (stopping(s))
+      return PEERSTORE_ENOTCONN;
+    if (connect_db(s, 5000) == 0) {
+      s->log(s->log_ctx, PEERSTORE_LOG_INFO,
+             "postgres: reconnected after %" PRIu64 " ms",
+             mono_ms() - s->down_since);
+      s->down_since = 0;
+      s->backoff_ms = 0;
+      return 0;
+    }
+    now = mono_ms();
+    if (now - s->down_since >= (uint64_t)s->unavailable_ms)
+      return PEERSTORE_ENOTCONN;
+    s->backoff_ms = s->backoff_ms ? s->backoff_ms * 2 : 50;
+    if (s->backoff_ms > 2000)
+      s->backoff_ms = 2000;
+    wait_fd(s, -1, 0, (int)s->backoff_ms);
+  }
+}
+
+/* Reads what came on the connection between jobs: notifications. */
+static void read_notifications(pg *s) {
+  PGnotify *n;
+
+  if (s->conn == NULL || PQconsumeInput(s->conn) == 0)
+    return;
+  while ((n = PQnotifies(s->conn)) != NULL) {
+    uint64_t rev = strtoull(n->extra, NULL, 10);
+    if (rev > s->rung)
+      s->rung = rev;
+    PQfreemem(n);
+  }
+}
+
+static job *take_all(pg *s, int *stop) {
+  job *head, *h, *tail;
+  int i;
+
+  uv_mutex_lock(&s->lock);
+  head = s->todo.head;
+  s->todo.head = s->todo.tail = NULL;
+  /* A few history reads per group, after its writes. */
+  for (i = 0; i < HIST_PER_GROUP && (h = s->hist_todo.head) != NULL; i++) {
+    s->hist_todo.head = h->next;
+    if (s->hist_todo.head == NULL)
+      s->hist_todo.tail = NULL;
+    h->next = NULL;
+    for (tail = head; tail != NULL && tail->next != NULL; tail = tail->next)
+      ;
+    if (tail != NULL)
+      tail->next = h;
+    else
+      head = h;
+  }
+  *stop = s->stopping;
+  uv_mutex_unlock(&s->lock);
+  return head;
+}
+
+static void worker_main(void *arg) {
+  pg *s = arg;
+  uint64_t last_feed = mono_ms();
+
+  for (;;) {
+    char buf[64];
+    int stop, idle_ms;
+    job *head = take_all(s, &stop);
+
+    if (head == NULL && stop)
+      break;
+    if (head == NULL) {
+      /* Between jobs: wait for one, for the doorbell, or for the poll. */
+      uint64_t now = mono_ms();
+      int fd = s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK
+                   ? PQsocket(s->conn)
+                   : -1;
+      idle_ms = now - last_feed >= (uint64_t)s->poll_ms
+                    ? 0
+                    : (int)((uint64_t)s->poll_ms - (now - last_feed));
+      if (s->rung <= s->fed && idle_ms > 0 &&
+          wait_fd(s, fd, POLLIN, idle_ms) > 0) {
+        while (read(s->wake[0], buf, sizeof(buf)) > 0)
+          ;
+        read_notifications(s);
+      }
+      if (s->conn != NULL && PQstatus(s->conn) != CONNECTION_OK)
+        wait_connected(s);
+      head = take_all(s, &stop);
+      if (head == NULL && (s->rung > s->fed ||
+                           mono_ms() - last_feed >= (uint64_t)s->poll_ms)) {
+        head = calloc(1, sizeof(*head));
+        if (head != NULL)
+          head->kind = J_FEED;
+      }
+      if (head == NULL)
+        continue;
+    }
+    if (head->kind == J_FEED || is_write(head))
+      last_feed = mono_ms();
+    run_group(s, head);
+    read_notifications(s);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Loop side                                                           */
+
+static void job_free(job *j) {
+  ps_rbuf_free(&j->changes);
+  switch (j->kind) {
+  case J_STORE:
+    free(j->u.store.data);
+    ps_rbuf_free(&j->u.store.gone);
+    break;
+  case J_NEXT:
+    ps_rbuf_free(&j->u.next.out);
+    break;
+  case J_REMOVE:
+  case J_PURGE:
+    ps_filt_free(&j->u.count.f);
+    ps_rbuf_free(&j->u.count.gone);
+    break;
+  case J_HIST:
+    ps_filt_free(&j->u.hist.f);
+    ps_rbuf_free(&j->u.hist.out);
+    break;
+  case J_BATCH:
+    free(j->u.batch.ops);
+    free(j->u.batch.data);
+    ps_rbuf_free(&j->u.batch.changes);
+    break;
+  case J_OPEN:
+  case J_FEED:
+    break;
+  }
+  free(j);
+}
+
+static void cursor_free(peerstore_plugin_cursor *c) {
+  ps_filt_free(&c->f);
+  free(c);
+}
+
+static void report(pg *s, ps_rbuf *b) {
+  peerstore_plugin_change ch;
+  size_t i;
+
+  ps_rbuf_fixup(b);
+  for (i = 0; i < b->n; i++) {
+    ps_rbuf_change(b, i, &ch);
+    s->changed(s->changed_ctx, &ch);
+  }
+}
+
+static void job_complete(pg *s, job *j) {
+  peerstore_plugin_change ch;
+  size_t i;
+
+  if (j->lost > 0) {
+    memset(&ch, 0, sizeof(ch));
+    ch.kind = PEERSTORE_CHANGE_LOST;
+    ch.revision = j->lost;
+    s->changed(s->changed_ctx, &ch);
+  }
+  report(s, &j->changes);
+  switch (j->kind) {
+  case J_STORE:
+    if (j->status == 0) {
+      ch.kind = PEERSTORE_CHANGE_STORE;
+      ch.revision = j->u.store.rec.revision;
+      ch.rec = &j->u.store.rec;
+      ch.writer = j->u.store.writer;
+      ch.flags = 0;
+      s->changed(s->changed_ctx, &ch);
+      report(s, &j->u.store.gone);
+    }
+    j->u.store.cb(j->arg, j->status, j->status ? NULL : &j->u.store.rec);
+    break;
+  case J_OPEN: {
+    peerstore_plugin_cursor *c = j->u.next.cursor;
+    c->open_pending = 0;
+    if (c->closed)
+      cursor_free(c);
+    break;
+  }
+  case J_NEXT: {
+    ps_rbuf *b = &j->u.next.out;
+    peerstore_plugin_cursor *c = j->u.next.cursor;
+    if (j->status == 0) {
+      ps_rbuf_fixup(b);
+      for (i = 0; i < b->n; i++) {
+        if (j->u.next.rec_cb(j->arg, &b->recs[i], b->writers[i]) &&
+            i + 1 < b->n) {
+          c->after = b->recs[i].revision;
+          j->u.next.more = 1;
+          break;
+        }
+      }
+      c->done = !j->u.next.more;
+    }
+    j->u.next.done_cb(j->arg, j->status, j->status == 0 && j->u.next.more);
+    break;
+  }
+  case J_REMOVE:
+  case J_PURGE:
+    if (j->status == 0)
+      report(s, &j->u.count.gone);
+    if (!j->u.count.partial)
+      j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
+    break;
+  case J_BATCH:
+    if (j->status == 0)
+      report(s, &j->u.batch.changes);
+    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first,
+                  j->status ? 0 : j->u.batch.last);
+    break;
+  case J_HIST: {
+    ps_rbuf *b = &j->u.hist.out;
+    uint64_t reached = j->u.hist.reached;
+    int more = j->u.hist.more;
+    if (j->status == 0) {
+      ps_rbuf_fixup(b);
+      for (i = 0; i < b->n; i++) {
+        ps_rbuf_change(b, i, &ch);
+        if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
+          reached = b->revs[i];
+          more = 1;
+          break;
+        }
+      }
+    }
+    j->u.hist.done_cb(j->arg, j->status, j->status ? 0 : reached,
+                      j->status == 0 && more);
+    break;
+  }
+  case J_FEED:
+    break;
+  }
+  job_free(j);
+}
+
+static void drain_done(pg *s) {
+  job *j, *next;
+
+  uv_mutex_lock(&s->lock);
+  j = s->done.head;
+  s->done.head = s->done.tail = NULL;
+  uv_mutex_unlock(&s->lock);
+  for (; j != NULL; j = next) {
+    next = j->next;
+    job_complete(s, j);
+  }
+}
+
+static void on_async(uv_async_t *a) { drain_done(a->data); }
+
+static void submit(pg *s, job *j) {
+  jobq *q = j->kind == J_HIST ? &s->hist_todo : &s->todo;
+  int was_empty;
+
+  j->next = NULL;
+  uv_mutex_lock(&s->lock);
+  was_empty = s->todo.head == NULL && s->hist_todo.head == NULL;
+  if (q->tail != NULL)
+    q->tail->next = j;
+  else
+    q->head = j;
+  q->tail = j;
+  uv_mutex_unlock(&s->lock);
+  if (was_empty) {
+    ssize_t w;
+    do
+      w = write(s->wake[1], "", 1);
+    while (w < 0 && errno == EINTR);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Plugin operations                                                   */
+
+static int pg_store(void *instance, const peerstore_record *rec,
+                    uint32_t writer, enum peerstore_store_option option,
+                    peerstore_plugin_store_cb cb, void *arg) {
+  pg *s = instance;
+  size_t ssn = strlen(rec->subsystem) + 1, kn = strlen(rec->key) + 1;
+  job *j;
+
+  if ((j = calloc(1, sizeof(*j))) == NULL)
+    return PEERSTORE_ENOMEM;
+  if ((j->u.store.data = malloc(ssn + kn + rec->value_size + 1)) == NULL) {
+    free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  j->kind = J_STORE;
+  j->arg = arg;
+  j->u.store.cb = cb;
+  j->u.store.option = (uint8_t)option;
+  j->u.store.writer = writer;
+  j->u.store.rec = *rec;
+  memcpy(j->u.store.data, rec->subsystem, ssn);
+  memcpy(j->u.store.data + ssn, rec->key, kn);
+  if (rec->value_size > 0)
+    memcpy(j->u.store.data + ssn + kn, rec->value, rec->value_size);
+  j->u.store.rec.subsystem = j->u.store.data;
+  j->u.store.rec.key = j->u.store.data + ssn;
+  j->u.store.rec.value = j->u.store.data + ssn + kn;
+  submit(s, j);
+  return 0;
+}
+
+static int pg_iterate_open(void *instance, const peerstore_plugin_filter *f,
+                           uint64_t now, peerstore_plugin_cursor **out) {
+  peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
+  job *j = calloc(1, sizeof(*j));
+
+  if (c == NULL || j == NULL || ps_filt_copy(&c->f, f) != 0) {
+    free(j);
+    if (c != NULL)
+      cursor_free(c);
+    return PEERSTORE_ENOMEM;
+  }
+  c->s = instance;
+  c->now = now;
+  c->open_pending = 1;
+  j->kind = J_OPEN;
+  j->u.next.cursor = c;
+  submit(c->s, j);
+  *out = c;
+  return 0;
+}
+
+static int pg_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
+                           peerstore_plugin_record_cb rec_cb,
+                           peerstore_plugin_next_cb done_cb, void *arg) {
+  job *j;
+
+  if (c->done) {
+    done_cb(arg, 0, 0);
+    return 0;
+  }
+  if ((j = calloc(1, sizeof(*j))) == NULL)
+    return PEERSTORE_ENOMEM;
+  j->kind = J_NEXT;
+  j->arg = arg;
+  j->u.next.cursor = c;
+  j->u.next.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
+  j->u.next.rec_cb = rec_cb;
+  j->u.next.done_cb = done_cb;
+  submit(c->s, j);
+  return 0;
+}
+
+static void pg_iterate_close(peerstore_plugin_cursor *c) {
+  if (c->open_pending)
+    c->closed = 1;
+  else
+    cursor_free(c);
+}
+
+static int count_job(pg *s, enum job_kind kind,
+                     const peerstore_plugin_filter *f, uint64_t now,
+                     uint32_t max, peerstore_plugin_count_cb cb, void *arg) {
+  job *j;
+
+  if ((j = calloc(1, sizeof(*j))) == NULL)
+    return PEERSTORE_ENOMEM;
+  j->kind = kind;
+  j->arg = arg;
+  j->u.count.cb = cb;
+  j->u.count.now = now;
+  j->u.count.max = max;
+  if (f != NULL && ps_filt_copy(&j->u.count.f, f) != 0) {
+    job_free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  submit(s, j);
+  return 0;
+}
+
+static int pg_remove(void *instance, const peerstore_plugin_filter *f,
+                     peerstore_plugin_count_cb cb, void *arg) {
+  return count_job(instance, J_REMOVE, f, 0, 0, cb, arg);
+}
+
+static int pg_purge(void *instance, uint64_t now, uint32_t max,
+                    peerstore_plugin_count_cb cb, void *arg) {
+  return count_job(instance, J_PURGE, NULL, now, max, cb, arg);
+}
+
+static int pg_history_read(void *instance, const peerstore_plugin_filter *f,
+                           uint64_t after, uint32_t max,
+                           peerstore_plugin_change_cb ev_cb,
+                           peerstore_plugin_history_cb done_cb, void *arg) {
+  job *j = calloc(1, sizeof(*j));
+
+  if (j == NULL)
+    return PEERSTORE_ENOMEM;
+  if (ps_filt_copy(&j->u.hist.f, f) != 0) {
+    ps_filt_free(&j->u.hist.f);
+    free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  j->kind = J_HIST;
+  j->arg = arg;
+  j->u.hist.after = after;
+  j->u.hist.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
+  j->u.hist.ev_cb = ev_cb;
+  j->u.hist.done_cb = done_cb;
+  submit(instance, j);
+  return 0;
+}
+
+static int pg_batch(void *instance, const peerstore_plugin_batch_op *ops,
+                    size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
+                    void *arg) {
+  job *j;
+
+  if (ps_batch_check(ops, n) != 0)
+    return PEERSTORE_EINVAL;
+  if ((j = calloc(1, sizeof(*j))) == NULL)
+    return PEERSTORE_ENOMEM;
+  j->kind = J_BATCH;
+  if (ps_batch_copy(ops, n, &j->u.batch.ops, &j->u.batch.data) != 0) {
+    free(j);
+    return PEERSTORE_ENOMEM;
+  }
+  j->u.batch.n = n;
+  j->arg = arg;
+  j->u.batch.writer = writer;
+  j->u.batch.cb = cb;
+  submit(instance, j);
+  return 0;
+}
+
+static void pg_history_info(void *instance,
+                            peerstore_plugin_history_info *info) {
+  pg *s = instance;
+
+  memset(info, 0, sizeof(*info));
+  uv_mutex_lock(&s->lock);
+  info->first = s->pub_hist_first;
+  info->last = s->pub_revision;
+  info->events = s->pub_hist_rows;
+  info->bytes = s->pub_hist_bytes;
+  uv_mutex_unlock(&s->lock);
+  info->id = s->hist_id;
+}
+
+static void pg_counts(void *instance, uint64_t *records, uint64_t *revision) {
+  pg *s = instance;
+
+  uv_mutex_lock(&s->lock);
+  *records = s->pub_records;
+  *revision = s->pub_revision;
+  uv_mutex_unlock(&s->lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* Open and close                                                      */
+
+static void pg_free(pg *s) {
+  if (s->conn != NULL)
+    PQfinish(s->conn);
+  if (s->wake[0] >= 0)
+    close(s->wake[0]);
+  if (s->wake[1] >= 0)
+    close(s->wake[1]);
+  uv_mutex_destroy(&s->lock);
+  free(s->conninfo);
+  free(s);
+}
+
+static int int_option(const peerstore_plugin_env *env, const char *name,
+                      long lo, long hi, long def, long *out) {
+  const char *v = env->option(env->option_ctx, name);
+  char *end;
+  long x;
+
+  *out = def;
+  if (v == NULL)
+    return 0;
+  x = strtol(v, &end, 10);
+  if (*v == '\0' || *end != '\0' || x < lo || x > hi) {
+    env->log(env->log_ctx, PEERSTORE_LOG_ERROR,
+             "postgres: %s must be a number from %ld to %ld, not '%s'", name,
+             lo, hi, v);
+    return PEERSTORE_EINVAL;
+  }
+  *out = x;
+  return 0;
+}
+
+static int pg_open(const peerstore_plugin_env *env, void **instance) {
+  const char *ci = env->option(env->option_ctx, "conninfo");
+  uint64_t rev, first, records;
+  PGresult *r;
+  pg *s;
+  long poll_ms, unavail_ms, connect_ms, bmc;
+  int rc, fl;
+
+  if (int_option(env, "poll_interval_ms", 10, 3600000, 2000, &poll_ms) ||
+      int_option(env, "unavailable_timeout_ms", 0, 3600000, 10000,
+                 &unavail_ms) ||
+      int_option(env, "connect_timeout_ms", 100, 3600000, 10000,
+                 &connect_ms) ||
+      int_option(env, "batch_max_changes", 1, BATCH_CHANGES_MAX,
+                 BATCH_CHANGES_MAX, &bmc))
+    return PEERSTORE_EINVAL;
+  if ((s = calloc(1, sizeof(*s))) == NULL)
+    return PEERSTORE_ENOMEM;
+  s->wake[0] = s->wake[1] = -1;
+  uv_mutex_init(&s->lock);
+  s->loop = env->loop;
+  s->log = env->log;
+  s->log_ctx = env->log_ctx;
+  s->changed = env->changed;
+  s->changed_ctx = env->changed_ctx;
+  s->hist_max_events = env->history_events;
+  s->hist_max_bytes = env->history_bytes;
+  s->poll_ms = (int)poll_ms;
+  s->unavailable_ms = (int)unavail_ms;
+  s->batch_max_changes = (size_t)bmc;
+  /* An empty conninfo means libpq's defaults (PGHOST, PGDATABASE...). */
+  if ((s->conninfo = strdup(ci != NULL ? ci : "")) == NULL ||
+      pipe(s->wake) != 0) {
+    pg_free(s);
+    return PEERSTORE_ENOMEM;
+  }
+  for (fl = 0; fl < 2; fl++) {
+    fcntl(s->wake[fl], F_SETFL, fcntl(s->wake[fl], F_GETFL) | O_NONBLOCK);
+    fcntl(s->wake[fl], F_SETFD, FD_CLOEXEC);
+  }
+  /* The service does not start without its database. */
+  if ((rc = connect_db(s, (int)connect_ms)) != 0) {
+    s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
+           "postgres: cannot use the database (conninfo '%s')",
+           s->conninfo);
+    pg_free(s);
+    return rc == PEERSTORE_ENOTCONN ? PEERSTORE_EIO : rc;
+  }
+  if ((rc = read_head(s, &rev, &first, &records)) != 0 ||
+      (rc = run(s, "hist_size", NULL, &r)) != 0) {
+    pg_free(s);
+    return rc;
+  }
+  s->hist_rows = (uint64_t)get_int8(r, 0, 0);
+  s->hist_bytes = (uint64_t)get_int8(r, 0, 1);
+  PQclear(r);
+  if ((rc = exec(s, "SELECT 1")) != 0) {
+    pg_free(s);
+    return rc;
+  }
+  r = PQexec(s->conn, "SELECT value FROM peerstore_meta "
+                      "WHERE name = 'history_id'");
+  if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK ||
+      PQntuples(r) != 1) {
+    rc = fail(s, r, "reading history_id");
+    PQclear(r);
+    pg_free(s);
+    return rc;
+  }
+  s->hist_id = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
+  /* Everything up to here counts as reported. */
+  s->fed = s->rung = rev;
+  s->hist_first = first;
+  s->records = records;
+  publish(s);
+  if (uv_async_init(env->loop, &s->async, on_async) != 0) {
+    pg_free(s);
+    return PEERSTORE_EPLUGIN;
+  }
+  s->async.data = s;
+  s->worker_started = 1;
+  if (uv_thread_create(&s->worker, worker_main, s) != 0) {
+    s->worker_started = 0;
+    uv_close((uv_handle_t *)&s->async, NULL);
+    /* The handle is closed on the next turn; s must outlive it. */
+    s->stopping = 1;
+    return PEERSTORE_EPLUGIN;
+  }
+  s->log(s->log_ctx, PEERSTORE_LOG_INFO,
+         "postgres: connected; revision %" PRIu64 ", %" PRIu64 " records",
+         rev, records);
+  *instance = s;
+  return 0;
+}
+
+static void on_async_closed(uv_handle_t *h) { pg_free(h->data); }
+
+static void pg_close(void *instance) {
+  pg *s = instance;
+  ssize_t w;
+
+  uv_mutex_lock(&s->lock);
+  s->stopping = 1;
+  uv_mutex_unlock(&s->lock);
+  do
+    w = write(s->wake[1], "", 1);
+  while (w < 0 && errno == EINTR);
+  uv_thread_join(&s->worker);
+  /* The worker ran every job before it stopped: complete them now. */
+  drain_done(s);
+  uv_close((uv_handle_t *)&s->async, on_async_closed);
+}
+
+static const peerstore_plugin_ops pg_ops = {
+    .open = pg_open,
+    .close = pg_close,
+    .store = pg_store,
+    .iterate_open = pg_iterate_open,
+    .iterate_next = pg_iterate_next,
+    .iterate_close = pg_iterate_close,
+    .remove = pg_remove,
+    .purge = pg_purge,
+    .counts = pg_counts,
+    .history_read = pg_history_read,
+    .history_info = pg_history_info,
+    .batch = pg_batch,
+};
+
+static const peerstore_plugin_desc pg_desc = {
+    .abi = PEERSTORE_PLUGIN_ABI,
+    .flags = PEERSTORE_PLUGIN_REPORTS_REMOVALS,
+    .name = "postgres",
+    .ops = &pg_ops,
+};
+
+const peerstore_plugin_desc *peerstore_plugin_entry(void);
+const peerstore_plugin_desc *peerstore_plugin_entry(void) { return &pg_desc; }
