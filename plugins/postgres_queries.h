@@ -26,20 +26,24 @@ static const char *const pg_filter_where[F_COUNT] = {
  * revision $4 up to $6, at most $5 of them, in revision order (the same
  * three arms as the SQLite plugin's, docs/sqlite.md): a live record is
  * its own STORE, the history holds removals and refreshed stores, a
- * removed record's STORE is read from its removal row. */
+ * removed record's STORE is read from its removal row.  Each arm takes
+ * its first $5 rows from its index, in order, and PostgreSQL merges them
+ * (Merge Append); without the arms' own ORDER BY and LIMIT it would not,
+ * and would sort every row of the window instead. */
 #define PG_HISTORY_SQL                                                         \
-  "SELECT * FROM ("                                                           \
-  "SELECT revision, 1::smallint AS kind, revision AS stored, subsystem, "     \
+  "(SELECT revision, 1::smallint AS kind, revision AS stored, subsystem, "    \
   "peer, key, value, expiry, writer FROM peerstore_records "                  \
-  "WHERE %s AND revision > $4 AND revision <= $6 "                            \
+  "WHERE %s AND revision > $4 AND revision <= $6 ORDER BY revision "          \
+  "LIMIT $5) "                                                                \
   "UNION ALL "                                                                \
-  "SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "      \
+  "(SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "     \
   "writer FROM peerstore_history WHERE %s AND revision > $4 "                 \
-  "AND revision <= $6 "                                                       \
+  "AND revision <= $6 ORDER BY revision LIMIT $5) "                           \
   "UNION ALL "                                                                \
-  "SELECT stored, 1::smallint, stored, subsystem, peer, key, value, expiry, " \
-  "writer FROM peerstore_history WHERE %s AND kind <> 1 AND stored > $4 "     \
-  "AND stored <= $6) c ORDER BY 1 LIMIT $5"
+  "(SELECT stored, 1::smallint, stored, subsystem, peer, key, value, "        \
+  "expiry, writer FROM peerstore_history WHERE %s AND kind <> 1 "             \
+  "AND stored > $4 AND stored <= $6 ORDER BY stored LIMIT $5) "               \
+  "ORDER BY 1 LIMIT $5"
 
 /* Every change after $1 up to $2, whatever its subsystem: what other
  * services committed, for the hook. */

@@ -367,3 +367,51 @@ long harness_read_frame(int fd, uint16_t type, uint32_t *request,
     return (long)len;
   }
 }
+
+/* ------------------------------------------------------------------ */
+/* A PostgreSQL server                                                 */
+
+static int pg_script(const char *action, const char *dir, const char *arg) {
+  const char *script = getenv("PEERSTORE_PG_CLUSTER");
+  char cmd[1024];
+  int st;
+
+  if (script == NULL)
+    script = "./tests/pg_cluster.sh";
+  snprintf(cmd, sizeof(cmd), "sh '%s' %s '%s' %s%s%s", script, action, dir,
+           arg ? "'" : "", arg ? arg : "", arg ? "'" : "");
+  st = system(cmd);
+  if (st == -1 || !WIFEXITED(st))
+    return -1;
+  return WEXITSTATUS(st) == 0 ? 0 : WEXITSTATUS(st) == 77 ? 77 : -1;
+}
+
+int harness_pg_start(harness_pg *pg) {
+  int r;
+
+  /* Directly under /tmp: the server's user must reach it. */
+  snprintf(pg->dir, sizeof(pg->dir), "/tmp/pstest-pg.XXXXXX");
+  if (mkdtemp(pg->dir) == NULL)
+    return -1;
+  if ((r = pg_script("start", pg->dir, NULL)) != 0) {
+    pg_script("destroy", pg->dir, NULL);
+    pg->dir[0] = '\0';
+  }
+  return r;
+}
+
+int harness_pg_ctl(harness_pg *pg, const char *action, const char *arg) {
+  int r;
+
+  if (pg->dir[0] == '\0')
+    return -1;
+  r = pg_script(action, pg->dir, arg);
+  if (strcmp(action, "destroy") == 0)
+    pg->dir[0] = '\0';
+  return r == 0 ? 0 : -1;
+}
+
+void harness_pg_conninfo(const harness_pg *pg, const char *name, char *out,
+                         size_t size) {
+  snprintf(out, size, "host=%s user=postgres dbname=%s", pg->dir, name);
+}

@@ -73,4 +73,19 @@ int harness_raw_connect(const char *path);
 long harness_read_frame(int fd, uint16_t type, uint32_t *request,
                         uint8_t *body, size_t size, unsigned timeout_ms);
 
+/* A throwaway PostgreSQL server (tests/pg_cluster.sh, found through
+ * $PEERSTORE_PG_CLUSTER): its directory holds the data and the socket. */
+typedef struct harness_pg {
+  char dir[256];
+} harness_pg;
+/* Starts one in a fresh directory.  0; 77 when PostgreSQL is not
+ * installed (the reason is on stderr: skip); -1 on failure. */
+int harness_pg_start(harness_pg *pg);
+/* Runs pg_cluster.sh's action ("stop", "kill", "restart", "createdb
+ * NAME", "destroy") on it; 0 or -1. */
+int harness_pg_ctl(harness_pg *pg, const char *action, const char *arg);
+/* The conninfo of database name on it. */
+void harness_pg_conninfo(const harness_pg *pg, const char *name, char *out,
+                         size_t size);
+
 #endif

@@ -1,0 +1,295 @@
+/* test_postgres.c - the PostgreSQL plugin against a real server that the
+ * test starts (tests/pg_cluster.sh): the shared conformance suite, each
+ * test on a fresh database, then what only a shared database has to get
+ * right at the plugin level (the indexes serve the queries in revision
+ * order, two instances on one database see one sequence, one history).
+ * The services-level tests are in test_postgres_hosts.c. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <libpq-fe.h>
+
+#include "conformance.h"
+#include "harness.h"
+#include "postgres_queries.h"
+
+#define TIMEOUT 30000
+
+static const peerstore_plugin_desc *desc;
+static harness_pg server;
+static char conninfo[600];
+static int db_seq;
+
+static const char *get_option(void *ctx, const char *name) {
+  (void)ctx;
+  if (strcmp(name, "conninfo") == 0)
+    return conninfo;
+  if (strcmp(name, "poll_interval_ms") == 0)
+    return "100";
+  return NULL;
+}
+
+/* A fresh database for every instance the suite opens. */
+static int conf_prepare(void *ctx, peerstore_plugin_env *env) {
+  char name[32];
+
+  (void)ctx;
+  snprintf(name, sizeof(name), "conf%d", ++db_seq);
+  if (harness_pg_ctl(&server, "createdb", name) != 0)
+    return -1;
+  harness_pg_conninfo(&server, name, conninfo, sizeof(conninfo));
+  env->option = get_option;
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Plumbing for the tests below                                        */
+
+static void quiet_log(void *ctx, enum peerstore_log_level level,
+                      const char *fmt, ...) {
+  (void)ctx;
+  (void)level;
+  (void)fmt;
+}
+
+typedef struct inst {
+  uv_loop_t loop;
+  void *p;
+  uint64_t last; /* the last revision reported through the hook */
+  int changes;
+  int out_of_order;
+} inst;
+
+static void on_change(void *ctx, const peerstore_plugin_change *ch) {
+  inst *in = ctx;
+
+  if (ch->revision <= in->last)
+    in->out_of_order++;
+  in->last = ch->revision;
+  in->changes++;
+}
+
+static void inst_open(inst *in) {
+  peerstore_plugin_env env;
+
+  memset(in, 0, sizeof(*in));
+  assert_int_equal(uv_loop_init(&in->loop), 0);
+  memset(&env, 0, sizeof(env));
+  env.loop = &in->loop;
+  env.option = get_option;
+  env.log = quiet_log;
+  env.strerror = peerstore_strerror;
+  env.changed = on_change;
+  env.changed_ctx = in;
+  env.history_events = 100000;
+  env.history_bytes = 64u << 20;
+  assert_int_equal(desc->ops->open(&env, &in->p), 0);
+}
+
+static void inst_close(inst *in) {
+  desc->ops->close(in->p);
+  assert_int_equal(harness_drain(&in->loop, TIMEOUT), 0);
+  assert_int_equal(uv_loop_close(&in->loop), 0);
+}
+
+typedef struct res {
+  int done;
+  int status;
+  uint64_t revision;
+} res;
+
+static void store_cb(void *arg, int status, const peerstore_record *rec) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  r->revision = rec != NULL ? rec->revision : 0;
+}
+
+static void store_async(inst *in, const char *key, const char *value,
+                        res *r) {
+  peerstore_record rec;
+
+  memset(&rec, 0, sizeof(rec));
+  memset(r, 0, sizeof(*r));
+  rec.subsystem = "ss";
+  rec.peer.bytes[0] = 1;
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = PEERSTORE_EXPIRY_NEVER;
+  assert_int_equal(desc->ops->store(in->p, &rec, 0, PEERSTORE_MULTIPLE,
+                                    store_cb, r),
+                   0);
+}
+
+static PGconn *db_connect(void) {
+  PGconn *c = PQconnectdb(conninfo);
+  assert_int_equal(PQstatus(c), CONNECTION_OK);
+  return c;
+}
+
+static int setup(void **state) {
+  char name[32];
+
+  (void)state;
+  snprintf(name, sizeof(name), "t%d", ++db_seq);
+  assert_int_equal(harness_pg_ctl(&server, "createdb", name), 0);
+  harness_pg_conninfo(&server, name, conninfo, sizeof(conninfo));
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+/* Two instances on one database (two hosts' services): one revision
+ * sequence, strictly increasing, and each instance reports every change
+ * - its own and the other's - in revision order, with no gap. */
+static void test_two_instances_share_one_sequence_and_see_each_other(
+    void **state) {
+  static inst a, b;
+  static res ra[50], rb[50];
+  char key[16];
+  int i, done;
+
+  (void)state;
+  inst_open(&a);
+  inst_open(&b);
+  for (i = 0; i < 50; i++) {
+    snprintf(key, sizeof(key), "a%d", i);
+    store_async(&a, key, "x", &ra[i]);
+    snprintf(key, sizeof(key), "b%d", i);
+    store_async(&b, key, "y", &rb[i]);
+  }
+  do {
+    uv_run(&a.loop, UV_RUN_NOWAIT);
+    uv_run(&b.loop, UV_RUN_NOWAIT);
+    for (done = 0, i = 0; i < 50; i++)
+      done += ra[i].done + rb[i].done;
+  } while (done < 100);
+  for (i = 0; i < 50; i++) {
+    assert_int_equal(ra[i].status, 0);
+    assert_int_equal(rb[i].status, 0);
+    if (i > 0) {
+      assert_true(ra[i].revision > ra[i - 1].revision);
+      assert_true(rb[i].revision > rb[i - 1].revision);
+    }
+  }
+  /* Each learns of all 100 (the other's by the doorbell or the poll). */
+  while (a.changes < 100 || b.changes < 100) {
+    uv_run(&a.loop, UV_RUN_NOWAIT);
+    uv_run(&b.loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  assert_int_equal(a.changes, 100);
+  assert_int_equal(b.changes, 100);
+  assert_int_equal(a.out_of_order, 0);
+  assert_int_equal(b.out_of_order, 0);
+  /* One sequence: 100 changes, revisions 1..100. */
+  assert_int_equal(a.last, 100);
+  assert_int_equal(b.last, 100);
+  inst_close(&a);
+  inst_close(&b);
+}
+
+/* EXPLAIN: every filter's iteration and history read is served by an
+ * index in revision order - no sort - even with sorting priced out. */
+static void test_query_plans(void **state) {
+  static inst a;
+  char sql[2048], q[2300];
+  PGconn *c;
+  PGresult *r;
+  int i, j;
+
+  (void)state;
+  inst_open(&a); /* creates the schema */
+  inst_close(&a);
+  c = db_connect();
+  PQclear(PQexec(c, "SET enable_sort = off"));
+  PQclear(PQexec(c, "SET enable_seqscan = off"));
+  for (i = 0; i < F_COUNT * 2; i++) {
+    if (i < F_COUNT)
+      snprintf(sql, sizeof(sql), PG_ITERATE_SQL, pg_filter_where[i]);
+    else
+      snprintf(sql, sizeof(sql), PG_HISTORY_SQL,
+               pg_filter_where[i - F_COUNT], pg_filter_where[i - F_COUNT],
+               pg_filter_where[i - F_COUNT]);
+    /* Literal parameters, as a custom plan sees them. */
+    snprintf(q, sizeof(q), "EXPLAIN %s", sql);
+    for (j = 7; j >= 1; j--) {
+      char ph[4], *at;
+      snprintf(ph, sizeof(ph), "$%d", j);
+      while ((at = strstr(q, ph)) != NULL) {
+        const char *lit = j <= 3 ? "'\\x01'::bytea" : "5";
+        memmove(at + strlen(lit), at + 2, strlen(at + 2) + 1);
+        memcpy(at, lit, strlen(lit));
+      }
+    }
+    r = PQexec(c, q);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    {
+      char plan[16384] = "";
+      int k;
+      for (k = 0; k < PQntuples(r); k++) {
+        strncat(plan, PQgetvalue(r, k, 0), sizeof(plan) - strlen(plan) - 2);
+        strcat(plan, "\n");
+      }
+      /* An iteration: one index scan, no sort.  A history read: each
+       * of its three arms an index scan in order, merged (Merge
+       * Append), no sort. */
+      const char *at = plan;
+      int sorts = 0, indexes = 0;
+      while ((at = strstr(at, "Sort")) != NULL) {
+        if (strncmp(at, "Sort Key", 8) != 0)
+          sorts++;
+        at += 4;
+      }
+      for (at = plan; (at = strstr(at, "Index")) != NULL; at += 5)
+        if (strncmp(at, "Index Cond", 10) != 0)
+          indexes++;
+      if (sorts != 0 || indexes != (i < F_COUNT ? 1 : 3))
+        fail_msg("query %d:\n%s\n%s", i, q, plan);
+    }
+    PQclear(r);
+  }
+  PQfinish(c);
+}
+
+int main(void) {
+  const char *so = getenv("PEERSTORE_POSTGRES_PLUGIN");
+  peerstore_plugin_entry_fn entry;
+  conformance_target t = {NULL, conf_prepare, NULL, NULL};
+  uv_lib_t lib;
+  int failed, r;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(
+          test_two_instances_share_one_sequence_and_see_each_other, setup),
+      cmocka_unit_test_setup(test_query_plans, setup),
+  };
+
+  if (so == NULL)
+    so = "plugins/.libs/peerstore_plugin_postgres.so";
+  if (uv_dlopen(so, &lib) != 0 ||
+      uv_dlsym(&lib, PEERSTORE_PLUGIN_ENTRY, (void **)&entry) != 0) {
+    fprintf(stderr, "cannot load %s: %s\n", so, uv_dlerror(&lib));
+    return 1;
+  }
+  desc = entry();
+  if ((r = harness_pg_start(&server)) != 0) {
+    fprintf(stderr, "test_postgres: %s\n",
+            r == 77 ? "skipped: no PostgreSQL server to start (above)"
+                    : "cannot start a PostgreSQL server");
+    return r == 77 ? 77 : 1;
+  }
+  t.desc = desc;
+  failed = conformance_run("postgres plugin: conformance", &t);
+  failed += cmocka_run_group_tests_name("postgres plugin", tests, NULL, NULL);
+  harness_pg_ctl(&server, "destroy", NULL);
+  uv_dlclose(&lib);
+  return failed ? 1 : 0;
+}
