@@ -889,7 +889,7 @@ static void set_snapshots(job *list, uint64_t at, int ok) {
 }
 
 /* Drops what a failed transaction's jobs collected for the hook, and
- * fails them. */
+ * sets their status (0: to run them again). */
 static void fail_list(job *list, int status) {
   job *j;
 
@@ -900,6 +900,10 @@ static void fail_list(job *list, int status) {
       j->u.store.gone.n = j->u.store.gone.bytes_len = 0;
     if (j->kind == J_REMOVE || j->kind == J_PURGE)
       j->u.count.gone.n = j->u.count.gone.bytes_len = 0;
+    if (j->kind == J_PURGE)
+      j->u.count.count = 0;
+    if (j->kind == J_BATCH)
+      j->u.batch.changes.n = j->u.batch.changes.bytes_len = 0;
     if (j->kind != J_OPEN)
       j->status = status;
   }
@@ -943,6 +947,15 @@ static void run_writes(pg *s, job *list) {
       writes |= is_write(j);
     if (writes && (rc = wait_connected(s)) == 0)
       rc = write_group(s, list, &stop);
+    /* A connection found dead before the commit was sent (killed while
+     * idle, the server restarted): nothing was applied, so the group
+     * runs again, once, on a new one. */
+    if (rc == PEERSTORE_ENOTCONN && s->err_lost) {
+      fail_list(list, 0);
+      stop = NULL;
+      if ((rc = wait_connected(s)) == 0)
+        rc = write_group(s, list, &stop);
+    }
     if (rc != 0) {
       fail_list(list, rc);
       stop = NULL;
@@ -976,7 +989,7 @@ static void run_writes(pg *s, job *list) {
 static void run_group(pg *s, job *head) {
   while (head != NULL) {
     job *j = head, *prev = NULL;
-    int rc = 0;
+    int rc = 0, attempt;
 
     if (is_write(head) || head->kind == J_OPEN) {
       /* A purge goes alone: it may find nothing to do. */
@@ -992,7 +1005,10 @@ static void run_group(pg *s, job *head) {
     }
     head = j->next;
     j->next = NULL;
-    if ((rc = wait_connected(s)) == 0) {
+    for (attempt = 0; attempt < 2; attempt++) {
+      /* A read found the connection dead: read again on a new one. */
+      if ((rc = wait_connected(s)) != 0)
+        break;
       switch (j->kind) {
       case J_NEXT:
         rc = do_next(s, j);
@@ -1005,6 +1021,18 @@ static void run_group(pg *s, job *head) {
         break;
       default:
         break;
+      }
+      if (!(rc == PEERSTORE_ENOTCONN && s->err_lost))
+        break;
+      j->changes.n = j->changes.bytes_len = 0;
+      j->lost = 0;
+      if (j->kind == J_NEXT) {
+        j->u.next.out.n = j->u.next.out.bytes_len = 0;
+        j->u.next.more = 0;
+      }
+      if (j->kind == J_HIST) {
+        j->u.hist.out.n = j->u.hist.out.bytes_len = 0;
+        j->u.hist.more = 0;
       }
     }
     if (rc != 0) {
@@ -1158,6 +1186,16 @@ static int stopping(pg *s) {
   return st;
 }
 
+/* The server's notices go to the log, not to stderr. */
+static void on_notice(void *arg, const char *msg) {
+  pg *s = arg;
+  size_t n = strlen(msg);
+
+  if (n > 0 && msg[n - 1] == '\n')
+    n--;
+  s->log(s->log_ctx, PEERSTORE_LOG_INFO, "postgres: %.*s", (int)n, msg);
+}
+
 /* Connects without blocking past the stop: PQconnectStart and
  * PQconnectPoll, waiting on the socket and the wake pipe.  Then the
  * session: schema, statements, LISTEN. */
@@ -1190,6 +1228,7 @@ static int connect_db(pg *s, int timeout_ms) {
             left < 200 ? left : 200);
     ps = PQconnectPoll(s->conn);
   }
+  PQsetNoticeProcessor(s->conn, on_notice, s);
   if ((rc = exec(s, "SET SESSION CHARACTERISTICS AS TRANSACTION "
                     "ISOLATION LEVEL READ COMMITTED")) != 0 ||
       (rc = exec(s, "SET client_min_messages = warning")) != 0 ||

@@ -1,0 +1,361 @@
+/* test_postgres_hosts.c - two peerstored (two hosts' services) on one
+ * PostgreSQL database, through the library, against a real server the
+ * test starts: what one host stores the other iterates and watches;
+ * concurrent writers through both make one gapless sequence; connections
+ * killed (pg_terminate_backend) or the database restarted under a storm
+ * lose nothing acknowledged, and watchers catch up. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <libpq-fe.h>
+
+#include "harness.h"
+#include "peerstore.h"
+
+#define TIMEOUT 60000
+#define MAXN 4000
+
+static harness_pg server;
+static int db_seq;
+static char conninfo[600], opt_conninfo[700];
+
+typedef struct host {
+  harness_svc svc;
+  uv_loop_t *loop;
+  peerstore_client *c;
+} host;
+
+/* What a watcher was told: STORE events in order. */
+typedef struct watcher {
+  peerstore_watch_op *op;
+  int stores;
+  int out_of_order;
+  int ended;
+  uint64_t last;
+  uint64_t revs[MAXN];
+  char seen[MAXN]; /* by key number */
+} watcher;
+
+typedef struct storm {
+  int acked, failed, done;
+  int ok[MAXN];
+  int status[MAXN];
+} storm;
+
+static const char *const host_args[] = {"--plugin", "postgres", "-o",
+                                        opt_conninfo, "-o",
+                                        "postgres.poll_interval_ms=200",
+                                        NULL};
+
+static void hosts_start(uv_loop_t *loop, host *a, host *b) {
+  char name[32];
+  peerstore_connect_opts o;
+
+  snprintf(name, sizeof(name), "h%d", ++db_seq);
+  assert_int_equal(harness_pg_ctl(&server, "createdb", name), 0);
+  harness_pg_conninfo(&server, name, conninfo, sizeof(conninfo));
+  snprintf(opt_conninfo, sizeof(opt_conninfo), "postgres.conninfo=%s",
+           conninfo);
+  assert_int_equal(harness_start(&a->svc, host_args), 0);
+  assert_int_equal(harness_start(&b->svc, host_args), 0);
+  peerstore_connect_opts_init(&o);
+  o.timeout_ms = 0;
+  a->loop = b->loop = loop;
+  a->c = peerstore_connect_ex(loop, a->svc.socket_path, &o);
+  b->c = peerstore_connect_ex(loop, b->svc.socket_path, &o);
+  assert_non_null(a->c);
+  assert_non_null(b->c);
+}
+
+static void hosts_stop(host *a, host *b) {
+  peerstore_disconnect(a->c, 0);
+  peerstore_disconnect(b->c, 0);
+  assert_int_equal(harness_drain(a->loop, TIMEOUT), 0);
+  assert_int_equal(harness_stop(&a->svc), 0);
+  assert_int_equal(harness_stop(&b->svc), 0);
+}
+
+static int key_no(const char *key) { return atoi(key + 1); }
+
+static void watch_cb(void *arg, const peerstore_event *ev, int status) {
+  watcher *w = arg;
+
+  (void)status;
+  if (ev == NULL) {
+    w->ended = 1;
+    return;
+  }
+  if (ev->kind != PEERSTORE_EVENT_STORE)
+    return;
+  if (ev->revision <= w->last)
+    w->out_of_order++;
+  w->last = ev->revision;
+  if (w->stores < MAXN)
+    w->revs[w->stores] = ev->revision;
+  w->stores++;
+  if (key_no(ev->rec->key) < MAXN)
+    w->seen[key_no(ev->rec->key)] = 1;
+}
+
+static void watch_start(host *h, watcher *w) {
+  peerstore_watch_opts o;
+
+  memset(w, 0, sizeof(*w));
+  memset(&o, 0, sizeof(o));
+  w->op = peerstore_watch_ex(h->c, "ss", NULL, NULL, &o, watch_cb, w);
+  assert_non_null(w->op);
+}
+
+typedef struct store_arg {
+  storm *s;
+  int i;
+} store_arg;
+
+static store_arg args[2][MAXN];
+
+static void storm_cb(void *arg, int status) {
+  store_arg *a = arg;
+
+  a->s->status[a->i] = status;
+  a->s->ok[a->i] = status == 0;
+  if (status == 0)
+    a->s->acked++;
+  else
+    a->s->failed++;
+  a->s->done++;
+}
+
+/* Sends n stores of keys "<prefix><from + i>" through h, pipelined. */
+static void storm_send(host *h, storm *s, int which, const char *prefix,
+                       int from, int n) {
+  peerstore_peer_id peer;
+  char key[16];
+  int i;
+
+  memset(&peer, 0, sizeof(peer));
+  for (i = 0; i < n; i++) {
+    store_arg *a = &args[which][from + i];
+    a->s = s;
+    a->i = from + i;
+    snprintf(key, sizeof(key), "%s%d", prefix, from + i);
+    assert_non_null(peerstore_store(h->c, "ss", &peer, key, "v", 1,
+                                    PEERSTORE_EXPIRY_NEVER,
+                                    PEERSTORE_MULTIPLE, storm_cb, a));
+  }
+}
+
+typedef struct listing {
+  int n, done, status;
+  char seen[MAXN];
+} listing;
+
+static void list_cb(void *arg, const peerstore_record *rec, int status) {
+  listing *l = arg;
+
+  if (rec == NULL) {
+    l->status = status;
+    l->done = 1;
+    return;
+  }
+  l->n++;
+  if (key_no(rec->key) < MAXN)
+    l->seen[key_no(rec->key)] = 1;
+}
+
+static void list_all(host *h, listing *l) {
+  memset(l, 0, sizeof(*l));
+  assert_non_null(peerstore_iterate(h->c, "ss", NULL, NULL, list_cb, l));
+  assert_int_equal(harness_run_until(h->loop, &l->done, TIMEOUT), 0);
+  assert_int_equal(l->status, 0);
+}
+
+/* Kills every session on the database but the caller's: both services'
+ * connections, as an administrator or a failover would. */
+static void terminate_backends(void) {
+  PGconn *c = PQconnectdb(conninfo);
+  PGresult *r;
+
+  assert_int_equal(PQstatus(c), CONNECTION_OK);
+  r = PQexec(c, "SELECT count(pg_terminate_backend(pid)) FROM "
+                "pg_stat_activity WHERE datname = current_database() AND "
+                "pid <> pg_backend_pid()");
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_true(atoi(PQgetvalue(r, 0, 0)) >= 2);
+  PQclear(r);
+  PQfinish(c);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+
+static void test_a_store_through_one_host_is_iterated_and_watched_on_the_other(
+    void **state) {
+  static host a, b;
+  static watcher w;
+  static storm s;
+  static listing l;
+  uv_loop_t loop;
+
+  (void)state;
+  uv_loop_init(&loop);
+  hosts_start(&loop, &a, &b);
+  watch_start(&b, &w);
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 3);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 3, TIMEOUT), 0);
+  assert_int_equal(s.acked, 3);
+  assert_int_equal(harness_run_until_ge(&loop, &w.stores, 3, TIMEOUT), 0);
+  assert_int_equal(w.out_of_order, 0);
+  list_all(&b, &l);
+  assert_int_equal(l.n, 3);
+  peerstore_watch_cancel(w.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Writers on both hosts at once: every store has its own revision in one
+ * sequence with no gap, and both hosts' watchers see the same sequence. */
+static void test_concurrent_writers_on_two_hosts_make_one_gapless_sequence(
+    void **state) {
+  static host a, b;
+  static watcher wa, wb;
+  static storm s;
+  uv_loop_t loop;
+  int i;
+
+  (void)state;
+  uv_loop_init(&loop);
+  hosts_start(&loop, &a, &b);
+  watch_start(&a, &wa);
+  watch_start(&b, &wb);
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 500);
+  storm_send(&b, &s, 1, "k", 500, 500);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 1000, TIMEOUT), 0);
+  assert_int_equal(s.acked, 1000);
+  assert_int_equal(harness_run_until_ge(&loop, &wa.stores, 1000, TIMEOUT), 0);
+  assert_int_equal(harness_run_until_ge(&loop, &wb.stores, 1000, TIMEOUT), 0);
+  assert_int_equal(wa.out_of_order + wb.out_of_order, 0);
+  for (i = 1; i < 1000; i++) {
+    assert_int_equal(wa.revs[i], wa.revs[i - 1] + 1);
+    assert_int_equal(wb.revs[i], wa.revs[i]);
+  }
+  for (i = 0; i < 1000; i++)
+    assert_true(wa.seen[i] && wb.seen[i]);
+  peerstore_watch_cancel(wa.op);
+  peerstore_watch_cancel(wb.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Checks a storm's outcome: every acknowledged store is in the database
+ * (iterated through the other host) and reached the other host's
+ * watcher, in order; every failure is one that says so. */
+static void check_storm(host *b, storm *s, watcher *w, int n) {
+  static listing l;
+  int i;
+
+  list_all(b, &l);
+  for (i = 0; i < n; i++) {
+    if (s->ok[i]) {
+      assert_true(l.seen[i]);
+    } else if (s->status[i] != PEERSTORE_ENOTCONN &&
+               s->status[i] != PEERSTORE_EINTERRUPTED) {
+      fail_msg("store %d: %s", i, peerstore_err_name(s->status[i]));
+    }
+  }
+  /* The watcher catches up with everything stored, acknowledged or
+   * not (a store whose commit answer was lost may be there). */
+  assert_int_equal(harness_run_until_ge(b->loop, &w->stores, l.n, TIMEOUT),
+                   0);
+  for (i = 0; i < n; i++)
+    if (l.seen[i])
+      assert_true(w->seen[i]);
+  assert_int_equal(w->out_of_order, 0);
+  assert_int_equal(w->ended, 0);
+  print_message("%d acknowledged, %d failed, %d in the database, %d seen "
+                "by the other host's watcher\n",
+                s->acked, s->failed, l.n, w->stores);
+}
+
+static void test_killed_database_connections_mid_storm_lose_nothing_acked(
+    void **state) {
+  static host a, b;
+  static watcher w;
+  static storm s;
+  uv_loop_t loop;
+
+  (void)state;
+  uv_loop_init(&loop);
+  hosts_start(&loop, &a, &b);
+  watch_start(&b, &w);
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 3000);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 300, TIMEOUT), 0);
+  terminate_backends();
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 3000, TIMEOUT), 0);
+  assert_true(s.acked >= 300);
+  check_storm(&b, &s, &w, 3000);
+  /* Both services are still there and write again. */
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 10);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 10, TIMEOUT), 0);
+  assert_int_equal(s.acked, 10);
+  peerstore_watch_cancel(w.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_the_database_restarted_under_load_loses_nothing_acked(
+    void **state) {
+  static host a, b;
+  static watcher w;
+  static storm s;
+  uv_loop_t loop;
+
+  (void)state;
+  uv_loop_init(&loop);
+  hosts_start(&loop, &a, &b);
+  watch_start(&b, &w);
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 3000);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 300, TIMEOUT), 0);
+  assert_int_equal(harness_pg_ctl(&server, "stop", NULL), 0);
+  assert_int_equal(harness_pg_ctl(&server, "restart", NULL), 0);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 3000, TIMEOUT), 0);
+  check_storm(&b, &s, &w, 3000);
+  peerstore_watch_cancel(w.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+  int failed, r;
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(
+          test_a_store_through_one_host_is_iterated_and_watched_on_the_other),
+      cmocka_unit_test(
+          test_concurrent_writers_on_two_hosts_make_one_gapless_sequence),
+      cmocka_unit_test(
+          test_killed_database_connections_mid_storm_lose_nothing_acked),
+      cmocka_unit_test(
+          test_the_database_restarted_under_load_loses_nothing_acked),
+  };
+
+  if ((r = harness_pg_start(&server)) != 0) {
+    fprintf(stderr, "test_postgres_hosts: %s\n",
+            r == 77 ? "skipped: no PostgreSQL server to start (above)"
+                    : "cannot start a PostgreSQL server");
+    return r == 77 ? 77 : 1;
+  }
+  failed = cmocka_run_group_tests_name("postgres: two hosts", tests, NULL,
+                                       NULL);
+  harness_pg_ctl(&server, "destroy", NULL);
+  return failed ? 1 : 0;
+}
