@@ -71,7 +71,7 @@
 #define HISTORY_WINDOW 16384
 #define HIST_PER_GROUP 2
 /* Key of the advisory locks: creating the schema, purging. */
-#define LOCK_SCHEMA 0x7073747231LL /* "pstr1" */
+#define LOCK_SCHEMA "7073747231" /* in SQL text */
 #define LOCK_PURGE 0x7073747232LL  /* "pstr2" */
 
 extern const char peerstore_postgres_schema[];
@@ -687,7 +687,7 @@ static int do_next(pg *s, job *j) {
   return rc;
 }
 
-static int do_hist(pg *s, job *j) {
+static int hist_read(pg *s, job *j) {
   static const char *const names[F_COUNT] = {"hist0", "hist1", "hist2",
                                              "hist3"};
   ps_rbuf *b = &j->u.hist.out;
@@ -719,10 +719,29 @@ static int do_hist(pg *s, job *j) {
   PQclear(r);
   if (rc != 0)
     return rc;
-  /* A trim may have run since the check above (another service's). */
   j->u.hist.reached = j->u.hist.more ? b->revs[b->n - 1] : upto;
   j->u.hist.more |= upto < s->fed;
   return 0;
+}
+
+/* A history read, in one snapshot with the history's start: another
+ * service's purge may have trimmed past what this one last saw, and a
+ * read from before the start must fail as compacted, not come back with
+ * a gap. */
+static int do_hist(pg *s, job *j) {
+  uint64_t rev, first, records;
+  int rc;
+
+  if ((rc = exec(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")) != 0)
+    return rc;
+  if ((rc = read_head(s, &rev, &first, &records)) == 0) {
+    if (first > s->hist_first)
+      s->hist_first = first;
+    rc = hist_read(s, j);
+  }
+  if (exec(s, rc == 0 ? "COMMIT" : "ROLLBACK") != 0 && rc == 0)
+    rc = PEERSTORE_ENOTCONN;
+  return rc;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1112,7 +1131,7 @@ static int check_schema(pg *s) {
 
   if ((rc = exec(s, "BEGIN")) != 0)
     return rc;
-  if ((rc = exec(s, "SELECT pg_advisory_xact_lock(" "7073747231" ")")) != 0)
+  if ((rc = exec(s, "SELECT pg_advisory_xact_lock(" LOCK_SCHEMA ")")) != 0)
     goto out;
   r = PQexec(s->conn, "SELECT value FROM peerstore_meta "
                       "WHERE name = 'schema_version'");
@@ -1129,7 +1148,7 @@ static int check_schema(pg *s) {
       goto out;
     /* The failed statement ended the transaction's usefulness. */
     if ((rc = exec(s, "ROLLBACK")) != 0 || (rc = exec(s, "BEGIN")) != 0 ||
-        (rc = exec(s, "SELECT pg_advisory_xact_lock(7073747231)")) != 0)
+        (rc = exec(s, "SELECT pg_advisory_xact_lock(" LOCK_SCHEMA ")")) != 0)
       goto out;
     r = PQexec(s->conn, "SELECT to_regclass('peerstore_meta') IS NULL");
     if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK) {
@@ -1755,6 +1774,8 @@ static int int_option(const peerstore_plugin_env *env, const char *name,
   return 0;
 }
 
+static void on_async_closed(uv_handle_t *h);
+
 static int pg_open(const peerstore_plugin_env *env, void **instance) {
   const char *ci = env->option(env->option_ctx, "conninfo");
   uint64_t rev, first, records;
@@ -1811,10 +1832,6 @@ static int pg_open(const peerstore_plugin_env *env, void **instance) {
   s->hist_rows = (uint64_t)get_int8(r, 0, 0);
   s->hist_bytes = (uint64_t)get_int8(r, 0, 1);
   PQclear(r);
-  if ((rc = exec(s, "SELECT 1")) != 0) {
-    pg_free(s);
-    return rc;
-  }
   r = PQexec(s->conn, "SELECT value FROM peerstore_meta "
                       "WHERE name = 'history_id'");
   if (r == NULL || PQresultStatus(r) != PGRES_TUPLES_OK ||
@@ -1838,10 +1855,8 @@ static int pg_open(const peerstore_plugin_env *env, void **instance) {
   s->async.data = s;
   s->worker_started = 1;
   if (uv_thread_create(&s->worker, worker_main, s) != 0) {
-    s->worker_started = 0;
-    uv_close((uv_handle_t *)&s->async, NULL);
-    /* The handle is closed on the next turn; s must outlive it. */
-    s->stopping = 1;
+    /* s goes when the handle has closed, on a later turn. */
+    uv_close((uv_handle_t *)&s->async, on_async_closed);
     return PEERSTORE_EPLUGIN;
   }
   s->log(s->log_ctx, PEERSTORE_LOG_INFO,
