@@ -964,8 +964,11 @@ static void run_writes(pg *s, job *list) {
 
     for (j = list; j != NULL; j = j->next)
       writes |= is_write(j);
-    if (writes && (rc = wait_connected(s)) == 0)
-      rc = write_group(s, list, &stop);
+    /* Cursors opened without writes first read what others committed:
+     * an iteration begun on any host holds every change acknowledged on
+     * any host before it began. */
+    if ((rc = wait_connected(s)) == 0)
+      rc = writes ? write_group(s, list, &stop) : do_feed(s, list);
     /* A connection found dead before the commit was sent (killed while
      * idle, the server restarted): nothing was applied, so the group
      * runs again, once, on a new one. */
@@ -973,7 +976,7 @@ static void run_writes(pg *s, job *list) {
       fail_list(list, 0);
       stop = NULL;
       if ((rc = wait_connected(s)) == 0)
-        rc = write_group(s, list, &stop);
+        rc = writes ? write_group(s, list, &stop) : do_feed(s, list);
     }
     if (rc != 0) {
       fail_list(list, rc);
