@@ -621,22 +621,32 @@ static int batch_ops(pg *s, job *j) {
   return 0;
 }
 
+/* The last revision this transaction has given out (the writers' lock
+ * is held). */
+static int current_revision(pg *s, uint64_t *rev) {
+  PGresult *r;
+  int rc;
+
+  if ((rc = run(s, "current", NULL, &r)) != 0)
+    return rc;
+  *rev = (uint64_t)get_int8(r, 0, 0);
+  PQclear(r);
+  return 0;
+}
+
 /* A batch, in a savepoint of its own: a failed condition or limit undoes
  * it alone. */
 static int do_batch(pg *s, job *j) {
   uint64_t rev0 = 0;
   int64_t delta0 = s->delta;
-  PGresult *r;
   int rc;
 
   if ((rc = check_required(s, j)) != 0)
     return rc;
   if ((rc = exec(s, "SAVEPOINT batch")) != 0)
     return rc;
-  if ((rc = run(s, "current", NULL, &r)) != 0)
+  if ((rc = current_revision(s, &rev0)) != 0)
     return rc;
-  rev0 = (uint64_t)get_int8(r, 0, 0);
-  PQclear(r);
   if ((rc = batch_ops(s, j)) == 0 &&
       (rc = exec(s, "RELEASE batch")) == 0) {
     ps_rbuf *ch = &j->u.batch.changes;
@@ -792,7 +802,7 @@ static int purge_needed(pg *s, const job *j, int *needed) {
   *needed = PQgetvalue(r, 0, 0)[0] != 0 &&
             (PQgetvalue(r, 0, 1)[0] != 0 ||
              (history_on(s) &&
-              ((uint64_t)get_int8(r, 0, 2) > s->hist_max_events ||
+              ((uint64_t)get_int8(r, 0, 4) > s->hist_max_events ||
                (uint64_t)get_int8(r, 0, 3) > s->hist_max_bytes)));
   s->hist_rows = (uint64_t)get_int8(r, 0, 2);
   s->hist_bytes = (uint64_t)get_int8(r, 0, 3);
@@ -834,8 +844,12 @@ static int write_group(pg *s, job *list, job **stop) {
       rc = do_store(s, j);
       break;
     case J_REMOVE:
-      if (j->u.count.upto == 0)
-        j->u.count.upto = locked;
+      /* Its first step fixes what it removes: what was stored before it
+       * in the order - in this group too, so not `locked` - and not what
+       * the jobs after it store while later steps run. */
+      if (j->u.count.upto == 0 &&
+          (rc = current_revision(s, &j->u.count.upto)) != 0)
+        break;
       rc = remove_step(s, &j->u.count.f, j->u.count.upto, REMOVE_STEP,
                        &j->u.count.gone, &more);
       if (rc == 0 && more)

@@ -72,11 +72,14 @@ static const char *const pg_filter_where[F_COUNT] = {
   "length(value) + 72), 0)::bigint FROM peerstore_history"
 
 /* $1 the purge lock's key, $2 now: whether this service may purge (no
- * other is), whether anything has expired, and the history's size. */
+ * other is), whether anything has expired, the history's size, and the
+ * revisions it spans (what history_events limits). */
 #define PG_PURGE_CHECK_SQL                                                     \
   "SELECT pg_try_advisory_xact_lock($1), "                                    \
   "EXISTS (SELECT 1 FROM peerstore_records WHERE expiry <= $2 "               \
-  "AND expiry < 9223372036854775807), h.n, h.b FROM ("                        \
+  "AND expiry < 9223372036854775807), h.n, h.b, "                             \
+  "(SELECT value FROM peerstore_meta WHERE name = 'revision') - "             \
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_first') FROM ("    \
   "SELECT count(*) AS n, coalesce(sum(length(subsystem) + length(key) + "     \
   "length(value) + 72), 0)::bigint AS b FROM peerstore_history) h"
 

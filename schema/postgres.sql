@@ -6,20 +6,23 @@
 -- in the conninfo, live in a schema of their own).
 
 -- The last revision given out (one sequence for every service on the
--- database), the history's start, this database's line of revisions, and
--- the schema version, and how many records the table holds (kept by the
--- writers, as counting a large table is slow).  The revision row is also the writers' lock: every
--- write transaction takes it FOR UPDATE in its first statement and writes
--- the new value back before it commits, so writers commit one at a time,
--- in revision order, and a rollback gives its revisions back (no gap).
+-- database), the history's start, this database's line of revisions, the
+-- schema version, and how many records the table holds (kept by the
+-- writers, as counting a large table is slow).  The revision row is also
+-- the writers' lock: every write transaction takes it FOR UPDATE in its
+-- first statement and writes the new value back before it commits, so
+-- writers commit one at a time, in revision order, and a rollback gives
+-- its revisions back (no gap).  Revisions begin at the server's clock in
+-- microseconds, as the other plugins' do: a resume point from a database
+-- dropped and made again under this name lies before this one's history.
 CREATE TABLE peerstore_meta (
   name text PRIMARY KEY,
   value bigint NOT NULL
 );
 INSERT INTO peerstore_meta (name, value) VALUES
   ('schema_version', 1),
-  ('revision', 0),
-  ('history_first', 0),
+  ('revision', (extract(epoch FROM now()) * 1000000)::bigint),
+  ('history_first', (extract(epoch FROM now()) * 1000000)::bigint),
   ('records', 0),
   ('history_id', (random() * 9007199254740991)::bigint + 1);
 

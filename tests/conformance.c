@@ -808,6 +808,36 @@ static void test_a_large_remove_takes_what_was_there_and_keeps_order(
   assert_int_equal(records(f), 1);
 }
 
+/* A remove takes the stores queued before it, acknowledged or not (the
+ * plugin may run them in the same transaction), and none queued after
+ * it. */
+static void test_a_remove_takes_the_stores_queued_before_it(void **state) {
+  fx *f = *state;
+  peerstore_plugin_filter flt = {"bulk", NULL, NULL};
+  static bulk b;
+  result r;
+  char key[16];
+  int i;
+
+  memset(&b, 0, sizeof(b));
+  b.f = f;
+  for (i = 0; i < 10; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    bulk_put(f, &b, key, key);
+  }
+  assert_int_equal(f->ops->remove(f->inst, &flt, bulk_remove_cb, &b), 0);
+  bulk_put(f, &b, "after", "after");
+  assert_int_equal(harness_run_until(&f->loop, &b.remove_done, TIMEOUT), 0);
+  assert_int_equal(harness_run_until_ge(&f->loop, &b.acks, 11, TIMEOUT), 0);
+  assert_int_equal(b.failed, 0);
+  assert_int_equal(b.remove_status, 0);
+  assert_int_equal(b.removed, 10);
+  all(f, "bulk", NULL, NULL, 0, 100, &r);
+  assert_int_equal(r.n, 1);
+  assert_string_equal(r.values[0], "after");
+  assert_int_equal(records(f), 1);
+}
+
 /* ------------------------------------------------------------------ */
 /* Batches (DESIGN.md section 8)                                       */
 
@@ -1446,6 +1476,8 @@ int conformance_run(const char *group, const conformance_target *t) {
       cmocka_unit_test_setup_teardown(
           test_a_large_remove_takes_what_was_there_and_keeps_order, setup,
           teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_remove_takes_the_stores_queued_before_it, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_a_batch_applies_in_order_with_consecutive_revisions, setup,
           teardown),

@@ -135,20 +135,42 @@ int harness_start(harness_svc *s, const char *const *extra) {
   return make_dir(s) == 0 ? start(s, extra) : -1;
 }
 
-int harness_start_sqlite(harness_svc *s, const char *const *extra) {
+/* Keeps the plugin's arguments and extra in s->args, for a restart. */
+static int start_plugin(harness_svc *s, const char *const *plugin,
+                        const char *const *extra) {
   int n = 0, i;
 
-  if (make_dir(s) != 0)
-    return -1;
-  snprintf(s->db, sizeof(s->db), "%s/data.db", s->dir);
-  s->args[n++] = "--plugin";
-  s->args[n++] = "sqlite";
-  s->args[n++] = "--database";
-  s->args[n++] = s->db;
+  for (i = 0; plugin[i] != NULL; i++)
+    s->args[n++] = plugin[i];
   for (i = 0; extra != NULL && extra[i] != NULL && n < 31; i++)
     s->args[n++] = extra[i];
   s->args[n] = NULL;
   return start(s, s->args);
+}
+
+int harness_start_sqlite(harness_svc *s, const char *const *extra) {
+  const char *plugin[] = {"--plugin", "sqlite", "--database", NULL, NULL};
+
+  if (make_dir(s) != 0)
+    return -1;
+  snprintf(s->db, sizeof(s->db), "%s/data.db", s->dir);
+  plugin[3] = s->db;
+  return start_plugin(s, plugin, extra);
+}
+
+int harness_start_postgres(harness_svc *s, const char *conninfo,
+                           const char *const *extra) {
+  /* The doorbell's safety-net poll, short: a test must not wait 2 s on
+   * a notification the server dropped. */
+  const char *plugin[] = {"--plugin", "postgres", "-o", NULL, "-o",
+                          "postgres.poll_interval_ms=200", NULL};
+
+  if (make_dir(s) != 0)
+    return -1;
+  snprintf(s->conninfo, sizeof(s->conninfo), "postgres.conninfo=%s",
+           conninfo);
+  plugin[3] = s->conninfo;
+  return start_plugin(s, plugin, extra);
 }
 
 int harness_restart(harness_svc *s, const char *const *extra) {

@@ -12,6 +12,7 @@ typedef struct harness_svc {
   char dir[256];
   char socket_path[300];
   char db[320];                /* harness_start_sqlite's database */
+  char conninfo[700];          /* harness_start_postgres's -o argument */
   const char *args[32];        /* the extra arguments it started with */
 } harness_svc;
 
@@ -22,6 +23,10 @@ int harness_start(harness_svc *s, const char *const *extra);
 /* As harness_start, with the sqlite plugin on a database in the
  * service's directory (s->db), which a restart keeps. */
 int harness_start_sqlite(harness_svc *s, const char *const *extra);
+/* As harness_start, with the postgres plugin on the database conninfo
+ * names (one harness_pg_conninfo gives), which a restart keeps. */
+int harness_start_postgres(harness_svc *s, const char *conninfo,
+                           const char *const *extra);
 /* Starts the service again on the same socket and directory, after
  * harness_kill (so with the sqlite plugin, on the same database). */
 int harness_restart(harness_svc *s, const char *const *extra);
