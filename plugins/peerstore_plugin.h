@@ -326,7 +326,16 @@ typedef struct peerstore_plugin_ops {
   void (*quota_usage)(void *instance, size_t i, uint64_t *records,
                       uint64_t *bytes, uint64_t *max_writer_records,
                       uint64_t *max_writer_bytes);
-  void (*reserved[4])(void); /* NULL; room for later operations */
+  /* The plugin's own counters (optional: NULL when it has none): cb once
+   * for each, in a fixed order, with a name of [a-z0-9_] (at most 40
+   * bytes) that the service shows as "<plugin name>.<name>" in its
+   * stats.  Synchronous, on the loop; values may lag by a group of
+   * writes.  (It takes what was the first reserved slot: a plugin built
+   * before it has NULL there.) */
+  void (*stats)(void *instance,
+                void (*cb)(void *arg, const char *name, uint64_t value),
+                void *arg);
+  void (*reserved[3])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {

@@ -81,6 +81,27 @@ enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST,
 
 typedef struct pg pg;
 
+/* What `stats` shows as postgres.<name>, in this order: the worker's,
+ * copied out by publish().  Counters but for connected. */
+#define PG_COUNTERS(X)                                                         \
+  X(connected)        /* 1 while the worker holds a working session */       \
+  X(connects)         /* sessions opened, the first included */              \
+  X(connections_lost) /* sessions found dead */                              \
+  X(transactions)     /* write transactions committed */                     \
+  X(retried)          /* groups or reads run again on a new session */       \
+  X(interrupted)      /* groups whose COMMIT got no answer */                \
+  X(unavailable)      /* requests failed: no session in time */              \
+  X(doorbells)        /* notifications received */                           \
+  X(feeds)            /* reads of other services' changes between writes */  \
+  X(changes_of_others) /* changes other services made, reported here */      \
+  X(history_lost)     /* the history trimmed past what this service read */
+
+typedef struct pg_counters {
+#define PG_FIELD(name) uint64_t name;
+  PG_COUNTERS(PG_FIELD)
+#undef PG_FIELD
+} pg_counters;
+
 struct peerstore_plugin_cursor {
   pg *s;
   ps_filt f;
@@ -189,6 +210,7 @@ struct pg {
   uint64_t pub_revision, pub_records, pub_hist_first, pub_hist_rows,
       pub_hist_bytes;
   uint64_t hist_rows, hist_bytes; /* the worker's, from the last purge */
+  pg_counters cnt, pub_cnt;        /* the worker's; published */
 };
 
 /* ------------------------------------------------------------------ */
@@ -390,6 +412,7 @@ static int read_others(pg *s, uint64_t upto, uint64_t hist_first,
            s->fed, hist_first);
     *lost = hist_first;
     s->fed = hist_first;
+    s->cnt.history_lost++;
   }
   while (s->fed < upto) {
     uint64_t to = upto - s->fed > HISTORY_WINDOW ? s->fed + HISTORY_WINDOW
@@ -405,6 +428,7 @@ static int read_others(pg *s, uint64_t upto, uint64_t hist_first,
         return rc;
       }
     }
+    s->cnt.changes_of_others += (uint64_t)PQntuples(r);
     PQclear(r);
     s->fed = to;
   }
@@ -431,6 +455,7 @@ static int do_feed(pg *s, job *j) {
   uint64_t rev, first, records, fed0 = s->fed;
   int rc;
 
+  s->cnt.feeds++;
   if ((rc = exec(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")) != 0)
     return rc;
   if ((rc = read_head(s, &rev, &first, &records)) == 0 &&
@@ -763,7 +788,9 @@ static int is_write(const job *j) {
 }
 
 static void publish(pg *s) {
+  s->cnt.connected = s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK;
   uv_mutex_lock(&s->lock);
+  s->pub_cnt = s->cnt;
   s->pub_revision = s->fed;
   s->pub_records = s->records;
   s->pub_hist_first = s->hist_first;
@@ -880,9 +907,11 @@ static int write_group(pg *s, job *list, job **stop) {
   rc = exec(s, "COMMIT");
   s->in_commit = 0;
   if (rc != 0) {
+    s->cnt.interrupted += rc == PEERSTORE_EINTERRUPTED;
     s->fed = fed0;
     return rc;
   }
+  s->cnt.transactions++;
   s->records = (uint64_t)((int64_t)records + s->delta);
   for (j = list; j != NULL; j = j->next) {
     if (j->kind == J_REMOVE)
@@ -923,10 +952,11 @@ static void set_snapshots(job *list, uint64_t at, int ok) {
 
 /* Drops what a failed transaction's jobs collected for the hook, and
  * sets their status (0: to run them again). */
-static void fail_list(job *list, int status) {
+static void fail_list(pg *s, job *list, int status) {
   job *j;
 
   for (j = list; j != NULL; j = j->next) {
+    s->cnt.unavailable += status == PEERSTORE_ENOTCONN;
     j->changes.n = j->changes.bytes_len = 0;
     j->lost = 0;
     if (j->kind == J_STORE)
@@ -987,13 +1017,14 @@ static void run_writes(pg *s, job *list) {
      * idle, the server restarted): nothing was applied, so the group
      * runs again, once, on a new one. */
     if (rc == PEERSTORE_ENOTCONN && s->err_lost) {
-      fail_list(list, 0);
+      s->cnt.retried++;
+      fail_list(s, list, 0);
       stop = NULL;
       if ((rc = wait_connected(s)) == 0)
         rc = writes ? write_group(s, list, &stop) : do_feed(s, list);
     }
     if (rc != 0) {
-      fail_list(list, rc);
+      fail_list(s, list, rc);
       stop = NULL;
     }
     set_snapshots(list, fed0, rc == 0);
@@ -1060,6 +1091,7 @@ static void run_group(pg *s, job *head) {
       }
       if (!(rc == PEERSTORE_ENOTCONN && s->err_lost))
         break;
+      s->cnt.retried += attempt == 0;
       j->changes.n = j->changes.bytes_len = 0;
       j->lost = 0;
       if (j->kind == J_NEXT) {
@@ -1072,6 +1104,7 @@ static void run_group(pg *s, job *head) {
       }
     }
     if (rc != 0) {
+      s->cnt.unavailable += rc == PEERSTORE_ENOTCONN && j->kind != J_FEED;
       j->status = rc;
       j->changes.n = j->changes.bytes_len = 0;
       j->lost = 0;
@@ -1274,6 +1307,7 @@ static int connect_db(pg *s, int timeout_ms) {
     s->conn = NULL;
     return rc;
   }
+  s->cnt.connects++;
   return 0;
 
 bad:
@@ -1295,6 +1329,8 @@ static int wait_connected(pg *s) {
   if (s->down_since == 0) {
     s->down_since = now;
     s->backoff_ms = 0;
+    s->cnt.connections_lost++;
+    publish(s);
     s->log(s->log_ctx, PEERSTORE_LOG_WARN,
            "postgres: lost the database connection; reconnecting");
   }
@@ -1307,6 +1343,7 @@ static int wait_connected(pg *s) {
              mono_ms() - s->down_since);
       s->down_since = 0;
       s->backoff_ms = 0;
+      publish(s);
       return 0;
     }
     now = mono_ms();
@@ -1327,6 +1364,7 @@ static void read_notifications(pg *s) {
     return;
   while ((n = PQnotifies(s->conn)) != NULL) {
     uint64_t rev = strtoull(n->extra, NULL, 10);
+    s->cnt.doorbells++;
     if (rev > s->rung)
       s->rung = rev;
     PQfreemem(n);
@@ -1747,6 +1785,20 @@ static void pg_history_info(void *instance,
   info->id = s->hist_id;
 }
 
+static void pg_stats(void *instance,
+                     void (*cb)(void *arg, const char *name, uint64_t value),
+                     void *arg) {
+  pg *s = instance;
+  pg_counters c;
+
+  uv_mutex_lock(&s->lock);
+  c = s->pub_cnt;
+  uv_mutex_unlock(&s->lock);
+#define PG_SHOW(name) cb(arg, #name, c.name);
+  PG_COUNTERS(PG_SHOW)
+#undef PG_SHOW
+}
+
 static void pg_counts(void *instance, uint64_t *records, uint64_t *revision) {
   pg *s = instance;
 
@@ -1914,6 +1966,7 @@ static const peerstore_plugin_ops pg_ops = {
     .history_read = pg_history_read,
     .history_info = pg_history_info,
     .batch = pg_batch,
+    .stats = pg_stats,
 };
 
 static const peerstore_plugin_desc pg_desc = {

@@ -331,12 +331,34 @@ static size_t quota_stats(server *s, peerstore_stat *st, char (*names)[64]) {
   return n;
 }
 
+/* The plugin's own counters, as "<plugin name>.<counter>". */
+#define PLUGIN_STATS_MAX 32
+
+typedef struct plugin_stats {
+  const char *plugin;
+  peerstore_stat *st;
+  char (*names)[64];
+  size_t n;
+} plugin_stats;
+
+static void add_plugin_stat(void *arg, const char *name, uint64_t value) {
+  plugin_stats *p = arg;
+
+  if (p->n >= PLUGIN_STATS_MAX)
+    return;
+  snprintf(p->names[p->n], 64, "%.20s.%.40s", p->plugin, name);
+  p->st[p->n].name = p->names[p->n];
+  p->st[p->n].value = value;
+  p->n++;
+}
+
 static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   server *s = c->srv;
   uint64_t records = 0, revision = 0, output = 0;
-  size_t cap = 64 + 4 * s->cfg->n_quotas;
+  size_t cap = 64 + PLUGIN_STATS_MAX + 4 * s->cfg->n_quotas;
   peerstore_stat *st = malloc(cap * sizeof(*st));
-  char (*names)[64] = malloc(4 * s->cfg->n_quotas * 64 + 1);
+  char (*names)[64] =
+      malloc((PLUGIN_STATS_MAX + 4 * s->cfg->n_quotas) * 64);
   const client *o;
   size_t n = 0;
   int r = 0;
@@ -390,7 +412,12 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("max_value_size", s->cfg->max_value_size);
   STAT("uptime_s", (uv_now(s->loop) - s->started_ms) / 1000);
 #undef STAT
-  n += quota_stats(s, st + n, names);
+  if (s->plugin.desc->ops->stats != NULL) {
+    plugin_stats p = {s->plugin.desc->name, st + n, names, 0};
+    s->plugin.desc->ops->stats(s->plugin.instance, add_plugin_stat, &p);
+    n += p.n;
+  }
+  n += quota_stats(s, st + n, names + PLUGIN_STATS_MAX);
   if (peerstore__put_stats(&c->out.buf, h->request, st, n) != 0)
     r = PEERSTORE_ENOMEM;
   else

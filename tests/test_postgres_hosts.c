@@ -23,7 +23,7 @@
 
 static harness_pg server;
 static int db_seq;
-static char conninfo[600], opt_conninfo[700];
+static char conninfo[600];
 
 typedef struct host {
   harness_svc svc;
@@ -48,22 +48,17 @@ typedef struct storm {
   int status[MAXN];
 } storm;
 
-static const char *const host_args[] = {"--plugin", "postgres", "-o",
-                                        opt_conninfo, "-o",
-                                        "postgres.poll_interval_ms=200",
-                                        NULL};
-
-static void hosts_start(uv_loop_t *loop, host *a, host *b) {
+/* Two services on a fresh database, with extra arguments (may be NULL). */
+static void hosts_start_with(uv_loop_t *loop, host *a, host *b,
+                             const char *const *extra) {
   char name[32];
   peerstore_connect_opts o;
 
   snprintf(name, sizeof(name), "h%d", ++db_seq);
   assert_int_equal(harness_pg_ctl(&server, "createdb", name), 0);
   harness_pg_conninfo(&server, name, conninfo, sizeof(conninfo));
-  snprintf(opt_conninfo, sizeof(opt_conninfo), "postgres.conninfo=%s",
-           conninfo);
-  assert_int_equal(harness_start(&a->svc, host_args), 0);
-  assert_int_equal(harness_start(&b->svc, host_args), 0);
+  assert_int_equal(harness_start_postgres(&a->svc, conninfo, extra), 0);
+  assert_int_equal(harness_start_postgres(&b->svc, conninfo, extra), 0);
   peerstore_connect_opts_init(&o);
   o.timeout_ms = 0;
   a->loop = b->loop = loop;
@@ -71,6 +66,10 @@ static void hosts_start(uv_loop_t *loop, host *a, host *b) {
   b->c = peerstore_connect_ex(loop, b->svc.socket_path, &o);
   assert_non_null(a->c);
   assert_non_null(b->c);
+}
+
+static void hosts_start(uv_loop_t *loop, host *a, host *b) {
+  hosts_start_with(loop, a, b, NULL);
 }
 
 static void hosts_stop(host *a, host *b) {
@@ -191,6 +190,10 @@ static void terminate_backends(void) {
   PQfinish(c);
 }
 
+static int64_t stat_of(host *h, const char *name) {
+  return harness_stat(h->loop, h->c, name, TIMEOUT);
+}
+
 /* ------------------------------------------------------------------ */
 /* Tests                                                               */
 
@@ -302,6 +305,13 @@ static void test_killed_database_connections_mid_storm_lose_nothing_acked(
   assert_int_equal(harness_run_until_ge(&loop, &s.done, 3000, TIMEOUT), 0);
   assert_true(s.acked >= 300);
   check_storm(&b, &s, &w, 3000);
+  /* The service saw its session die (when it next used it, or at once
+   * while idle) and opened another. */
+  assert_int_equal(harness_wait_stat(&loop, a.c, "postgres.connects", 2,
+                                     TIMEOUT),
+                   0);
+  assert_int_equal(stat_of(&a, "postgres.connections_lost"), 1);
+  assert_int_equal(stat_of(&a, "postgres.connected"), 1);
   /* Both services are still there and write again. */
   memset(&s, 0, sizeof(s));
   storm_send(&a, &s, 0, "k", 0, 10);
@@ -335,6 +345,59 @@ static void test_the_database_restarted_under_load_loses_nothing_acked(
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+
+/* The database stopped: a service keeps answering its clients, says in
+ * stats that it has no session, and fails a store with ENOTCONN once
+ * unavailable_timeout_ms has passed - nothing half-applied.  Started
+ * again: it reconnects by itself, stores go through, and a watcher on the
+ * other host that waited across the outage gets them. */
+static void test_a_database_outage_shows_in_stats_and_fails_requests_clearly(
+    void **state) {
+  static const char *const args[] = {
+      "-o", "postgres.unavailable_timeout_ms=500", NULL};
+  static host a, b;
+  static watcher w;
+  static storm s;
+  static listing l;
+  uv_loop_t loop;
+
+  (void)state;
+  uv_loop_init(&loop);
+  hosts_start_with(&loop, &a, &b, args);
+  watch_start(&b, &w);
+  memset(&s, 0, sizeof(s));
+  storm_send(&a, &s, 0, "k", 0, 1);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 1, TIMEOUT), 0);
+  assert_int_equal(s.acked, 1);
+  assert_int_equal(stat_of(&a, "postgres.connected"), 1);
+  assert_int_equal(stat_of(&a, "postgres.connects"), 1);
+  assert_int_equal(stat_of(&a, "postgres.connections_lost"), 0);
+  assert_int_equal(stat_of(&a, "postgres.transactions"), 1);
+  assert_int_equal(harness_pg_ctl(&server, "stop", NULL), 0);
+  storm_send(&a, &s, 0, "k", 1, 1);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 2, TIMEOUT), 0);
+  assert_int_equal(s.status[1], PEERSTORE_ENOTCONN);
+  assert_int_equal(stat_of(&a, "postgres.connected"), 0);
+  assert_int_equal(stat_of(&a, "postgres.connections_lost"), 1);
+  assert_true(stat_of(&a, "postgres.unavailable") >= 1);
+  assert_int_equal(harness_pg_ctl(&server, "restart", NULL), 0);
+  storm_send(&a, &s, 0, "k", 2, 1);
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 3, TIMEOUT), 0);
+  assert_int_equal(s.status[2], 0);
+  assert_int_equal(stat_of(&a, "postgres.connected"), 1);
+  assert_int_equal(stat_of(&a, "postgres.connects"), 2);
+  assert_int_equal(harness_run_until_ge(&loop, &w.stores, 2, TIMEOUT), 0);
+  assert_true(w.seen[0] && !w.seen[1] && w.seen[2]);
+  assert_int_equal(w.out_of_order + w.ended, 0);
+  assert_true(stat_of(&b, "postgres.changes_of_others") >= 2);
+  list_all(&b, &l);
+  assert_int_equal(l.n, 2);
+  assert_true(l.seen[0] && !l.seen[1] && l.seen[2]);
+  peerstore_watch_cancel(w.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   int failed, r;
   const struct CMUnitTest tests[] = {
@@ -346,6 +409,8 @@ int main(void) {
           test_killed_database_connections_mid_storm_lose_nothing_acked),
       cmocka_unit_test(
           test_the_database_restarted_under_load_loses_nothing_acked),
+      cmocka_unit_test(
+          test_a_database_outage_shows_in_stats_and_fails_requests_clearly),
   };
 
   if ((r = harness_pg_start(&server)) != 0) {
