@@ -5,6 +5,7 @@
  * killed (pg_terminate_backend) or the database restarted under a storm
  * lose nothing acknowledged, and watchers catch up. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -398,6 +399,119 @@ static void test_a_database_outage_shows_in_stats_and_fails_requests_clearly(
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A watch that tells what happened around a RESET. */
+typedef struct resetting {
+  peerstore_watch_op *op;
+  int resets, syncs, ended, status;
+  int stores_after_reset;
+  char value[16]; /* of the last STORE */
+} resetting;
+
+static void resetting_cb(void *arg, const peerstore_event *ev, int status) {
+  resetting *w = arg;
+
+  if (ev == NULL) {
+    w->ended = 1;
+    w->status = status;
+    return;
+  }
+  if (ev->kind == PEERSTORE_EVENT_RESET)
+    w->resets++;
+  if (ev->kind == PEERSTORE_EVENT_SYNC)
+    w->syncs++;
+  if (ev->kind == PEERSTORE_EVENT_STORE) {
+    w->stores_after_reset += w->resets > 0;
+    snprintf(w->value, sizeof(w->value), "%.*s", (int)ev->rec->value_size,
+             (const char *)ev->rec->value);
+  }
+}
+
+static void resetting_start(host *h, resetting *w, unsigned flags) {
+  peerstore_watch_opts o;
+
+  memset(w, 0, sizeof(*w));
+  memset(&o, 0, sizeof(o));
+  o.flags = flags;
+  w->op = peerstore_watch_ex(h->c, "ss", NULL, NULL, &o, resetting_cb, w);
+  assert_non_null(w->op);
+}
+
+static void put_value(host *h, storm *s, const char *value) {
+  peerstore_peer_id peer;
+
+  memset(&peer, 0, sizeof(peer));
+  assert_non_null(peerstore_store(h->c, "ss", &peer, "k", value,
+                                  strlen(value), PEERSTORE_EXPIRY_NEVER,
+                                  PEERSTORE_REPLACE, storm_cb,
+                                  &args[0][s->done % MAXN]));
+}
+
+/* A service that was away (stopped) while the others' history was
+ * trimmed past what it had read cannot replay what it missed: its
+ * watchers are told, never left with a silent gap.  A SNAPSHOT watch
+ * gets RESET and a new snapshot of the current state; a plain one ends
+ * with ECOMPACTED; stats count it. */
+static void test_a_service_away_past_the_history_resets_its_watchers(
+    void **state) {
+  static const char *const args_short[] = {
+      "-o", "history_events=10", "-o", "purge_interval=1", NULL};
+  static host a, b;
+  static resetting snap, plain;
+  static storm s;
+  char value[16];
+  int64_t paused_at;
+  int i;
+
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hosts_start_with(&loop, &a, &b, args_short);
+  memset(&s, 0, sizeof(s));
+  for (i = 0; i < MAXN; i++)
+    args[0][i].s = &s, args[0][i].i = i;
+  resetting_start(&b, &snap, PEERSTORE_WATCH_SNAPSHOT);
+  resetting_start(&b, &plain, 0);
+  put_value(&a, &s, "v0");
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 1, TIMEOUT), 0);
+  assert_int_equal(s.acked, 1);
+  assert_int_equal(harness_wait_stat(&loop, b.c, "revision",
+                                     stat_of(&a, "revision"), TIMEOUT),
+                   0);
+  paused_at = stat_of(&b, "revision");
+  assert_string_equal(snap.value, "v0");
+  assert_string_equal(plain.value, "v0");
+  /* B is away; A goes on, and its purge trims the history past B. */
+  kill(b.svc.pid, SIGSTOP);
+  for (i = 1; i <= 30; i++) {
+    snprintf(value, sizeof(value), "v%d", i);
+    put_value(&a, &s, value);
+  }
+  assert_int_equal(harness_run_until_ge(&loop, &s.done, 31, TIMEOUT), 0);
+  assert_int_equal(s.acked, 31);
+  assert_int_equal(harness_wait_stat(&loop, a.c, "history_first",
+                                     paused_at + 1, TIMEOUT),
+                   0);
+  kill(b.svc.pid, SIGCONT);
+  assert_int_equal(harness_run_until(&loop, &plain.ended, TIMEOUT), 0);
+  assert_int_equal(plain.status, PEERSTORE_ECOMPACTED);
+  assert_int_equal(harness_run_until_ge(&loop, &snap.syncs, 2, TIMEOUT), 0);
+  assert_int_equal(snap.resets, 1);
+  assert_int_equal(snap.ended, 0);
+  assert_int_equal(snap.stores_after_reset, 1);
+  assert_string_equal(snap.value, "v30");
+  assert_int_equal(stat_of(&b, "postgres.history_lost"), 1);
+  assert_true(stat_of(&b, "watch_resets") >= 1);
+  /* And it goes on: the next change reaches the restarted watch. */
+  put_value(&a, &s, "v31");
+  assert_int_equal(harness_run_until_ge(&loop, &snap.stores_after_reset, 2,
+                                        TIMEOUT),
+                   0);
+  assert_string_equal(snap.value, "v31");
+  peerstore_watch_cancel(snap.op);
+  hosts_stop(&a, &b);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   int failed, r;
   const struct CMUnitTest tests[] = {
@@ -411,6 +525,8 @@ int main(void) {
           test_the_database_restarted_under_load_loses_nothing_acked),
       cmocka_unit_test(
           test_a_database_outage_shows_in_stats_and_fails_requests_clearly),
+      cmocka_unit_test(
+          test_a_service_away_past_the_history_resets_its_watchers),
   };
 
   if ((r = harness_pg_start(&server)) != 0) {
