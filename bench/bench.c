@@ -5,7 +5,7 @@
  * runs this program pinned to one CPU and unpinned.
  *
  * Usage: bench [--sync NORMAL|FULL] [--records N] [--seconds S] [--big]
- *              [--only memory|sqlite|fanout]
+ *              [--only memory|sqlite|fanout|postgres]
  */
 #include <sched.h>
 #include <stdio.h>
@@ -84,7 +84,8 @@ int main(int argc, char **argv) {
       bench.big = 1;
     else {
       fprintf(stderr, "usage: bench [--sync NORMAL|FULL] [--records N] "
-                      "[--seconds S] [--big] [--only memory|sqlite|fanout]\n");
+                      "[--seconds S] [--big] "
+                      "[--only memory|sqlite|fanout|postgres]\n");
       return 2;
     }
   }
@@ -113,6 +114,14 @@ int main(int argc, char **argv) {
     workloads_sqlite();
   if (only != NULL && strcmp(only, "fanout") == 0)
     workloads_fanout();
+  /* Only when asked: its server is not pinned with the rest. */
+  if (only != NULL && strcmp(only, "postgres") == 0) {
+#ifdef HAVE_POSTGRES
+    workloads_postgres();
+#else
+    bench_die("built without the postgres plugin");
+#endif
+  }
 
   snprintf(cmd, sizeof(cmd), "rm -rf '%s'", bench.dir);
   if (system(cmd) != 0)

@@ -47,8 +47,21 @@ void limit_fanout(int n, double *p50, double *p99);
 void bench_make_db(const char *path, int n);
 
 /* workloads.c: through a real peerstored. */
+/* W2: n stores issued at once; stores per second. */
+double pipelined(harness_svc *svc, int n);
+/* Each store awaited before the next (at most n, bench.seconds);
+ * stores per second. */
+double sequential(harness_svc *svc, int n);
+/* W4: FANOUT watchers on svc, a writer on writer (the same service or
+ * another on one database).  Paced: each store once the previous one
+ * reached every watcher, for the latency of each copy (seconds); not
+ * paced: all n at once, for notifications per second. */
+void w4_fanout(harness_svc *writer, harness_svc *svc, int n, int paced,
+               double *rate, double *p50, double *p99);
 void workloads_memory(void);
 void workloads_fanout(void); /* W4 alone */
 void workloads_sqlite(void);
+/* pg.c: on a PostgreSQL server of its own (built with the plugin). */
+void workloads_postgres(void);
 
 #endif

@@ -61,8 +61,7 @@ static void wait_for(ctx *x, int *counter, int target) {
     bench_die("timed out");
 }
 
-/* W2: n stores issued at once; stores per second. */
-static double pipelined(harness_svc *svc, int n) {
+double pipelined(harness_svc *svc, int n) {
   static uint8_t value[VALUE_SIZE];
   ctx x;
   double t0;
@@ -95,8 +94,7 @@ static void seq_cb(void *arg, int status) {
     x->done = 1;
 }
 
-/* Each store awaited before the next; stores per second. */
-static double sequential(harness_svc *svc, int n) {
+double sequential(harness_svc *svc, int n) {
   static uint8_t value[VALUE_SIZE];
   ctx x;
   double t0, r;
@@ -436,16 +434,14 @@ static void fan_cb(void *arg, const peerstore_record *rec, int status) {
   }
 }
 
-/* Paced: latency of each store to each watcher, one store at a time.
- * Not paced: all n stores at once, for throughput. */
-static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
-                      double *p50, double *p99) {
+void w4_fanout(harness_svc *writer, harness_svc *svc, int n, int paced,
+               double *rate, double *p50, double *p99) {
   fan f;
   double t0;
   int i;
 
   memset(&f, 0, sizeof(f));
-  ctx_open(&f.writer, svc);
+  ctx_open(&f.writer, writer);
   f.target = n;
   f.paced = paced;
   f.lat = calloc((size_t)n * FANOUT, sizeof(*f.lat));
@@ -480,10 +476,10 @@ static void w4_fanout(harness_svc *svc, int n, int paced, double *rate,
 static void fanout_rows(harness_svc *svc) {
   double rate, p50, p99, raw50, raw99;
 
-  w4_fanout(svc, 1000, 0, &rate, &p50, &p99);
+  w4_fanout(svc, svc, 1000, 0, &rate, &p50, &p99);
   bench_fact("W4 fan-out 50 watchers", rate, "notif/s");
   limit_fanout(1000, &raw50, &raw99);
-  w4_fanout(svc, 1000, 1, &rate, &p50, &p99);
+  w4_fanout(svc, svc, 1000, 1, &rate, &p50, &p99);
   bench_fact("W4 one store at a time", rate, "notif/s");
   bench_row("W4 latency median (paced)", p50 * 1e6, "us", "relay to 50 sockets",
             raw50 * 1e6, 1);
@@ -535,7 +531,7 @@ static void history_off_rows(void) {
         w2[k] = r;
       if ((r = pipelined(&svc, bench.records)) > again[k])
         again[k] = r;
-      w4_fanout(&svc, 1000, 0, &r, &p50, &p99);
+      w4_fanout(&svc, &svc, 1000, 0, &r, &p50, &p99);
       if (r > w4[k])
         w4[k] = r;
       harness_stop(&svc);

@@ -2,7 +2,8 @@
 # pg_cluster.sh - a throwaway PostgreSQL server for the tests.
 #
 #   pg_cluster.sh start DIR     initdb in DIR/data, start it: Unix socket in
-#                               DIR only, no TCP, fsync off
+#                               DIR only, no TCP, fsync off (on with
+#                               PG_FSYNC=on, as the benchmark runs it)
 #   pg_cluster.sh stop DIR      stop it (fast: ends sessions)
 #   pg_cluster.sh kill DIR      stop it as a crash would (immediate)
 #   pg_cluster.sh restart DIR   start it again after stop/kill
@@ -43,7 +44,7 @@ as_pg() {
 
 pg_start() {
   as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 \
-    -o "-k $dir -c listen_addresses= -c fsync=off -c max_connections=50" \
+    -o "-k $dir -c listen_addresses= -c fsync=${PG_FSYNC:-off} -c max_connections=50" \
     start >/dev/null || { cat "$dir/log" >&2; exit 1; }
 }
 
