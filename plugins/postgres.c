@@ -361,17 +361,22 @@ static int exec(pg *s, const char *sql) {
 
 /* Appends row i of r - revision, kind, stored, subsystem, peer, key,
  * value, expiry, writer - to b. */
-static int add_row(ps_rbuf *b, const PGresult *r, int i) {
-  if (PQgetlength(r, i, 4) != PEERSTORE_PEER_ID_SIZE)
+/* Row i of r, a change in the columns from o on. */
+static int add_row_at(ps_rbuf *b, const PGresult *r, int i, int o) {
+  if (PQgetlength(r, i, o + 4) != PEERSTORE_PEER_ID_SIZE)
     return PEERSTORE_EPLUGIN;
-  return ps_rbuf_add(b, (uint64_t)get_int8(r, i, 0), (int)get_int8(r, i, 1),
-                     (uint64_t)get_int8(r, i, 2), PQgetvalue(r, i, 3),
-                     (size_t)PQgetlength(r, i, 3),
-                     (const uint8_t *)PQgetvalue(r, i, 4), PQgetvalue(r, i, 5),
-                     (size_t)PQgetlength(r, i, 5), PQgetvalue(r, i, 6),
-                     (size_t)PQgetlength(r, i, 6),
-                     expiry_from_sql(get_int8(r, i, 7)),
-                     writer_from_sql(get_int8(r, i, 8)));
+  return ps_rbuf_add(
+      b, (uint64_t)get_int8(r, i, o), (int)get_int8(r, i, o + 1),
+      (uint64_t)get_int8(r, i, o + 2), PQgetvalue(r, i, o + 3),
+      (size_t)PQgetlength(r, i, o + 3),
+      (const uint8_t *)PQgetvalue(r, i, o + 4), PQgetvalue(r, i, o + 5),
+      (size_t)PQgetlength(r, i, o + 5), PQgetvalue(r, i, o + 6),
+      (size_t)PQgetlength(r, i, o + 6), expiry_from_sql(get_int8(r, i, o + 7)),
+      writer_from_sql(get_int8(r, i, o + 8)));
+}
+
+static int add_row(ps_rbuf *b, const PGresult *r, int i) {
+  return add_row_at(b, r, i, 0);
 }
 
 static void p_filter(params *p, const ps_filt *f) {
@@ -390,6 +395,19 @@ static int history_on(const pg *s) {
 /* ------------------------------------------------------------------ */
 /* Worker: others' changes                                             */
 
+/* The history was trimmed past what this service had read: say so, go on
+ * from the history's start. */
+static void history_lost(pg *s, uint64_t hist_first, uint64_t *lost) {
+  s->log(s->log_ctx, PEERSTORE_LOG_WARN,
+         "postgres: the history was trimmed past revision %" PRIu64
+         " (to %" PRIu64 ") before this service read it; its watchers "
+         "start again",
+         s->fed, hist_first);
+  *lost = hist_first;
+  s->fed = hist_first;
+  s->cnt.history_lost++;
+}
+
 /* Reads the changes after s->fed up to upto (others': committed, not yet
  * reported) into b, a window at a time.  With the writers' lock held,
  * nothing can change under it; without it, upto comes from the same
@@ -402,18 +420,8 @@ static int read_others(pg *s, uint64_t upto, uint64_t hist_first,
 
   if (upto <= s->fed)
     return 0;
-  if (hist_first > s->fed) {
-    /* Trimmed past what this service had read: say so, go on from the
-     * history's start. */
-    s->log(s->log_ctx, PEERSTORE_LOG_WARN,
-           "postgres: the history was trimmed past revision %" PRIu64
-           " (to %" PRIu64 ") before this service read it; its watchers "
-           "start again",
-           s->fed, hist_first);
-    *lost = hist_first;
-    s->fed = hist_first;
-    s->cnt.history_lost++;
-  }
+  if (hist_first > s->fed)
+    history_lost(s, hist_first, lost);
   while (s->fed < upto) {
     uint64_t to = upto - s->fed > HISTORY_WINDOW ? s->fed + HISTORY_WINDOW
                                                  : upto;
@@ -450,24 +458,49 @@ static int read_head(pg *s, uint64_t *rev, uint64_t *first,
   return 0;
 }
 
-/* A J_FEED job: what others committed since fed, read in one snapshot. */
+/* A J_FEED job (and a cursor opened without writes): what others
+ * committed since fed, a window at a time, each window one statement
+ * with the head it reads up to. */
 static int do_feed(pg *s, job *j) {
-  uint64_t rev, first, records, fed0 = s->fed;
-  int rc;
+  uint64_t rev, first, fed0 = s->fed;
+  PGresult *r;
+  params p;
+  int i, rc;
 
   s->cnt.feeds++;
-  if ((rc = exec(s, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")) != 0)
-    return rc;
-  if ((rc = read_head(s, &rev, &first, &records)) == 0 &&
-      (rc = read_others(s, rev, first, &j->changes, &j->lost)) == 0) {
+  do {
+    uint64_t to = s->fed + HISTORY_WINDOW;
+    memset(&p, 0, sizeof(p));
+    p_int8(&p, (int64_t)s->fed);
+    p_int8(&p, (int64_t)to);
+    if ((rc = run(s, "feed_head", &p, &r)) != 0) {
+      s->fed = fed0;
+      return rc;
+    }
+    rev = (uint64_t)get_int8(r, 0, 0);
+    first = (uint64_t)get_int8(r, 0, 1);
+    s->records = (uint64_t)get_int8(r, 0, 2);
     s->hist_first = first;
-    s->records = records;
-  }
-  if (exec(s, rc == 0 ? "COMMIT" : "ROLLBACK") != 0 && rc == 0)
-    rc = PEERSTORE_ENOTCONN;
-  if (rc != 0)
-    s->fed = fed0;
-  return rc;
+    if (first > s->fed && rev > s->fed) {
+      /* What it read from fed on has a hole: from the start again. */
+      PQclear(r);
+      history_lost(s, first, &j->lost);
+      j->changes.n = j->changes.bytes_len = 0;
+      continue;
+    }
+    for (i = 0; i < PQntuples(r) && !PQgetisnull(r, i, 3); i++) {
+      if ((rc = add_row_at(&j->changes, r, i, 3)) != 0) {
+        PQclear(r);
+        s->fed = fed0;
+        return rc;
+      }
+    }
+    s->cnt.changes_of_others += (uint64_t)i;
+    PQclear(r);
+    if (rev > s->fed)
+      s->fed = rev < to ? rev : to;
+  } while (rev > s->fed);
+  return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1142,6 +1175,7 @@ static int prepare_all(pg *s) {
 
   rc |= prepare(s, "head", PG_HEAD_SQL);
   rc |= prepare(s, "feed", PG_FEED_SQL);
+  rc |= prepare(s, "feed_head", PG_FEED_HEAD_SQL);
   rc |= prepare(s, "lock",
                 "SELECT revision, history_first, records "
                 "FROM peerstore_lock()");

@@ -45,20 +45,35 @@ static const char *const pg_filter_where[F_COUNT] = {
   "AND stored > $4 AND stored <= $6 ORDER BY stored LIMIT $5) "               \
   "ORDER BY 1 LIMIT $5"
 
-/* Every change after $1 up to $2, whatever its subsystem: what other
- * services committed, for the hook. */
-#define PG_FEED_SQL                                                            \
-  "SELECT * FROM ("                                                           \
+/* Every change after $1 up to UP (an SQL expression), whatever its
+ * subsystem, unordered: what other services committed, for the hook. */
+#define PG_FEED_ARMS(UP)                                                       \
   "SELECT revision, 1::smallint AS kind, revision AS stored, subsystem, "     \
   "peer, key, value, expiry, writer FROM peerstore_records "                  \
-  "WHERE revision > $1 AND revision <= $2 "                                   \
+  "WHERE revision > $1 AND revision <= " UP " "                               \
   "UNION ALL "                                                                \
   "SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "      \
-  "writer FROM peerstore_history WHERE revision > $1 AND revision <= $2 "     \
-  "UNION ALL "                                                                \
+  "writer FROM peerstore_history WHERE revision > $1 AND revision <= " UP     \
+  " UNION ALL "                                                               \
   "SELECT stored, 1::smallint, stored, subsystem, peer, key, value, expiry, " \
   "writer FROM peerstore_history WHERE kind <> 1 AND stored > $1 "            \
-  "AND stored <= $2) c ORDER BY 1"
+  "AND stored <= " UP
+
+/* The changes after $1 up to $2, in order (the writers' lock held). */
+#define PG_FEED_SQL "SELECT * FROM (" PG_FEED_ARMS("$2") ") c ORDER BY 1"
+
+/* Without the lock: the committed revision, the history's start and the
+ * record count (columns 0-2), and the changes after $1 up to that
+ * revision or $2, whichever is less (columns 3-11, NULL when there are
+ * none) - one statement, so one snapshot: one round trip where a
+ * transaction would take four. */
+#define PG_FEED_HEAD_SQL                                                       \
+  "SELECT h.rev, h.first, h.records, c.* FROM (SELECT "                       \
+  "(SELECT value FROM peerstore_meta WHERE name = 'revision') AS rev, "       \
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_first') AS first, " \
+  "(SELECT value FROM peerstore_meta WHERE name = 'records') AS records) h "  \
+  "LEFT JOIN LATERAL (" PG_FEED_ARMS("least(h.rev, $2)") ") c ON true "       \
+  "ORDER BY c.revision"
 
 #define PG_HEAD_SQL                                                            \
   "SELECT (SELECT value FROM peerstore_meta WHERE name = 'revision'), "       \
