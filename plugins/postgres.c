@@ -70,6 +70,10 @@
  * through at most. */
 #define HISTORY_WINDOW 16384
 #define HIST_PER_GROUP 2
+/* A pipeline's most statements, and its most bytes of parameters (below
+ * any socket buffer: see pipe_run). */
+#define PIPE_MAX 256
+#define PIPE_BYTES 32768
 /* Key of the advisory locks: creating the schema, purging. */
 #define LOCK_SCHEMA "7073747231" /* in SQL text */
 #define LOCK_PURGE 0x7073747232LL  /* "pstr2" */
@@ -80,6 +84,7 @@ enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST,
                 J_BATCH, J_FEED };
 
 typedef struct pg pg;
+typedef struct pstmt pstmt;
 
 /* What `stats` shows as postgres.<name>, in this order: the worker's,
  * copied out by publish().  Counters but for connected. */
@@ -211,6 +216,7 @@ struct pg {
       pub_hist_bytes;
   uint64_t hist_rows, hist_bytes; /* the worker's, from the last purge */
   pg_counters cnt, pub_cnt;        /* the worker's; published */
+  pstmt *pipe;                     /* PIPE_MAX statements, the worker's */
 };
 
 /* ------------------------------------------------------------------ */
@@ -359,9 +365,110 @@ static int exec(pg *s, const char *sql) {
   return rc;
 }
 
+/* ------------------------------------------------------------------ */
+/* Worker: statements in a pipeline                                    */
+
+/* One statement of a pipeline: prepared (name) or SQL text (sql). */
+struct pstmt {
+  const char *name, *sql;
+  params p;
+  PGresult *res; /* its rows, once run (NULL if it failed) */
+};
+
+static void pipe_clear(pstmt *st, int n) {
+  int i;
+
+  for (i = 0; i < n; i++) {
+    PQclear(st[i].res);
+    st[i].res = NULL;
+  }
+}
+
+#ifdef LIBPQ_HAS_PIPELINING
+/* Sends the n statements at once and reads their results: one round trip
+ * (libpq 14's pipeline mode).  The caller keeps what it sends under
+ * PIPE_BYTES, so that writing it (the socket is blocking) cannot wait on
+ * a server that waits for us to read its results.  0, or the first
+ * failure's status; the statements after a failed one were not run. */
+static int pipe_run(pg *s, pstmt *st, int n) {
+  PGresult *r;
+  int i, rc = 0, synced = 0;
+
+  if (PQenterPipelineMode(s->conn) != 1)
+    return fail(s, NULL, "entering pipeline mode");
+  for (i = 0; i < n; i++) {
+    const params *p = &st[i].p;
+    int ok = st[i].name != NULL
+                 ? PQsendQueryPrepared(s->conn, st[i].name, p->n, p->v,
+                                       p->len, p->fmt, 1)
+                 : PQsendQueryParams(s->conn, st[i].sql, 0, NULL, NULL, NULL,
+                                     NULL, 1);
+    if (!ok) {
+      rc = fail(s, NULL, "sending");
+      break;
+    }
+  }
+  if (rc == 0 && PQpipelineSync(s->conn) != 1)
+    rc = fail(s, NULL, "sending");
+  /* The results, in order: each statement's, then NULL; after a failure,
+   * PIPELINE_ABORTED for the rest; then the sync. */
+  for (i = 0; rc == 0 && i < n; i++) {
+    ExecStatusType t;
+    if ((r = PQgetResult(s->conn)) == NULL) {
+      rc = fail(s, NULL, st[i].name ? st[i].name : st[i].sql);
+      break;
+    }
+    t = PQresultStatus(r);
+    if (t == PGRES_TUPLES_OK || t == PGRES_COMMAND_OK) {
+      st[i].res = r;
+    } else {
+      rc = fail(s, r, st[i].name ? st[i].name : st[i].sql);
+      PQclear(r);
+    }
+    while ((r = PQgetResult(s->conn)) != NULL) {
+      if (PQresultStatus(r) == PGRES_PIPELINE_SYNC)
+        synced = 1;
+      PQclear(r);
+    }
+  }
+  while (!synced && PQstatus(s->conn) == CONNECTION_OK &&
+         (r = PQgetResult(s->conn)) != NULL) {
+    synced = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    PQclear(r);
+  }
+  if (PQexitPipelineMode(s->conn) != 1 && rc == 0)
+    rc = fail(s, NULL, "leaving pipeline mode");
+  if (rc != 0)
+    pipe_clear(st, n);
+  return rc;
+}
+#else
+/* Without pipeline mode (libpq before 14): one statement at a time. */
+static int pipe_run(pg *s, pstmt *st, int n) {
+  int i, rc = 0;
+
+  for (i = 0; i < n && rc == 0; i++) {
+    if (st[i].name != NULL) {
+      rc = run(s, st[i].name, &st[i].p, &st[i].res);
+    } else {
+      PGresult *r = PQexecParams(s->conn, st[i].sql, 0, NULL, NULL, NULL,
+                                 NULL, 1);
+      if (r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK) {
+        st[i].res = r;
+      } else {
+        rc = fail(s, r, st[i].sql);
+        PQclear(r);
+      }
+    }
+  }
+  if (rc != 0)
+    pipe_clear(st, n);
+  return rc;
+}
+#endif
+
 /* Appends row i of r - revision, kind, stored, subsystem, peer, key,
- * value, expiry, writer - to b. */
-/* Row i of r, a change in the columns from o on. */
+ * value, expiry, writer, from column o on - to b. */
 static int add_row_at(ps_rbuf *b, const PGresult *r, int i, int o) {
   if (PQgetlength(r, i, o + 4) != PEERSTORE_PEER_ID_SIZE)
     return PEERSTORE_EPLUGIN;
@@ -519,24 +626,26 @@ static int take_changes(pg *s, PGresult *r, int from, ps_rbuf *b) {
   return 0;
 }
 
-static int store_one(pg *s, peerstore_record *rec, uint32_t writer,
-                     uint8_t option, ps_rbuf *gone, int *refresh) {
-  PGresult *r;
-  params p;
+static void store_params(pg *s, params *p, const peerstore_record *rec,
+                         uint32_t writer, uint8_t option) {
+  memset(p, 0, sizeof(*p));
+  p_str(p, rec->subsystem);
+  p_bytes(p, rec->peer.bytes, PEERSTORE_PEER_ID_SIZE);
+  p_str(p, rec->key);
+  p_bytes(p, rec->value, rec->value_size);
+  p_int8(p, expiry_to_sql(rec->expiry));
+  p_int8(p, writer_to_sql(writer));
+  p_bool(p, option == PEERSTORE_REPLACE);
+  p_bool(p, history_on(s));
+  p_int8(p, (int64_t)s->hist_first);
+}
+
+/* A store's rows (peerstore_store()): its revision, and what it dropped
+ * into gone.  Takes r. */
+static int store_result(pg *s, PGresult *r, peerstore_record *rec,
+                        ps_rbuf *gone, int *refresh) {
   int rc;
 
-  memset(&p, 0, sizeof(p));
-  p_str(&p, rec->subsystem);
-  p_bytes(&p, rec->peer.bytes, PEERSTORE_PEER_ID_SIZE);
-  p_str(&p, rec->key);
-  p_bytes(&p, rec->value, rec->value_size);
-  p_int8(&p, expiry_to_sql(rec->expiry));
-  p_int8(&p, writer_to_sql(writer));
-  p_bool(&p, option == PEERSTORE_REPLACE);
-  p_bool(&p, history_on(s));
-  p_int8(&p, (int64_t)s->hist_first);
-  if ((rc = run(s, "store", &p, &r)) != 0)
-    return rc;
   if (PQntuples(r) < 1) {
     PQclear(r);
     return PEERSTORE_EPLUGIN;
@@ -550,10 +659,50 @@ static int store_one(pg *s, peerstore_record *rec, uint32_t writer,
   return rc;
 }
 
-static int do_store(pg *s, job *j) {
-  return store_one(s, &j->u.store.rec, j->u.store.writer,
-                   j->u.store.option, &j->u.store.gone,
-                   &j->u.store.refresh);
+static int store_one(pg *s, peerstore_record *rec, uint32_t writer,
+                     uint8_t option, ps_rbuf *gone, int *refresh) {
+  PGresult *r;
+  params p;
+  int rc;
+
+  store_params(s, &p, rec, writer, option);
+  if ((rc = run(s, "store", &p, &r)) != 0)
+    return rc;
+  return store_result(s, r, rec, gone, refresh);
+}
+
+/* The stores from j on (up to the first job that is not one), sent in
+ * pipelines of at most PIPE_BYTES; returns the job after them. */
+static job *do_stores(pg *s, job *j, int *rc) {
+  while (j != NULL && j->kind == J_STORE && *rc == 0) {
+    job *from = j;
+    size_t bytes = 0;
+    int n = 0, i;
+
+    for (; j != NULL && j->kind == J_STORE && n < PIPE_MAX &&
+           (n == 0 || bytes + j->u.store.rec.value_size < PIPE_BYTES);
+         j = j->next) {
+      pstmt *st = &s->pipe[n++];
+      st->name = "store";
+      st->sql = NULL;
+      store_params(s, &st->p, &j->u.store.rec, j->u.store.writer,
+                   j->u.store.option);
+      bytes += 160 + j->u.store.rec.value_size +
+               strlen(j->u.store.rec.subsystem) + strlen(j->u.store.rec.key);
+    }
+    if ((*rc = pipe_run(s, s->pipe, n)) != 0)
+      break;
+    for (i = 0; i < n; i++, from = from->next) {
+      PGresult *r = s->pipe[i].res;
+      s->pipe[i].res = NULL;
+      if (*rc == 0)
+        *rc = store_result(s, r, &from->u.store.rec, &from->u.store.gone,
+                           &from->u.store.refresh);
+      else
+        PQclear(r);
+    }
+  }
+  return j;
 }
 
 /* One step of a remove: up to REMOVE_STEP records of those stored when
@@ -870,39 +1019,89 @@ static int purge_needed(pg *s, const job *j, int *needed) {
   return 0;
 }
 
+/* Begins a write transaction, takes the writers' lock and reads others'
+ * changes since fed into list's changes, in one round trip: the feed is
+ * bounded in SQL by the revision the lock read.  When the window is too
+ * small or the history was trimmed past fed, the rows are dropped and
+ * read_others does it properly, the lock still held. */
+static int begin_locked(pg *s, job *list, uint64_t *locked, uint64_t *first,
+                        uint64_t *records) {
+  pstmt *st = s->pipe;
+  PGresult *r;
+  int i, rc;
+
+  memset(st, 0, 3 * sizeof(*st));
+  st[0].sql = "BEGIN";
+  st[1].name = "lock";
+  st[2].name = "feed_locked";
+  p_int8(&st[2].p, (int64_t)s->fed);
+  p_int8(&st[2].p, (int64_t)(s->fed + HISTORY_WINDOW));
+  if ((rc = pipe_run(s, st, 3)) != 0) {
+    if (!s->err_lost)
+      exec(s, "ROLLBACK");
+    return rc;
+  }
+  r = st[1].res;
+  *locked = (uint64_t)get_int8(r, 0, 0);
+  *first = (uint64_t)get_int8(r, 0, 1);
+  *records = (uint64_t)get_int8(r, 0, 2);
+  r = st[2].res;
+  if (*locked > s->fed &&
+      (*first > s->fed || *locked - s->fed > HISTORY_WINDOW)) {
+    pipe_clear(st, 3);
+    rc = read_others(s, *locked, *first, &list->changes, &list->lost);
+  } else {
+    for (i = 0; i < PQntuples(r) && rc == 0; i++)
+      rc = add_row(&list->changes, r, i);
+    s->cnt.changes_of_others += (uint64_t)PQntuples(r);
+    if (rc == 0 && *locked > s->fed)
+      s->fed = *locked;
+    pipe_clear(st, 3);
+  }
+  if (rc != 0 && !s->err_lost)
+    exec(s, "ROLLBACK");
+  return rc;
+}
+
 /* Runs the jobs of list (writes and cursor opens, NULL-terminated) in one
  * transaction.  A remove with more to do ends it early: *stop is that
  * job (its step done), to go on in the next one; NULL when all ran. */
 static int write_group(pg *s, job *list, job **stop) {
   uint64_t fed0 = s->fed, locked, first, records;
   PGresult *r;
-  params p;
   job *j;
   int rc, more, needed = 1;
 
   *stop = NULL;
   s->delta = 0;
   s->in_commit = 0;
-  if ((rc = exec(s, "BEGIN")) != 0)
-    return rc;
-  if (list->kind == J_PURGE && list->next == NULL &&
-      ((rc = purge_needed(s, list, &needed)) != 0 || !needed))
-    goto rollback; /* rc 0: nothing to do, nothing written */
-  if ((rc = run(s, "lock", NULL, &r)) != 0)
-    goto rollback;
-  locked = (uint64_t)get_int8(r, 0, 0);
-  first = (uint64_t)get_int8(r, 0, 1);
-  records = (uint64_t)get_int8(r, 0, 2);
-  PQclear(r);
-  /* Others' changes, before ours. */
-  if ((rc = read_others(s, locked, first, &list->changes, &list->lost)) != 0)
+  if (list->kind == J_PURGE && list->next == NULL) {
+    if ((rc = exec(s, "BEGIN")) != 0)
+      return rc;
+    if ((rc = purge_needed(s, list, &needed)) != 0 || !needed)
+      goto rollback; /* rc 0: nothing to do, nothing written */
+    if ((rc = run(s, "lock", NULL, &r)) != 0)
+      goto rollback;
+    locked = (uint64_t)get_int8(r, 0, 0);
+    first = (uint64_t)get_int8(r, 0, 1);
+    records = (uint64_t)get_int8(r, 0, 2);
+    PQclear(r);
+    rc = read_others(s, locked, first, &list->changes, &list->lost);
+  } else {
+    /* One round trip: begin, lock, and others' changes (before ours). */
+    if ((rc = begin_locked(s, list, &locked, &first, &records)) != 0)
+      return rc;
+  }
+  if (rc != 0)
     goto rollback;
   s->hist_first = first;
-  for (j = list; j != NULL && rc == 0 && *stop == NULL; j = j->next) {
+  j = list;
+  while (j != NULL && rc == 0 && *stop == NULL) {
+    if (j->kind == J_STORE) {
+      j = do_stores(s, j, &rc);
+      continue;
+    }
     switch (j->kind) {
-    case J_STORE:
-      rc = do_store(s, j);
-      break;
     case J_REMOVE:
       /* Its first step fixes what it removes: what was stored before it
        * in the order - in this group too, so not `locked` - and not what
@@ -927,23 +1126,27 @@ static int write_group(pg *s, job *list, job **stop) {
     default:
       break;
     }
+    j = j->next;
   }
   if (rc != 0)
     goto rollback;
-  memset(&p, 0, sizeof(p));
-  p_int8(&p, s->delta);
-  if ((rc = run(s, "unlock", &p, &r)) != 0)
-    goto rollback;
-  s->fed = (uint64_t)get_int8(r, 0, 0);
-  PQclear(r);
+  /* One round trip: the counter written back, and the commit. */
+  memset(s->pipe, 0, 2 * sizeof(*s->pipe));
+  s->pipe[0].name = "unlock";
+  p_int8(&s->pipe[0].p, s->delta);
+  s->pipe[1].sql = "COMMIT";
   s->in_commit = 1;
-  rc = exec(s, "COMMIT");
+  rc = pipe_run(s, s->pipe, 2);
   s->in_commit = 0;
   if (rc != 0) {
     s->cnt.interrupted += rc == PEERSTORE_EINTERRUPTED;
+    if (!s->err_lost) /* the unlock failed: the COMMIT did not run */
+      exec(s, "ROLLBACK");
     s->fed = fed0;
     return rc;
   }
+  s->fed = (uint64_t)get_int8(s->pipe[0].res, 0, 0);
+  pipe_clear(s->pipe, 2);
   s->cnt.transactions++;
   s->records = (uint64_t)((int64_t)records + s->delta);
   for (j = list; j != NULL; j = j->next) {
@@ -1176,6 +1379,7 @@ static int prepare_all(pg *s) {
   rc |= prepare(s, "head", PG_HEAD_SQL);
   rc |= prepare(s, "feed", PG_FEED_SQL);
   rc |= prepare(s, "feed_head", PG_FEED_HEAD_SQL);
+  rc |= prepare(s, "feed_locked", PG_FEED_LOCKED_SQL);
   rc |= prepare(s, "lock",
                 "SELECT revision, history_first, records "
                 "FROM peerstore_lock()");
@@ -1854,6 +2058,7 @@ static void pg_free(pg *s) {
     close(s->wake[1]);
   uv_mutex_destroy(&s->lock);
   free(s->conninfo);
+  free(s->pipe);
   free(s);
 }
 
@@ -1911,6 +2116,7 @@ static int pg_open(const peerstore_plugin_env *env, void **instance) {
   s->batch_max_changes = (size_t)bmc;
   /* An empty conninfo means libpq's defaults (PGHOST, PGDATABASE...). */
   if ((s->conninfo = strdup(ci != NULL ? ci : "")) == NULL ||
+      (s->pipe = calloc(PIPE_MAX, sizeof(*s->pipe))) == NULL ||
       pipe(s->wake) != 0) {
     pg_free(s);
     return PEERSTORE_ENOMEM;

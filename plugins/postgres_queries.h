@@ -62,6 +62,13 @@ static const char *const pg_filter_where[F_COUNT] = {
 /* The changes after $1 up to $2, in order (the writers' lock held). */
 #define PG_FEED_SQL "SELECT * FROM (" PG_FEED_ARMS("$2") ") c ORDER BY 1"
 
+/* Right after the lock, in its transaction: the changes after $1 up to
+ * the revision it read or $2, whichever is less, in order. */
+#define PG_FEED_LOCKED_SQL                                                     \
+  "SELECT * FROM (" PG_FEED_ARMS(                                             \
+      "least(current_setting('peerstore.revision')::bigint, $2)")            \
+  ") c ORDER BY 1"
+
 /* Without the lock: the committed revision, the history's start and the
  * record count (columns 0-2), and the changes after $1 up to that
  * revision or $2, whichever is less (columns 3-11, NULL when there are
