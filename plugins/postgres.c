@@ -209,6 +209,7 @@ struct pg {
   int64_t delta;       /* records added by the transaction in progress */
   int in_commit;       /* COMMIT sent, no answer yet */
   int err_lost;        /* the last error was a lost connection */
+  int conn_dead;       /* the server said it ends the session */
   uint64_t down_since; /* ms; 0 while connected */
   unsigned backoff_ms;
   /* Published after each group, under lock. */
@@ -308,6 +309,11 @@ static int64_t get_int8(const PGresult *r, int row, int col) {
   return (int64_t)u;
 }
 
+static int conn_ok(const pg *s) {
+  return s->conn != NULL && !s->conn_dead &&
+         PQstatus(s->conn) == CONNECTION_OK;
+}
+
 /* Maps a failed result (or connection) to a status, logging it. */
 static int fail(pg *s, const PGresult *r, const char *what) {
   const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
@@ -316,7 +322,13 @@ static int fail(pg *s, const PGresult *r, const char *what) {
 
   if (msg == NULL || *msg == '\0')
     msg = PQerrorMessage(s->conn);
-  s->err_lost = PQstatus(s->conn) != CONNECTION_OK;
+  /* The server ending the session (shutdown, pg_terminate_backend:
+   * 57P01-57P03) or a connection exception (08) says the session is
+   * going before libpq has seen the socket close. */
+  if (state != NULL &&
+      (strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0))
+    s->conn_dead = 1;
+  s->err_lost = !conn_ok(s);
   s->log(s->log_ctx, s->err_lost ? PEERSTORE_LOG_WARN : PEERSTORE_LOG_ERROR,
          "postgres: %s: %s%s%s", what, state ? state : "",
          state ? " " : "", msg);
@@ -408,7 +420,8 @@ static int pipe_run(pg *s, pstmt *st, int n) {
       break;
     }
   }
-  if (rc == 0 && PQpipelineSync(s->conn) != 1)
+  /* A sync even after a failed send: what was sent is answered up to it. */
+  if (PQpipelineSync(s->conn) != 1 && rc == 0)
     rc = fail(s, NULL, "sending");
   /* The results, in order: each statement's, then NULL; after a failure,
    * PIPELINE_ABORTED for the rest; then the sync. */
@@ -431,13 +444,25 @@ static int pipe_run(pg *s, pstmt *st, int n) {
       PQclear(r);
     }
   }
-  while (!synced && PQstatus(s->conn) == CONNECTION_OK &&
-         (r = PQgetResult(s->conn)) != NULL) {
+  /* Up to the sync: after a failure, each statement left is one
+   * PIPELINE_ABORTED and a NULL.  A connection gone has nothing more. */
+  for (i = 0; !synced && i < 2 * n + 2; i++) {
+    if ((r = PQgetResult(s->conn)) == NULL) {
+      if (PQstatus(s->conn) != CONNECTION_OK)
+        break;
+      continue;
+    }
     synced = PQresultStatus(r) == PGRES_PIPELINE_SYNC;
     PQclear(r);
   }
-  if (PQexitPipelineMode(s->conn) != 1 && rc == 0)
-    rc = fail(s, NULL, "leaving pipeline mode");
+  if (PQexitPipelineMode(s->conn) != 1) {
+    /* Results left over: this session cannot be trusted to run a plain
+     * statement again - a new one. */
+    if (rc == 0)
+      rc = fail(s, NULL, "leaving pipeline mode");
+    s->conn_dead = 1;
+    s->err_lost = 1;
+  }
   if (rc != 0)
     pipe_clear(st, n);
   return rc;
@@ -970,7 +995,7 @@ static int is_write(const job *j) {
 }
 
 static void publish(pg *s) {
-  s->cnt.connected = s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK;
+  s->cnt.connected = conn_ok(s);
   uv_mutex_lock(&s->lock);
   s->pub_cnt = s->cnt;
   s->pub_revision = s->fed;
@@ -1468,7 +1493,7 @@ static int check_schema(pg *s) {
 out:
   if (rc == 0)
     rc = exec(s, "COMMIT");
-  else if (PQstatus(s->conn) == CONNECTION_OK)
+  else if (conn_ok(s))
     exec(s, "ROLLBACK");
   return rc;
 }
@@ -1513,6 +1538,7 @@ static int connect_db(pg *s, int timeout_ms) {
 
   if (s->conn != NULL)
     PQfinish(s->conn);
+  s->conn_dead = 0;
   s->conn = PQconnectStart(s->conninfo);
   if (s->conn == NULL)
     return PEERSTORE_ENOMEM;
@@ -1561,7 +1587,7 @@ bad:
 static int wait_connected(pg *s) {
   uint64_t now;
 
-  if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK)
+  if (conn_ok(s))
     return 0;
   now = mono_ms();
   if (s->down_since == 0) {
@@ -1648,7 +1674,7 @@ static void worker_main(void *arg) {
     if (head == NULL) {
       /* Between jobs: wait for one, for the doorbell, or for the poll. */
       uint64_t now = mono_ms();
-      int fd = s->conn != NULL && PQstatus(s->conn) == CONNECTION_OK
+      int fd = conn_ok(s)
                    ? PQsocket(s->conn)
                    : -1;
       idle_ms = now - last_feed >= (uint64_t)s->poll_ms
@@ -1660,7 +1686,7 @@ static void worker_main(void *arg) {
           ;
         read_notifications(s);
       }
-      if (s->conn != NULL && PQstatus(s->conn) != CONNECTION_OK)
+      if (s->conn != NULL && !conn_ok(s))
         wait_connected(s);
       head = take_all(s, &stop);
       if (head == NULL && (s->rung > s->fed ||
