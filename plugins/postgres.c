@@ -57,7 +57,6 @@
 
 #define SCHEMA_VERSION 1
 #define EXPIRY_NEVER_SQL INT64_MAX
-#define RECORD_BATCH_MAX 4096
 #define RECORD_BATCH_BYTES (1u << 20)
 /* Records one step of a remove (or a purge) takes out: a larger remove
  * commits a step at a time, so that neither the service's memory nor
@@ -80,8 +79,6 @@
 
 extern const char peerstore_postgres_schema[];
 
-enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST,
-                J_BATCH, J_FEED };
 
 typedef struct pg pg;
 typedef struct pstmt pstmt;
@@ -107,78 +104,6 @@ typedef struct pg_counters {
 #undef PG_FIELD
 } pg_counters;
 
-struct peerstore_plugin_cursor {
-  pg *s;
-  ps_filt f;
-  uint64_t after;
-  uint64_t max_revision;
-  uint64_t now;
-  int done;
-  int open_pending;
-  int closed;
-};
-
-typedef struct job {
-  struct job *next;
-  enum job_kind kind;
-  int status;
-  void *arg;
-  ps_rbuf changes; /* others' changes to report before this job's */
-  uint64_t lost;   /* > 0: report PEERSTORE_CHANGE_LOST up to it first */
-  union {
-    struct {
-      peerstore_record rec;
-      uint32_t writer;
-      uint8_t option;
-      char *data;
-      int refresh;
-      ps_rbuf gone;
-      peerstore_plugin_store_cb cb;
-    } store;
-    struct {
-      peerstore_plugin_cursor *cursor;
-      uint32_t max;
-      int more;
-      ps_rbuf out;
-      peerstore_plugin_record_cb rec_cb;
-      peerstore_plugin_next_cb done_cb;
-    } next;
-    struct {
-      ps_filt f;
-      uint64_t now;
-      uint32_t max;
-      uint64_t count;
-      uint64_t upto;
-      ps_rbuf gone;
-      peerstore_plugin_count_cb cb;
-      int partial; /* a step's report: the callback comes with the last */
-    } count;
-    struct {
-      ps_filt f;
-      uint64_t after;
-      uint32_t max;
-      int more;
-      uint64_t reached;
-      ps_rbuf out;
-      peerstore_plugin_change_cb ev_cb;
-      peerstore_plugin_history_cb done_cb;
-    } hist;
-    struct {
-      peerstore_plugin_batch_op *ops;
-      size_t n;
-      uint32_t writer;
-      char *data;
-      uint64_t first, last;
-      ps_rbuf changes;
-      peerstore_plugin_batch_cb cb;
-    } batch;
-  } u;
-} job;
-
-typedef struct jobq {
-  job *head;
-  job *tail;
-} jobq;
 
 struct pg {
   uv_loop_t *loop;
@@ -1708,167 +1633,24 @@ static void worker_main(void *arg) {
 /* ------------------------------------------------------------------ */
 /* Loop side                                                           */
 
-static void job_free(job *j) {
-  ps_rbuf_free(&j->changes);
-  switch (j->kind) {
-  case J_STORE:
-    free(j->u.store.data);
-    ps_rbuf_free(&j->u.store.gone);
-    break;
-  case J_NEXT:
-    ps_rbuf_free(&j->u.next.out);
-    break;
-  case J_REMOVE:
-  case J_PURGE:
-    ps_filt_free(&j->u.count.f);
-    ps_rbuf_free(&j->u.count.gone);
-    break;
-  case J_HIST:
-    ps_filt_free(&j->u.hist.f);
-    ps_rbuf_free(&j->u.hist.out);
-    break;
-  case J_BATCH:
-    free(j->u.batch.ops);
-    free(j->u.batch.data);
-    ps_rbuf_free(&j->u.batch.changes);
-    break;
-  case J_OPEN:
-  case J_FEED:
-    break;
-  }
-  free(j);
-}
-
-static void cursor_free(peerstore_plugin_cursor *c) {
-  ps_filt_free(&c->f);
-  free(c);
-}
-
-static void report(pg *s, ps_rbuf *b) {
-  peerstore_plugin_change ch;
-  size_t i;
-
-  ps_rbuf_fixup(b);
-  for (i = 0; i < b->n; i++) {
-    ps_rbuf_change(b, i, &ch);
-    s->changed(s->changed_ctx, &ch);
-  }
-}
-
-static void job_complete(pg *s, job *j) {
-  peerstore_plugin_change ch;
-  size_t i;
-
-  if (j->lost > 0) {
-    memset(&ch, 0, sizeof(ch));
-    ch.kind = PEERSTORE_CHANGE_LOST;
-    ch.revision = j->lost;
-    s->changed(s->changed_ctx, &ch);
-  }
-  report(s, &j->changes);
-  switch (j->kind) {
-  case J_STORE:
-    if (j->status == 0) {
-      ch.kind = PEERSTORE_CHANGE_STORE;
-      ch.revision = j->u.store.rec.revision;
-      ch.rec = &j->u.store.rec;
-      ch.writer = j->u.store.writer;
-      ch.flags = 0;
-      s->changed(s->changed_ctx, &ch);
-      report(s, &j->u.store.gone);
-    }
-    j->u.store.cb(j->arg, j->status, j->status ? NULL : &j->u.store.rec);
-    break;
-  case J_OPEN: {
-    peerstore_plugin_cursor *c = j->u.next.cursor;
-    c->open_pending = 0;
-    if (c->closed)
-      cursor_free(c);
-    break;
-  }
-  case J_NEXT: {
-    ps_rbuf *b = &j->u.next.out;
-    peerstore_plugin_cursor *c = j->u.next.cursor;
-    if (j->status == 0) {
-      ps_rbuf_fixup(b);
-      for (i = 0; i < b->n; i++) {
-        if (j->u.next.rec_cb(j->arg, &b->recs[i], b->writers[i]) &&
-            i + 1 < b->n) {
-          c->after = b->recs[i].revision;
-          j->u.next.more = 1;
-          break;
-        }
-      }
-      c->done = !j->u.next.more;
-    }
-    j->u.next.done_cb(j->arg, j->status, j->status == 0 && j->u.next.more);
-    break;
-  }
-  case J_REMOVE:
-  case J_PURGE:
-    if (j->status == 0)
-      report(s, &j->u.count.gone);
-    if (!j->u.count.partial)
-      j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
-    break;
-  case J_BATCH:
-    if (j->status == 0)
-      report(s, &j->u.batch.changes);
-    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first,
-                  j->status ? 0 : j->u.batch.last);
-    break;
-  case J_HIST: {
-    ps_rbuf *b = &j->u.hist.out;
-    uint64_t reached = j->u.hist.reached;
-    int more = j->u.hist.more;
-    if (j->status == 0) {
-      ps_rbuf_fixup(b);
-      for (i = 0; i < b->n; i++) {
-        ps_rbuf_change(b, i, &ch);
-        if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
-          reached = b->revs[i];
-          more = 1;
-          break;
-        }
-      }
-    }
-    j->u.hist.done_cb(j->arg, j->status, j->status ? 0 : reached,
-                      j->status == 0 && more);
-    break;
-  }
-  case J_FEED:
-    break;
-  }
-  job_free(j);
-}
-
 static void drain_done(pg *s) {
-  job *j, *next;
+  job *j;
 
   uv_mutex_lock(&s->lock);
   j = s->done.head;
   s->done.head = s->done.tail = NULL;
   uv_mutex_unlock(&s->lock);
-  for (; j != NULL; j = next) {
-    next = j->next;
-    job_complete(s, j);
-  }
+  ps_jobs_complete(j, s->changed, s->changed_ctx);
 }
 
 static void on_async(uv_async_t *a) { drain_done(a->data); }
 
 static void submit(pg *s, job *j) {
-  jobq *q = j->kind == J_HIST ? &s->hist_todo : &s->todo;
   int was_empty;
 
-  j->next = NULL;
   uv_mutex_lock(&s->lock);
   was_empty = s->todo.head == NULL && s->hist_todo.head == NULL;
-  if (q->tail != NULL)
-    q->tail->next = j;
-  else
-    q->head = j;
-  q->tail = j;
+  ps_jobq_push(j->kind == J_HIST ? &s->hist_todo : &s->todo, j);
   uv_mutex_unlock(&s->lock);
   if (was_empty) {
     ssize_t w;
@@ -1881,158 +1663,65 @@ static void submit(pg *s, job *j) {
 /* ------------------------------------------------------------------ */
 /* Plugin operations                                                   */
 
-static int pg_store(void *instance, const peerstore_record *rec,
-                    uint32_t writer, enum peerstore_store_option option,
-                    peerstore_plugin_store_cb cb, void *arg) {
-  pg *s = instance;
-  size_t ssn = strlen(rec->subsystem) + 1, kn = strlen(rec->key) + 1;
-  job *j;
-
-  if ((j = calloc(1, sizeof(*j))) == NULL)
+/* Hands j to the worker; PEERSTORE_ENOMEM when there is no j. */
+static int submit_new(pg *s, job *j) {
+  if (j == NULL)
     return PEERSTORE_ENOMEM;
-  if ((j->u.store.data = malloc(ssn + kn + rec->value_size + 1)) == NULL) {
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->kind = J_STORE;
-  j->arg = arg;
-  j->u.store.cb = cb;
-  j->u.store.option = (uint8_t)option;
-  j->u.store.writer = writer;
-  j->u.store.rec = *rec;
-  memcpy(j->u.store.data, rec->subsystem, ssn);
-  memcpy(j->u.store.data + ssn, rec->key, kn);
-  if (rec->value_size > 0)
-    memcpy(j->u.store.data + ssn + kn, rec->value, rec->value_size);
-  j->u.store.rec.subsystem = j->u.store.data;
-  j->u.store.rec.key = j->u.store.data + ssn;
-  j->u.store.rec.value = j->u.store.data + ssn + kn;
   submit(s, j);
   return 0;
 }
 
+static int pg_store(void *instance, const peerstore_record *rec,
+                    uint32_t writer, enum peerstore_store_option option,
+                    peerstore_plugin_store_cb cb, void *arg) {
+  return submit_new(instance, ps_job_store(rec, writer, option, cb, arg));
+}
+
 static int pg_iterate_open(void *instance, const peerstore_plugin_filter *f,
                            uint64_t now, peerstore_plugin_cursor **out) {
-  peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
-  job *j = calloc(1, sizeof(*j));
+  job *j;
+  int rc;
 
-  if (c == NULL || j == NULL || ps_filt_copy(&c->f, f) != 0) {
-    free(j);
-    if (c != NULL)
-      cursor_free(c);
-    return PEERSTORE_ENOMEM;
-  }
-  c->s = instance;
-  c->now = now;
-  c->open_pending = 1;
-  j->kind = J_OPEN;
-  j->u.next.cursor = c;
-  submit(c->s, j);
-  *out = c;
-  return 0;
+  if ((rc = ps_cursor_open(instance, f, now, out, &j)) == 0)
+    submit(instance, j);
+  return rc;
 }
 
 static int pg_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
                            peerstore_plugin_record_cb rec_cb,
                            peerstore_plugin_next_cb done_cb, void *arg) {
   job *j;
+  int rc;
 
-  if (c->done) {
-    done_cb(arg, 0, 0);
-    return 0;
-  }
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = J_NEXT;
-  j->arg = arg;
-  j->u.next.cursor = c;
-  j->u.next.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
-  j->u.next.rec_cb = rec_cb;
-  j->u.next.done_cb = done_cb;
-  submit(c->s, j);
-  return 0;
-}
-
-static void pg_iterate_close(peerstore_plugin_cursor *c) {
-  if (c->open_pending)
-    c->closed = 1;
-  else
-    cursor_free(c);
-}
-
-static int count_job(pg *s, enum job_kind kind,
-                     const peerstore_plugin_filter *f, uint64_t now,
-                     uint32_t max, peerstore_plugin_count_cb cb, void *arg) {
-  job *j;
-
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = kind;
-  j->arg = arg;
-  j->u.count.cb = cb;
-  j->u.count.now = now;
-  j->u.count.max = max;
-  if (f != NULL && ps_filt_copy(&j->u.count.f, f) != 0) {
-    job_free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  submit(s, j);
-  return 0;
+  if ((rc = ps_job_next(c, max, rec_cb, done_cb, arg, &j)) == 0 && j != NULL)
+    submit(c->s, j);
+  return rc;
 }
 
 static int pg_remove(void *instance, const peerstore_plugin_filter *f,
                      peerstore_plugin_count_cb cb, void *arg) {
-  return count_job(instance, J_REMOVE, f, 0, 0, cb, arg);
+  return submit_new(instance, ps_job_count(J_REMOVE, f, 0, 0, cb, arg));
 }
 
 static int pg_purge(void *instance, uint64_t now, uint32_t max,
                     peerstore_plugin_count_cb cb, void *arg) {
-  return count_job(instance, J_PURGE, NULL, now, max, cb, arg);
+  return submit_new(instance, ps_job_count(J_PURGE, NULL, now, max, cb, arg));
 }
 
 static int pg_history_read(void *instance, const peerstore_plugin_filter *f,
                            uint64_t after, uint32_t max,
                            peerstore_plugin_change_cb ev_cb,
                            peerstore_plugin_history_cb done_cb, void *arg) {
-  job *j = calloc(1, sizeof(*j));
-
-  if (j == NULL)
-    return PEERSTORE_ENOMEM;
-  if (ps_filt_copy(&j->u.hist.f, f) != 0) {
-    ps_filt_free(&j->u.hist.f);
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->kind = J_HIST;
-  j->arg = arg;
-  j->u.hist.after = after;
-  j->u.hist.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
-  j->u.hist.ev_cb = ev_cb;
-  j->u.hist.done_cb = done_cb;
-  submit(instance, j);
-  return 0;
+  return submit_new(instance,
+                    ps_job_hist(f, after, max, ev_cb, done_cb, arg));
 }
 
 static int pg_batch(void *instance, const peerstore_plugin_batch_op *ops,
                     size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                     void *arg) {
-  job *j;
-
   if (ps_batch_check(ops, n) != 0)
     return PEERSTORE_EINVAL;
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = J_BATCH;
-  if (ps_batch_copy(ops, n, &j->u.batch.ops, &j->u.batch.data) != 0) {
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->u.batch.n = n;
-  j->arg = arg;
-  j->u.batch.writer = writer;
-  j->u.batch.cb = cb;
-  submit(instance, j);
-  return 0;
+  return submit_new(instance, ps_job_batch(ops, n, writer, cb, arg));
 }
 
 static void pg_history_info(void *instance,
@@ -2225,7 +1914,7 @@ static const peerstore_plugin_ops pg_ops = {
     .store = pg_store,
     .iterate_open = pg_iterate_open,
     .iterate_next = pg_iterate_next,
-    .iterate_close = pg_iterate_close,
+    .iterate_close = ps_cursor_close,
     .remove = pg_remove,
     .purge = pg_purge,
     .counts = pg_counts,

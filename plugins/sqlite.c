@@ -34,7 +34,6 @@
 #define SCHEMA_VERSION 4
 #define APPLICATION_ID 0x50535452 /* "PSTR" */
 #define EXPIRY_NEVER_SQL INT64_MAX
-#define RECORD_BATCH_MAX 4096
 /* Bytes of records one batch copies out for the loop, past which it stops
  * (after at least one record): values can be large. */
 #define RECORD_BATCH_BYTES (1u << 20)
@@ -51,82 +50,9 @@ extern const char peerstore_sqlite_migrate_1_2[];
 extern const char peerstore_sqlite_migrate_2_3[];
 extern const char peerstore_sqlite_migrate_3_4[];
 
-enum job_kind { J_STORE, J_OPEN, J_NEXT, J_REMOVE, J_PURGE, J_HIST, J_BATCH };
 
 typedef struct sq sq;
 
-struct peerstore_plugin_cursor {
-  sq *s;
-  ps_filt f;
-  uint64_t after;        /* last revision yielded */
-  uint64_t max_revision; /* the snapshot, fixed by its J_OPEN job */
-  uint64_t now;
-  int done;
-  int open_pending; /* its J_OPEN job has not come back yet */
-  int closed;       /* iterate_close came first: J_OPEN's return frees it */
-};
-
-typedef struct job {
-  struct job *next;
-  enum job_kind kind;
-  int status;
-  int contained; /* ran in a savepoint of its own: a failure undid it alone */
-  void *arg;
-  union {
-    struct {
-      peerstore_record rec; /* strings and value point into data */
-      uint32_t writer;
-      uint8_t option;
-      char *data;
-      ps_rbuf gone; /* what a REPLACE dropped */
-      peerstore_plugin_store_cb cb;
-    } store;
-    struct {
-      peerstore_plugin_cursor *cursor;
-      uint64_t from; /* cursor->after before it ran */
-      uint32_t max;
-      int more;
-      ps_rbuf out;
-      peerstore_plugin_record_cb rec_cb;
-      peerstore_plugin_next_cb done_cb;
-    } next;
-    struct {
-      ps_filt f;
-      uint64_t now;
-      uint32_t max;
-      uint64_t count;
-      ps_rbuf gone; /* what it removed or expired */
-      peerstore_plugin_count_cb cb;
-      uint64_t upto; /* remove: the revision when it began */
-      int more;      /* remove: a step left records to do */
-      int partial;   /* remove: a step's report; the callback comes later */
-    } count; /* remove and purge */
-    struct {
-      ps_filt f;
-      uint64_t after;
-      uint32_t max;
-      int more;
-      uint64_t reached;
-      ps_rbuf out;
-      peerstore_plugin_change_cb ev_cb;
-      peerstore_plugin_history_cb done_cb;
-    } hist;
-    struct {
-      peerstore_plugin_batch_op *ops; /* strings and values in data */
-      size_t n;
-      uint32_t writer;
-      char *data;
-      uint64_t first, last;
-      ps_rbuf changes; /* every change it made, in order, for the hook */
-      peerstore_plugin_batch_cb cb;
-    } batch;
-  } u;
-} job;
-
-typedef struct jobq {
-  job *head;
-  job *tail;
-} jobq;
 
 struct sq {
   uv_loop_t *loop;
@@ -1085,6 +1011,7 @@ static job *run_group(sq *s, job *head, job *end) {
     case J_PURGE: j->status = do_purge(s, j); break;
     case J_HIST: break; /* after the group (take_group) */
     case J_BATCH: j->status = do_batch(s, j); break;
+    case J_FEED: break; /* postgres' alone */
     }
     /* A batch, or a store under a quota, that failed has undone itself
      * and the group goes on - unless SQLite rolled the whole transaction
@@ -1216,158 +1143,21 @@ static void worker_main(void *arg) {
 /* ------------------------------------------------------------------ */
 /* Loop side: completing jobs                                          */
 
-static void job_free(job *j) {
-  switch (j->kind) {
-  case J_STORE:
-    free(j->u.store.data);
-    ps_rbuf_free(&j->u.store.gone);
-    break;
-  case J_NEXT:
-    ps_rbuf_free(&j->u.next.out);
-    break;
-  case J_REMOVE:
-  case J_PURGE:
-    ps_filt_free(&j->u.count.f);
-    ps_rbuf_free(&j->u.count.gone);
-    break;
-  case J_HIST:
-    ps_filt_free(&j->u.hist.f);
-    ps_rbuf_free(&j->u.hist.out);
-    break;
-  case J_BATCH:
-    free(j->u.batch.ops);
-    free(j->u.batch.data);
-    ps_rbuf_free(&j->u.batch.changes);
-    break;
-  case J_OPEN:
-    break;
-  }
-  free(j);
-}
-
-static void cursor_free(peerstore_plugin_cursor *c) {
-  ps_filt_free(&c->f);
-  free(c);
-}
-
-/* Reports the changes in b (what a write made or took out) through the
- * hook. */
-static void report_gone(sq *s, ps_rbuf *b) {
-  peerstore_plugin_change ch;
-  size_t i;
-
-  ps_rbuf_fixup(b);
-  for (i = 0; i < b->n; i++) {
-    ps_rbuf_change(b, i, &ch);
-    s->changed(s->changed_ctx, &ch);
-  }
-}
-
-static void job_complete(sq *s, job *j) {
-  peerstore_plugin_change ch;
-  size_t i;
-
-  switch (j->kind) {
-  case J_STORE:
-    if (j->status == 0) {
-      ch.kind = PEERSTORE_CHANGE_STORE;
-      ch.revision = j->u.store.rec.revision;
-      ch.rec = &j->u.store.rec;
-      ch.writer = j->u.store.writer;
-      ch.flags = 0;
-      s->changed(s->changed_ctx, &ch);
-      report_gone(s, &j->u.store.gone);
-    }
-    j->u.store.cb(j->arg, j->status, j->status ? NULL : &j->u.store.rec);
-    break;
-  case J_OPEN: {
-    peerstore_plugin_cursor *c = j->u.next.cursor;
-    c->open_pending = 0;
-    if (c->closed)
-      cursor_free(c);
-    break;
-  }
-  case J_NEXT: {
-    ps_rbuf *b = &j->u.next.out;
-    peerstore_plugin_cursor *c = j->u.next.cursor;
-    if (j->status == 0) {
-      ps_rbuf_fixup(b);
-      for (i = 0; i < b->n; i++) {
-        if (j->u.next.rec_cb(j->arg, &b->recs[i], b->writers[i]) &&
-            i + 1 < b->n) {
-          /* The service holds enough: the rest of the batch is read
-           * again by the next one. */
-          c->after = b->recs[i].revision;
-          j->u.next.more = 1;
-          break;
-        }
-      }
-      c->done = !j->u.next.more;
-    }
-    j->u.next.done_cb(j->arg, j->status, j->status == 0 && j->u.next.more);
-    break;
-  }
-  case J_REMOVE:
-  case J_PURGE:
-    if (j->status == 0)
-      report_gone(s, &j->u.count.gone);
-    if (!j->u.count.partial)
-      j->u.count.cb(j->arg, j->status, j->status ? 0 : j->u.count.count);
-    break;
-  case J_BATCH:
-    if (j->status == 0)
-      report_gone(s, &j->u.batch.changes);
-    j->u.batch.cb(j->arg, j->status, j->status ? 0 : j->u.batch.first,
-                  j->status ? 0 : j->u.batch.last);
-    break;
-  case J_HIST: {
-    ps_rbuf *b = &j->u.hist.out;
-    uint64_t reached = j->u.hist.reached;
-    int more = j->u.hist.more;
-    if (j->status == 0) {
-      ps_rbuf_fixup(b);
-      for (i = 0; i < b->n; i++) {
-        ps_rbuf_change(b, i, &ch);
-        if (j->u.hist.ev_cb(j->arg, &ch) && i + 1 < b->n) {
-          reached = b->revs[i];
-          more = 1;
-          break;
-        }
-      }
-    }
-    j->u.hist.done_cb(j->arg, j->status, j->status ? 0 : reached,
-                      j->status == 0 && more);
-    break;
-  }
-  }
-  job_free(j);
-}
-
 static void drain_done(sq *s) {
-  job *j, *next;
+  job *j;
 
   uv_mutex_lock(&s->lock);
   j = s->done.head;
   s->done.head = s->done.tail = NULL;
   uv_mutex_unlock(&s->lock);
-  for (; j != NULL; j = next) {
-    next = j->next;
-    job_complete(s, j);
-  }
+  ps_jobs_complete(j, s->changed, s->changed_ctx);
 }
 
 static void on_async(uv_async_t *a) { drain_done(a->data); }
 
 static void submit(sq *s, job *j) {
-  jobq *q = j->kind == J_HIST ? &s->hist_todo : &s->todo;
-
-  j->next = NULL;
   uv_mutex_lock(&s->lock);
-  if (q->tail != NULL)
-    q->tail->next = j;
-  else
-    q->head = j;
-  q->tail = j;
+  ps_jobq_push(j->kind == J_HIST ? &s->hist_todo : &s->todo, j);
   uv_cond_signal(&s->cond);
   uv_mutex_unlock(&s->lock);
 }
@@ -1375,111 +1165,53 @@ static void submit(sq *s, job *j) {
 /* ------------------------------------------------------------------ */
 /* Plugin operations                                                   */
 
-static int sq_store(void *instance, const peerstore_record *rec,
-                    uint32_t writer, enum peerstore_store_option option,
-                    peerstore_plugin_store_cb cb, void *arg) {
-  sq *s = instance;
-  size_t ssn = strlen(rec->subsystem) + 1, kn = strlen(rec->key) + 1;
-  job *j;
-
-  if (s->read_only)
-    return PEERSTORE_EROFS;
-  if ((j = calloc(1, sizeof(*j))) == NULL)
+/* Hands j to the worker; PEERSTORE_ENOMEM when there is no j. */
+static int submit_new(sq *s, job *j) {
+  if (j == NULL)
     return PEERSTORE_ENOMEM;
-  /* One allocation holds the strings and the value. */
-  if ((j->u.store.data = malloc(ssn + kn + rec->value_size + 1)) == NULL) {
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->kind = J_STORE;
-  j->arg = arg;
-  j->u.store.cb = cb;
-  j->u.store.option = (uint8_t)option;
-  j->u.store.writer = writer;
-  j->u.store.rec = *rec;
-  memcpy(j->u.store.data, rec->subsystem, ssn);
-  memcpy(j->u.store.data + ssn, rec->key, kn);
-  if (rec->value_size > 0)
-    memcpy(j->u.store.data + ssn + kn, rec->value, rec->value_size);
-  j->u.store.rec.subsystem = j->u.store.data;
-  j->u.store.rec.key = j->u.store.data + ssn;
-  j->u.store.rec.value = j->u.store.data + ssn + kn;
   submit(s, j);
   return 0;
 }
 
+static int sq_store(void *instance, const peerstore_record *rec,
+                    uint32_t writer, enum peerstore_store_option option,
+                    peerstore_plugin_store_cb cb, void *arg) {
+  sq *s = instance;
+
+  if (s->read_only)
+    return PEERSTORE_EROFS;
+  return submit_new(s, ps_job_store(rec, writer, option, cb, arg));
+}
+
 static int sq_iterate_open(void *instance, const peerstore_plugin_filter *f,
                            uint64_t now, peerstore_plugin_cursor **out) {
-  peerstore_plugin_cursor *c = calloc(1, sizeof(*c));
-  job *j = calloc(1, sizeof(*j));
+  job *j;
+  int rc;
 
-  if (c == NULL || j == NULL || ps_filt_copy(&c->f, f) != 0) {
-    free(j);
-    if (c != NULL)
-      cursor_free(c);
-    return PEERSTORE_ENOMEM;
-  }
-  c->s = instance;
-  c->now = now;
-  c->open_pending = 1;
-  j->kind = J_OPEN;
-  j->u.next.cursor = c;
-  submit(c->s, j);
-  *out = c;
-  return 0;
+  if ((rc = ps_cursor_open(instance, f, now, out, &j)) == 0)
+    submit(instance, j);
+  return rc;
 }
 
 static int sq_iterate_next(peerstore_plugin_cursor *c, uint32_t max,
                            peerstore_plugin_record_cb rec_cb,
                            peerstore_plugin_next_cb done_cb, void *arg) {
   job *j;
+  int rc;
 
-  if (c->done) {
-    done_cb(arg, 0, 0);
-    return 0;
-  }
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = J_NEXT;
-  j->arg = arg;
-  j->u.next.cursor = c;
-  j->u.next.from = c->after; /* only this job moves it, on the worker */
-  j->u.next.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
-  j->u.next.rec_cb = rec_cb;
-  j->u.next.done_cb = done_cb;
-  submit(c->s, j);
-  return 0;
-}
-
-static void sq_iterate_close(peerstore_plugin_cursor *c) {
-  if (c->open_pending)
-    c->closed = 1; /* the worker still refers to it */
-  else
-    cursor_free(c);
+  if ((rc = ps_job_next(c, max, rec_cb, done_cb, arg, &j)) == 0 && j != NULL)
+    submit(c->s, j);
+  return rc;
 }
 
 static int count_job(sq *s, enum job_kind kind, const peerstore_plugin_filter *f,
                      uint64_t now, uint32_t max, peerstore_plugin_count_cb cb,
                      void *arg) {
-  job *j;
-
   if (s->read_only) {
     cb(arg, kind == J_PURGE ? 0 : PEERSTORE_EROFS, 0);
     return 0;
   }
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = kind;
-  j->arg = arg;
-  j->u.count.cb = cb;
-  j->u.count.now = now;
-  j->u.count.max = max;
-  if (f != NULL && ps_filt_copy(&j->u.count.f, f) != 0) {
-    job_free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  submit(s, j);
-  return 0;
+  return submit_new(s, ps_job_count(kind, f, now, max, cb, arg));
 }
 
 static int sq_remove(void *instance, const peerstore_plugin_filter *f,
@@ -1496,49 +1228,20 @@ static int sq_history_read(void *instance, const peerstore_plugin_filter *f,
                            uint64_t after, uint32_t max,
                            peerstore_plugin_change_cb ev_cb,
                            peerstore_plugin_history_cb done_cb, void *arg) {
-  sq *s = instance;
-  job *j = calloc(1, sizeof(*j));
-
-  if (j == NULL)
-    return PEERSTORE_ENOMEM;
-  if (ps_filt_copy(&j->u.hist.f, f) != 0) {
-    ps_filt_free(&j->u.hist.f);
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->kind = J_HIST;
-  j->arg = arg;
-  j->u.hist.after = after;
-  j->u.hist.max = max < RECORD_BATCH_MAX ? max : RECORD_BATCH_MAX;
-  j->u.hist.ev_cb = ev_cb;
-  j->u.hist.done_cb = done_cb;
-  submit(s, j);
-  return 0;
+  return submit_new(instance,
+                    ps_job_hist(f, after, max, ev_cb, done_cb, arg));
 }
 
 static int sq_batch(void *instance, const peerstore_plugin_batch_op *ops,
                     size_t n, uint32_t writer, peerstore_plugin_batch_cb cb,
                     void *arg) {
   sq *s = instance;
-  job *j;
 
   if (ps_batch_check(ops, n) != 0)
     return PEERSTORE_EINVAL;
   if (s->read_only)
     return PEERSTORE_EROFS;
-  if ((j = calloc(1, sizeof(*j))) == NULL)
-    return PEERSTORE_ENOMEM;
-  j->kind = J_BATCH;
-  if (ps_batch_copy(ops, n, &j->u.batch.ops, &j->u.batch.data) != 0) {
-    free(j);
-    return PEERSTORE_ENOMEM;
-  }
-  j->u.batch.n = n;
-  j->arg = arg;
-  j->u.batch.writer = writer;
-  j->u.batch.cb = cb;
-  submit(s, j);
-  return 0;
+  return submit_new(s, ps_job_batch(ops, n, writer, cb, arg));
 }
 
 static void sq_history_info(void *instance,
@@ -1956,7 +1659,7 @@ static const peerstore_plugin_ops sq_ops = {
     .store = sq_store,
     .iterate_open = sq_iterate_open,
     .iterate_next = sq_iterate_next,
-    .iterate_close = sq_iterate_close,
+    .iterate_close = ps_cursor_close,
     .remove = sq_remove,
     .purge = sq_purge,
     .counts = sq_counts,
