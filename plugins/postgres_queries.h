@@ -88,22 +88,30 @@ static const char *const pg_filter_where[F_COUNT] = {
   "(SELECT value FROM peerstore_meta WHERE name = 'records')"
 
 /* Rows and bytes of the history (each row counted as in the SQLite
- * plugin: its strings, value and 72 bytes). */
+ * plugin: its strings, value and 72 bytes), as the writers count them:
+ * in peerstore_meta, and what the transaction in progress added. */
+/* A setting of this transaction, 0 when it has none ('' once the session
+ * has seen it in another). */
+#define PG_PENDING(name)                                                       \
+  "coalesce(nullif(current_setting('" name "', true), ''), '0')::bigint"
 #define PG_HIST_SIZE_SQL                                                       \
-  "SELECT count(*), coalesce(sum(length(subsystem) + length(key) + "          \
-  "length(value) + 72), 0)::bigint FROM peerstore_history"
+  "SELECT (SELECT value FROM peerstore_meta WHERE name = 'history_rows') + " \
+  PG_PENDING("peerstore.history_rows") ", "                                  \
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_bytes') + "       \
+  PG_PENDING("peerstore.history_bytes")
 
 /* $1 the purge lock's key, $2 now: whether this service may purge (no
- * other is), whether anything has expired, the history's size, and the
- * revisions it spans (what history_events limits). */
+ * other is), whether anything has expired, the history's rows and bytes
+ * (counted by the writers: no scan), and the revisions it spans (what
+ * history_events limits). */
 #define PG_PURGE_CHECK_SQL                                                     \
   "SELECT pg_try_advisory_xact_lock($1), "                                    \
   "EXISTS (SELECT 1 FROM peerstore_records WHERE expiry <= $2 "               \
-  "AND expiry < 9223372036854775807), h.n, h.b, "                             \
+  "AND expiry < 9223372036854775807), "                                       \
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_rows'), "          \
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_bytes'), "         \
   "(SELECT value FROM peerstore_meta WHERE name = 'revision') - "             \
-  "(SELECT value FROM peerstore_meta WHERE name = 'history_first') FROM ("    \
-  "SELECT count(*) AS n, coalesce(sum(length(subsystem) + length(key) + "     \
-  "length(value) + 72), 0)::bigint AS b FROM peerstore_history) h"
+  "(SELECT value FROM peerstore_meta WHERE name = 'history_first')"
 
 /* The newest live record of a triple: $1-$3, $4 now. */
 #define PG_NEWEST_SQL                                                          \

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 #include <libpq-fe.h>
@@ -128,6 +129,12 @@ static void store_async(inst *in, const char *key, const char *value,
                    0);
 }
 
+static uint64_t wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
 static PGconn *db_connect(void) {
   PGconn *c = PQconnectdb(conninfo);
   assert_int_equal(PQstatus(c), CONNECTION_OK);
@@ -197,6 +204,165 @@ static void test_two_instances_share_one_sequence_and_see_each_other(
   assert_int_equal(b.last, first + 99);
   inst_close(&a);
   inst_close(&b);
+}
+
+/* The history's rows and bytes as the writers counted them, and as a
+ * scan of the table finds them: equal. */
+static void assert_history_counted(PGconn *c) {
+  PGresult *r = PQexec(
+      c, "SELECT (SELECT value FROM peerstore_meta WHERE name = "
+         "'history_rows'), (SELECT value FROM peerstore_meta WHERE name = "
+         "'history_bytes'), count(*), coalesce(sum(length(subsystem) + "
+         "length(key) + length(value) + 72), 0) FROM peerstore_history");
+
+  assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+  assert_string_equal(PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 2));
+  assert_string_equal(PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 3));
+  PQclear(r);
+}
+
+static void exec_ok(PGconn *c, const char *sql) {
+  PGresult *r = PQexec(c, sql);
+
+  if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+      PQresultStatus(r) != PGRES_TUPLES_OK)
+    fail_msg("%s: %s", sql, PQerrorMessage(c));
+  PQclear(r);
+}
+
+static void count_cb(void *arg, int status, uint64_t n) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  r->revision = n;
+}
+
+/* A database made by the plugin's schema version 1 (the fixture), with
+ * records and a history written by version 1's functions, is brought
+ * forward when a version 2 plugin opens it: the counters it adds agree
+ * with the history, its records are all there, and the writes after keep
+ * the counters right - a REPLACE, a remove, the purge's trim. */
+static void test_a_version_1_database_is_migrated_forward(void **state) {
+  static inst a;
+  char path[600], *sql;
+  const char *src = getenv("srcdir");
+  peerstore_plugin_filter all = {"ss", NULL, NULL};
+  res r[4];
+  PGresult *pr;
+  PGconn *c;
+  FILE *f;
+  long n;
+  int i;
+
+  (void)state;
+  snprintf(path, sizeof(path), "%s/tests/fixtures/postgres-v1.sql",
+           src != NULL ? src : ".");
+  assert_non_null(f = fopen(path, "rb"));
+  fseek(f, 0, SEEK_END);
+  n = ftell(f);
+  rewind(f);
+  assert_non_null(sql = calloc(1, (size_t)n + 1));
+  assert_int_equal(fread(sql, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  c = db_connect();
+  exec_ok(c, sql);
+  free(sql);
+  /* Version 1 at work: three stores of one key, the last a REPLACE. */
+  exec_ok(c, "BEGIN");
+  exec_ok(c, "SELECT * FROM peerstore_lock()");
+  for (i = 0; i < 3; i++) {
+    char q[400];
+    snprintf(q, sizeof(q),
+             "SELECT * FROM peerstore_store('ss', '\\x%064d', 'k', "
+             "'v%d', 9223372036854775807, 0, %s, true, 0)",
+             1, i, i == 2 ? "true" : "false");
+    exec_ok(c, q);
+  }
+  exec_ok(c, "SELECT peerstore_unlock(1)");
+  exec_ok(c, "COMMIT");
+  pr = PQexec(c, "SELECT count(*) FROM peerstore_history");
+  assert_string_equal(PQgetvalue(pr, 0, 0), "2"); /* v0, v1 dropped */
+  PQclear(pr);
+
+  inst_open(&a);
+  pr = PQexec(c, "SELECT value FROM peerstore_meta "
+                 "WHERE name = 'schema_version'");
+  assert_string_equal(PQgetvalue(pr, 0, 0), "2");
+  PQclear(pr);
+  assert_history_counted(c);
+  /* Writes through version 2 keep the counters. */
+  store_async(&a, "k", "v3", &r[0]);
+  store_async(&a, "k", "v3", &r[1]); /* a refresh: the old store kept */
+  store_async(&a, "j", "x", &r[2]);
+  assert_int_equal(harness_run_until(&a.loop, &r[2].done, TIMEOUT), 0);
+  assert_int_equal(r[0].status + r[1].status + r[2].status, 0);
+  assert_history_counted(c);
+  memset(&r[3], 0, sizeof(r[3]));
+  assert_int_equal(desc->ops->remove(a.p, &all, count_cb, &r[3]), 0);
+  assert_int_equal(harness_run_until(&a.loop, &r[3].done, TIMEOUT), 0);
+  assert_int_equal(r[3].status, 0);
+  assert_int_equal(r[3].revision, 3); /* v2, v3 and x */
+  assert_history_counted(c);
+  inst_close(&a);
+  PQfinish(c);
+}
+
+/* The purge trims by revisions and by bytes from the writers' counters,
+ * reading only the rows it removes; afterwards the counters still agree
+ * with the table. */
+static void test_the_trim_keeps_the_history_counters_right(void **state) {
+  static inst a;
+  peerstore_plugin_env env;
+  static res r[200];
+  res p;
+  char value[32];
+  PGresult *pr;
+  PGconn *c;
+  int i;
+
+  (void)state;
+  memset(&a, 0, sizeof(a));
+  assert_int_equal(uv_loop_init(&a.loop), 0);
+  memset(&env, 0, sizeof(env));
+  env.loop = &a.loop;
+  env.option = get_option;
+  env.log = quiet_log;
+  env.strerror = peerstore_strerror;
+  env.changed = on_change;
+  env.changed_ctx = &a;
+  env.history_events = 100000;
+  env.history_bytes = 20 * (2 + 1 + 20 + 72); /* about 20 rows */
+  assert_int_equal(desc->ops->open(&env, &a.p), 0);
+  for (i = 0; i < 200; i++) {
+    peerstore_record rec;
+    memset(&rec, 0, sizeof(rec));
+    snprintf(value, sizeof(value), "%020d", i);
+    rec.subsystem = "ss";
+    rec.key = "k";
+    rec.value = value;
+    rec.value_size = 20;
+    rec.expiry = PEERSTORE_EXPIRY_NEVER;
+    assert_int_equal(desc->ops->store(a.p, &rec, 0, PEERSTORE_REPLACE,
+                                      store_cb, &r[i]),
+                     0);
+  }
+  assert_int_equal(harness_run_until(&a.loop, &r[199].done, TIMEOUT), 0);
+  c = db_connect();
+  assert_history_counted(c);
+  memset(&p, 0, sizeof(p));
+  assert_int_equal(desc->ops->purge(a.p, wall_us(), 1000, count_cb, &p), 0);
+  assert_int_equal(harness_run_until(&a.loop, &p.done, TIMEOUT), 0);
+  assert_int_equal(p.status, 0);
+  assert_history_counted(c);
+  pr = PQexec(c, "SELECT count(*), (SELECT value FROM peerstore_meta WHERE "
+                 "name = 'history_bytes') FROM peerstore_history");
+  /* 199 dropped records, trimmed to what fits in the bytes. */
+  assert_true(atoi(PQgetvalue(pr, 0, 0)) >= 19 &&
+              atoi(PQgetvalue(pr, 0, 0)) <= 20);
+  assert_true(atol(PQgetvalue(pr, 0, 1)) <= (long)env.history_bytes);
+  PQclear(pr);
+  PQfinish(c);
+  inst_close(&a);
 }
 
 /* EXPLAIN: every filter's iteration and history read is served by an
@@ -272,6 +438,10 @@ int main(void) {
       cmocka_unit_test_setup(
           test_two_instances_share_one_sequence_and_see_each_other, setup),
       cmocka_unit_test_setup(test_query_plans, setup),
+      cmocka_unit_test_setup(test_a_version_1_database_is_migrated_forward,
+                             setup),
+      cmocka_unit_test_setup(test_the_trim_keeps_the_history_counters_right,
+                             setup),
   };
 
   if (so == NULL)
