@@ -76,7 +76,7 @@ static void on_change(void *ctx, const peerstore_plugin_change *ch) {
   in->changes++;
 }
 
-static void inst_open(inst *in) {
+static void inst_open_with(inst *in, uint64_t history_bytes) {
   peerstore_plugin_env env;
 
   memset(in, 0, sizeof(*in));
@@ -89,9 +89,11 @@ static void inst_open(inst *in) {
   env.changed = on_change;
   env.changed_ctx = in;
   env.history_events = 100000;
-  env.history_bytes = 64u << 20;
+  env.history_bytes = history_bytes;
   assert_int_equal(desc->ops->open(&env, &in->p), 0);
 }
+
+static void inst_open(inst *in) { inst_open_with(in, 64u << 20); }
 
 static void inst_close(inst *in) {
   desc->ops->close(in->p);
@@ -311,8 +313,8 @@ static void test_a_version_1_database_is_migrated_forward(void **state) {
  * reading only the rows it removes; afterwards the counters still agree
  * with the table. */
 static void test_the_trim_keeps_the_history_counters_right(void **state) {
+  const uint64_t max_bytes = 20 * (2 + 1 + 20 + 72); /* 20 rows */
   static inst a;
-  peerstore_plugin_env env;
   static res r[200];
   res p;
   char value[32];
@@ -321,18 +323,7 @@ static void test_the_trim_keeps_the_history_counters_right(void **state) {
   int i;
 
   (void)state;
-  memset(&a, 0, sizeof(a));
-  assert_int_equal(uv_loop_init(&a.loop), 0);
-  memset(&env, 0, sizeof(env));
-  env.loop = &a.loop;
-  env.option = get_option;
-  env.log = quiet_log;
-  env.strerror = peerstore_strerror;
-  env.changed = on_change;
-  env.changed_ctx = &a;
-  env.history_events = 100000;
-  env.history_bytes = 20 * (2 + 1 + 20 + 72); /* about 20 rows */
-  assert_int_equal(desc->ops->open(&env, &a.p), 0);
+  inst_open_with(&a, max_bytes);
   for (i = 0; i < 200; i++) {
     peerstore_record rec;
     memset(&rec, 0, sizeof(rec));
@@ -359,7 +350,7 @@ static void test_the_trim_keeps_the_history_counters_right(void **state) {
   /* 199 dropped records, trimmed to what fits in the bytes. */
   assert_true(atoi(PQgetvalue(pr, 0, 0)) >= 19 &&
               atoi(PQgetvalue(pr, 0, 0)) <= 20);
-  assert_true(atol(PQgetvalue(pr, 0, 1)) <= (long)env.history_bytes);
+  assert_true(atol(PQgetvalue(pr, 0, 1)) <= (long)max_bytes);
   PQclear(pr);
   PQfinish(c);
   inst_close(&a);
