@@ -217,8 +217,10 @@ static void p_int4(params *p, int32_t x) {
 }
 
 static void p_bool(params *p, int b) {
-  p->ints[p->n] = b ? 1 : 0;
-  p_bytes(p, &p->ints[p->n], 1);
+  unsigned char *at = (unsigned char *)&p->ints[p->n];
+
+  at[0] = b != 0; /* its first byte, whatever the machine's order */
+  p_bytes(p, at, 1);
 }
 
 static int64_t get_int8(const PGresult *r, int row, int col) {
@@ -246,15 +248,19 @@ static int conn_ok(const pg *s) {
 static int fail(pg *s, const PGresult *r, const char *what) {
   const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
                                 : NULL;
+  const char *severity =
+      r != NULL ? PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
   const char *msg = r != NULL ? PQresultErrorMessage(r) : NULL;
 
   if (msg == NULL || *msg == '\0')
     msg = PQerrorMessage(s->conn);
-  /* The server ending the session (shutdown, pg_terminate_backend:
-   * 57P01-57P03) or a connection exception (08) says the session is
-   * going before libpq has seen the socket close. */
-  if (state != NULL &&
-      (strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0))
+  /* The server ending the session (FATAL: shutdown, pg_terminate_backend,
+   * an idle timeout...; 57P01-57P03) or a connection exception (08) says
+   * the session is going before libpq has seen the socket close. */
+  if ((state != NULL &&
+       (strncmp(state, "57P", 3) == 0 || strncmp(state, "08", 2) == 0)) ||
+      (severity != NULL &&
+       (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0)))
     s->conn_dead = 1;
   s->err_lost = !conn_ok(s);
   s->log(s->log_ctx, s->err_lost ? PEERSTORE_LOG_WARN : PEERSTORE_LOG_ERROR,
@@ -343,14 +349,18 @@ static int pipe_run(pg *s, pstmt *st, int n) {
                                        p->len, p->fmt, 1)
                  : PQsendQueryParams(s->conn, st[i].sql, 0, NULL, NULL, NULL,
                                      NULL, 1);
-    if (!ok) {
-      rc = fail(s, NULL, "sending");
+    if (!ok)
       break;
-    }
   }
-  /* A sync even after a failed send: what was sent is answered up to it. */
-  if (PQpipelineSync(s->conn) != 1 && rc == 0)
+  if (i < n || PQpipelineSync(s->conn) != 1) {
+    /* Not all of it went, or no sync: the server may never answer what
+     * did go, so nothing is waited for - the session is given up. */
+    s->conn_dead = 1;
     rc = fail(s, NULL, "sending");
+    PQexitPipelineMode(s->conn);
+    pipe_clear(st, n);
+    return rc;
+  }
   /* The results, in order: each statement's, then NULL; after a failure,
    * PIPELINE_ABORTED for the rest; then the sync. */
   for (i = 0; rc == 0 && i < n; i++) {
@@ -814,7 +824,7 @@ static int do_batch(pg *s, job *j) {
     j->u.batch.last = ch->n > 0 ? ch->revs[ch->n - 1] : 0;
     return 0;
   }
-  if (!s->err_lost && exec(s, "ROLLBACK TO SAVEPOINT batch") != 0)
+  if (conn_ok(s) && exec(s, "ROLLBACK TO SAVEPOINT batch") != 0)
     return PEERSTORE_ENOTCONN;
   s->delta = delta0;
   j->u.batch.changes.n = 0;
@@ -990,7 +1000,7 @@ static int begin_locked(pg *s, job *list, uint64_t *locked, uint64_t *first,
   p_int8(&st[2].p, (int64_t)s->fed);
   p_int8(&st[2].p, (int64_t)(s->fed + HISTORY_WINDOW));
   if ((rc = pipe_run(s, st, 3)) != 0) {
-    if (!s->err_lost)
+    if (conn_ok(s))
       exec(s, "ROLLBACK");
     return rc;
   }
@@ -1011,7 +1021,7 @@ static int begin_locked(pg *s, job *list, uint64_t *locked, uint64_t *first,
       s->fed = *locked;
     pipe_clear(st, 3);
   }
-  if (rc != 0 && !s->err_lost)
+  if (rc != 0 && conn_ok(s))
     exec(s, "ROLLBACK");
   return rc;
 }
@@ -1020,7 +1030,7 @@ static int begin_locked(pg *s, job *list, uint64_t *locked, uint64_t *first,
  * transaction.  A remove with more to do ends it early: *stop is that
  * job (its step done), to go on in the next one; NULL when all ran. */
 static int write_group(pg *s, job *list, job **stop) {
-  uint64_t fed0 = s->fed, locked, first, records;
+  uint64_t fed0 = s->fed, first0 = s->hist_first, locked, first, records;
   PGresult *r;
   job *j;
   int rc, more, needed = 1;
@@ -1042,8 +1052,11 @@ static int write_group(pg *s, job *list, job **stop) {
     rc = read_others(s, locked, first, &list->changes, &list->lost);
   } else {
     /* One round trip: begin, lock, and others' changes (before ours). */
-    if ((rc = begin_locked(s, list, &locked, &first, &records)) != 0)
+    if ((rc = begin_locked(s, list, &locked, &first, &records)) != 0) {
+      s->fed = fed0; /* read_others may have moved it */
+      s->hist_first = first0;
       return rc;
+    }
   }
   if (rc != 0)
     goto rollback;
@@ -1093,9 +1106,10 @@ static int write_group(pg *s, job *list, job **stop) {
   s->in_commit = 0;
   if (rc != 0) {
     s->cnt.interrupted += rc == PEERSTORE_EINTERRUPTED;
-    if (!s->err_lost) /* the unlock failed: the COMMIT did not run */
+    if (conn_ok(s)) /* the unlock failed: the COMMIT did not run */
       exec(s, "ROLLBACK");
     s->fed = fed0;
+    s->hist_first = first0; /* a trim's, not committed */
     return rc;
   }
   s->fed = (uint64_t)get_int8(s->pipe[0].res, 0, 0);
@@ -1111,9 +1125,12 @@ static int write_group(pg *s, job *list, job **stop) {
   return 0;
 
 rollback:
-  if (!s->err_lost)
+  /* Whatever ended it - a failure, or a purge with nothing to do - the
+   * transaction (and the purge's advisory lock) must not stay open. */
+  if (conn_ok(s))
     exec(s, "ROLLBACK");
   s->fed = fed0;
+  s->hist_first = first0;
   return rc;
 }
 
@@ -1152,6 +1169,10 @@ static void fail_list(pg *s, job *list, int status) {
       j->u.store.gone.n = j->u.store.gone.bytes_len = 0;
     if (j->kind == J_REMOVE || j->kind == J_PURGE)
       j->u.count.gone.n = j->u.count.gone.bytes_len = 0;
+    /* A remove none of whose steps committed fixes its bound again when
+     * it runs again: the revisions it saw were given back. */
+    if (j->kind == J_REMOVE && j->u.count.count == 0)
+      j->u.count.upto = 0;
     if (j->kind == J_PURGE)
       j->u.count.count = 0;
     if (j->kind == J_BATCH)
@@ -1200,6 +1221,7 @@ static void run_writes(pg *s, job *list) {
     /* Cursors opened without writes first read what others committed:
      * an iteration begun on any host holds every change acknowledged on
      * any host before it began. */
+    s->err_lost = 0;
     if ((rc = wait_connected(s)) == 0)
       rc = writes ? write_group(s, list, &stop) : do_feed(s, list);
     /* A connection found dead before the commit was sent (killed while
@@ -1209,6 +1231,7 @@ static void run_writes(pg *s, job *list) {
       s->cnt.retried++;
       fail_list(s, list, 0);
       stop = NULL;
+      s->err_lost = 0;
       if ((rc = wait_connected(s)) == 0)
         rc = writes ? write_group(s, list, &stop) : do_feed(s, list);
     }
@@ -1263,6 +1286,7 @@ static void run_group(pg *s, job *head) {
     j->next = NULL;
     for (attempt = 0; attempt < 2; attempt++) {
       /* A read found the connection dead: read again on a new one. */
+      s->err_lost = 0;
       if ((rc = wait_connected(s)) != 0)
         break;
       switch (j->kind) {
@@ -1512,6 +1536,7 @@ static int connect_db(pg *s, int timeout_ms) {
     return rc;
   }
   s->cnt.connects++;
+  s->err_lost = 0;
   return 0;
 
 bad:

@@ -90,15 +90,11 @@ static const char *const pg_filter_where[F_COUNT] = {
 /* Rows and bytes of the history (each row counted as in the SQLite
  * plugin: its strings, value and 72 bytes), as the writers count them:
  * in peerstore_meta, and what the transaction in progress added. */
-/* A setting of this transaction, 0 when it has none ('' once the session
- * has seen it in another). */
-#define PG_PENDING(name)                                                       \
-  "coalesce(nullif(current_setting('" name "', true), ''), '0')::bigint"
 #define PG_HIST_SIZE_SQL                                                       \
   "SELECT (SELECT value FROM peerstore_meta WHERE name = 'history_rows') + " \
-  PG_PENDING("peerstore.history_rows") ", "                                  \
+  "peerstore_pending('peerstore.history_rows'), "                            \
   "(SELECT value FROM peerstore_meta WHERE name = 'history_bytes') + "       \
-  PG_PENDING("peerstore.history_bytes")
+  "peerstore_pending('peerstore.history_bytes')"
 
 /* $1 the purge lock's key, $2 now: whether this service may purge (no
  * other is), whether anything has expired, the history's rows and bytes

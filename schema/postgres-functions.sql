@@ -27,6 +27,14 @@ BEGIN
   PERFORM set_config('peerstore.history_bytes', '0', true);
 END $$;
 
+-- A counter of this transaction: 0 when it has none yet, as in a
+-- transaction that a service of schema version 1 began with its
+-- peerstore_lock() before a migration replaced the functions.
+CREATE OR REPLACE FUNCTION peerstore_pending(name text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(nullif(current_setting(name, true), ''), '0')::bigint
+$$;
+
 -- Counts rows history rows of bytes bytes into (or, negative, out of) the
 -- history, for peerstore_unlock() to write back.  A row counts as its
 -- strings, value and 72 bytes, as in the SQLite plugin.
@@ -35,10 +43,9 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
   PERFORM set_config('peerstore.history_rows',
-    (current_setting('peerstore.history_rows')::bigint + rows)::text, true);
+    (peerstore_pending('peerstore.history_rows') + rows)::text, true);
   PERFORM set_config('peerstore.history_bytes',
-    (current_setting('peerstore.history_bytes')::bigint + bytes)::text,
-    true);
+    (peerstore_pending('peerstore.history_bytes') + bytes)::text, true);
 END $$;
 
 -- Writes the revision counted on back, and adds delta to the records
@@ -49,8 +56,8 @@ CREATE OR REPLACE FUNCTION peerstore_unlock(delta bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
   r bigint := current_setting('peerstore.revision')::bigint;
-  hr bigint := current_setting('peerstore.history_rows')::bigint;
-  hb bigint := current_setting('peerstore.history_bytes')::bigint;
+  hr bigint := peerstore_pending('peerstore.history_rows');
+  hb bigint := peerstore_pending('peerstore.history_bytes');
 BEGIN
   UPDATE peerstore_meta SET value = r WHERE name = 'revision';
   IF delta <> 0 THEN
@@ -207,7 +214,7 @@ BEGIN
                AS size)
   SELECT count(*), coalesce(sum(size), 0) INTO n, b FROM d;
   PERFORM peerstore_kept(-n, -b);
-  SELECT value + current_setting('peerstore.history_bytes')::bigint
+  SELECT value + peerstore_pending('peerstore.history_bytes')
     INTO total FROM peerstore_meta WHERE name = 'history_bytes';
   IF total > max_bytes THEN
     -- The oldest rows until what is left fits: a running sum in

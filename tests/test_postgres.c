@@ -22,6 +22,10 @@
 
 #define TIMEOUT 30000
 
+/* The plugin's SQL (plugins/postgres_schema.c, linked in). */
+extern const char peerstore_postgres_migrate_1_2[];
+extern const char peerstore_postgres_functions[];
+
 static const peerstore_plugin_desc *desc;
 static harness_pg server;
 static char conninfo[600];
@@ -244,19 +248,13 @@ static void count_cb(void *arg, int status, uint64_t n) {
  * forward when a version 2 plugin opens it: the counters it adds agree
  * with the history, its records are all there, and the writes after keep
  * the counters right - a REPLACE, a remove, the purge's trim. */
-static void test_a_version_1_database_is_migrated_forward(void **state) {
-  static inst a;
+/* The schema as version 1 of the plugin made it (the fixture). */
+static void make_version_1(PGconn *c) {
   char path[600], *sql;
   const char *src = getenv("srcdir");
-  peerstore_plugin_filter all = {"ss", NULL, NULL};
-  res r[4];
-  PGresult *pr;
-  PGconn *c;
   FILE *f;
   long n;
-  int i;
 
-  (void)state;
   snprintf(path, sizeof(path), "%s/tests/fixtures/postgres-v1.sql",
            src != NULL ? src : ".");
   assert_non_null(f = fopen(path, "rb"));
@@ -266,9 +264,21 @@ static void test_a_version_1_database_is_migrated_forward(void **state) {
   assert_non_null(sql = calloc(1, (size_t)n + 1));
   assert_int_equal(fread(sql, 1, (size_t)n, f), (size_t)n);
   fclose(f);
-  c = db_connect();
   exec_ok(c, sql);
   free(sql);
+}
+
+static void test_a_version_1_database_is_migrated_forward(void **state) {
+  static inst a;
+  peerstore_plugin_filter all = {"ss", NULL, NULL};
+  res r[4];
+  PGresult *pr;
+  PGconn *c;
+  int i;
+
+  (void)state;
+  c = db_connect();
+  make_version_1(c);
   /* Version 1 at work: three stores of one key, the last a REPLACE. */
   exec_ok(c, "BEGIN");
   exec_ok(c, "SELECT * FROM peerstore_lock()");
@@ -306,6 +316,54 @@ static void test_a_version_1_database_is_migrated_forward(void **state) {
   assert_int_equal(r[3].revision, 3); /* v2, v3 and x */
   assert_history_counted(c);
   inst_close(&a);
+  PQfinish(c);
+}
+
+/* A service of version 1 whose write waited for the writers' lock behind
+ * the migration began with version 1's peerstore_lock() and goes on with
+ * version 2's functions: it commits, and the counters stay right. */
+static void test_a_version_1_writer_caught_by_the_migration_goes_on(
+    void **state) {
+  static inst a;
+  PGconn *old, *c;
+  PGresult *r;
+
+  (void)state;
+  c = db_connect();
+  old = db_connect();
+  make_version_1(c);
+  /* The migration, as the plugin runs it, holding the writers' lock ... */
+  exec_ok(c, "BEGIN");
+  exec_ok(c, peerstore_postgres_migrate_1_2);
+  exec_ok(c, peerstore_postgres_functions);
+  /* ... while a version 1 writer queues for it. */
+  assert_int_equal(PQsendQuery(old, "BEGIN; SELECT * FROM peerstore_lock()"),
+                   1);
+  exec_ok(c, "COMMIT");
+  while ((r = PQgetResult(old)) != NULL) {
+    assert_true(PQresultStatus(r) == PGRES_COMMAND_OK ||
+                PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+  }
+  /* A store that keeps nothing in the history: the counters it never
+   * started are read as 0 by version 2's peerstore_unlock(). */
+  exec_ok(old, "SELECT * FROM peerstore_store('ss', '\\x01', 'k', 'a', "
+               "9223372036854775807, 0, false, true, 0)");
+  exec_ok(old, "SELECT peerstore_unlock(1)");
+  exec_ok(old, "COMMIT");
+  assert_history_counted(c);
+  /* And one that does, in the next transaction of the same session. */
+  exec_ok(old, "BEGIN");
+  exec_ok(old, "SELECT * FROM peerstore_lock()");
+  exec_ok(old, "SELECT * FROM peerstore_store('ss', '\\x01', 'k', 'b', "
+               "9223372036854775807, 0, true, true, 0)");
+  exec_ok(old, "SELECT peerstore_unlock(0)");
+  exec_ok(old, "COMMIT");
+  assert_history_counted(c);
+  inst_open(&a); /* version 2 already: nothing to do */
+  inst_close(&a);
+  assert_history_counted(c);
+  PQfinish(old);
   PQfinish(c);
 }
 
@@ -433,6 +491,8 @@ int main(void) {
                              setup),
       cmocka_unit_test_setup(test_the_trim_keeps_the_history_counters_right,
                              setup),
+      cmocka_unit_test_setup(
+          test_a_version_1_writer_caught_by_the_migration_goes_on, setup),
   };
 
   if (so == NULL)
