@@ -69,8 +69,10 @@
  * through at most. */
 #define HISTORY_WINDOW 16384
 #define HIST_PER_GROUP 2
-/* A pipeline's most statements, and its most bytes of parameters (below
- * any socket buffer: see pipe_run). */
+/* A pipeline's most statements, and about its most bytes of parameters:
+ * what the worker holds of a group at once (its statements, then their
+ * results), not a guard against deadlock - libpq reads what the server
+ * sends while it waits to write. */
 #define PIPE_MAX 256
 #define PIPE_BYTES 32768
 /* Key of the advisory locks: creating the schema, purging. */
@@ -332,10 +334,8 @@ static void pipe_clear(pstmt *st, int n) {
 
 #ifdef LIBPQ_HAS_PIPELINING
 /* Sends the n statements at once and reads their results: one round trip
- * (libpq 14's pipeline mode).  The caller keeps what it sends under
- * PIPE_BYTES, so that writing it (the socket is blocking) cannot wait on
- * a server that waits for us to read its results.  0, or the first
- * failure's status; the statements after a failed one were not run. */
+ * (libpq 14's pipeline mode).  0, or the first failure's status; the
+ * statements after a failed one were not run. */
 static int pipe_run(pg *s, pstmt *st, int n) {
   PGresult *r;
   int i, rc = 0, synced = 0;
