@@ -26,6 +26,7 @@
 #include "bench.h"
 
 extern const char peerstore_postgres_schema[];
+extern const char peerstore_postgres_functions[];
 
 static harness_pg server;
 static int db_seq;
@@ -159,6 +160,7 @@ static double limit_pg_own_tx(void) {
   new_db(conninfo, sizeof(conninfo));
   c = pg_connect(conninfo);
   pg_ok(c, PQexec(c, peerstore_postgres_schema));
+  pg_ok(c, PQexec(c, peerstore_postgres_functions));
   pg_ok(c, PQprepare(c, "store",
                      "SELECT * FROM peerstore_store($1, $2, $3, $4, $5, $6, "
                      "$7, $8, $9)",
@@ -290,6 +292,8 @@ static double pipelined_two(harness_svc *a, harness_svc *b, int n) {
   return t0;
 }
 
+static void pg_cleanup(void) { harness_pg_ctl(&server, "destroy", NULL); }
+
 void workloads_postgres(void) {
   double raw_batch, raw_piped, raw_row, own_tx, bell50, bell99, w2, rate,
       p50, p99;
@@ -304,6 +308,7 @@ void workloads_postgres(void) {
            r == 77 ? "PostgreSQL is not installed" : "cannot start it");
     return;
   }
+  atexit(pg_cleanup); /* bench_die exits: no server left behind */
   raw_batch = limit_pg_inserts(bench.records, 1000, 0);
   raw_piped = limit_pg_inserts(bench.records, 1000, 1);
   raw_row = limit_pg_inserts(bench.records, 1, 0);
@@ -357,5 +362,4 @@ void workloads_postgres(void) {
             "plugin's tx + NOTIFY p99", (1 / own_tx + bell99) * 1e6, 1);
   harness_stop(&a);
   harness_stop(&b);
-  harness_pg_ctl(&server, "destroy", NULL);
 }
