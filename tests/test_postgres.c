@@ -69,6 +69,7 @@ typedef struct inst {
   uint64_t last; /* the last revision reported through the hook */
   int changes;
   int out_of_order;
+  int kinds[8]; /* changes by kind */
 } inst;
 
 static void on_change(void *ctx, const peerstore_plugin_change *ch) {
@@ -78,6 +79,8 @@ static void on_change(void *ctx, const peerstore_plugin_change *ch) {
     in->out_of_order++;
   in->last = ch->revision;
   in->changes++;
+  if (ch->kind < 8)
+    in->kinds[ch->kind]++;
 }
 
 static void inst_open_with(inst *in, uint64_t history_bytes) {
@@ -212,6 +215,165 @@ static void test_two_instances_share_one_sequence_and_see_each_other(
   inst_close(&b);
 }
 
+static void count_cb(void *arg, int status, uint64_t n) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  r->revision = n;
+}
+
+/* Runs both instances' loops until *a_flag and *b_flag are set. */
+static void run_both(inst *a, inst *b, const int *a_flag, const int *b_flag) {
+  uint64_t deadline = uv_hrtime() + (uint64_t)TIMEOUT * 1000000;
+
+  while (!*a_flag || !*b_flag) {
+    uv_run(&a->loop, UV_RUN_NOWAIT);
+    uv_run(&b->loop, UV_RUN_NOWAIT);
+    if (uv_hrtime() > deadline)
+      fail_msg("timed out");
+    if (!*a_flag || !*b_flag)
+      uv_sleep(1);
+  }
+}
+
+static void put(inst *in, const char *key, const char *value,
+                uint64_t expiry, enum peerstore_store_option option,
+                res *r) {
+  peerstore_record rec;
+
+  memset(&rec, 0, sizeof(rec));
+  memset(r, 0, sizeof(*r));
+  rec.subsystem = "ss";
+  rec.peer.bytes[0] = 1;
+  rec.key = key;
+  rec.value = value;
+  rec.value_size = strlen(value);
+  rec.expiry = expiry;
+  assert_int_equal(desc->ops->store(in->p, &rec, 0, option, store_cb, r), 0);
+}
+
+typedef struct listing {
+  int n, done, status;
+  char values[8][16];
+} listing;
+
+static int list_rec(void *arg, const peerstore_record *rec, uint32_t writer) {
+  listing *l = arg;
+
+  (void)writer;
+  if (l->n < 8)
+    snprintf(l->values[l->n], sizeof(l->values[0]), "%.*s",
+             (int)rec->value_size, (const char *)rec->value);
+  l->n++;
+  return 0;
+}
+
+static void list_done(void *arg, int status, int more) {
+  listing *l = arg;
+
+  l->status = status;
+  l->done = !more;
+}
+
+/* Every record of subsystem ss through in, as a service iterates. */
+static void list_all(inst *in, listing *l) {
+  peerstore_plugin_filter f = {"ss", NULL, NULL};
+  peerstore_plugin_cursor *c;
+
+  memset(l, 0, sizeof(*l));
+  assert_int_equal(desc->ops->iterate_open(in->p, &f, 0, &c), 0);
+  while (!l->done) {
+    int before = l->n;
+    l->status = -1;
+    assert_int_equal(
+        desc->ops->iterate_next(c, 100, list_rec, list_done, l), 0);
+    while (l->status == -1)
+      assert_int_equal(uv_run(&in->loop, UV_RUN_ONCE) >= 0, 1);
+    assert_int_equal(l->status, 0);
+    if (!l->done && l->n == before)
+      fail_msg("no progress");
+  }
+  desc->ops->iterate_close(c);
+}
+
+/* REPLACE and MULTIPLE across instances: values stored through one are
+ * all replaced by a REPLACE through the other, which reports them
+ * dropped; the first then iterates only the new value and hears of the
+ * drops (REMOVE) through its hook. */
+static void test_a_replace_through_one_host_drops_the_values_of_the_other(
+    void **state) {
+  static inst a, b;
+  static listing l;
+  res r[3];
+
+  (void)state;
+  inst_open(&a);
+  inst_open(&b);
+  put(&a, "k", "x", PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE, &r[0]);
+  put(&a, "k", "y", PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE, &r[1]);
+  assert_int_equal(harness_run_until(&a.loop, &r[1].done, TIMEOUT), 0);
+  put(&b, "k", "z", PEERSTORE_EXPIRY_NEVER, PEERSTORE_REPLACE, &r[2]);
+  assert_int_equal(harness_run_until(&b.loop, &r[2].done, TIMEOUT), 0);
+  assert_int_equal(r[0].status + r[1].status + r[2].status, 0);
+  /* b: its store, then x and y dropped. */
+  assert_int_equal(b.kinds[PEERSTORE_CHANGE_STORE], 3);
+  assert_int_equal(b.kinds[PEERSTORE_CHANGE_REMOVE], 2);
+  list_all(&a, &l);
+  assert_int_equal(l.n, 1);
+  assert_string_equal(l.values[0], "z");
+  /* a heard all of it, in order, by the time its cursor opened. */
+  assert_int_equal(a.kinds[PEERSTORE_CHANGE_STORE], 3);
+  assert_int_equal(a.kinds[PEERSTORE_CHANGE_REMOVE], 2);
+  assert_int_equal(a.out_of_order + b.out_of_order, 0);
+  inst_close(&a);
+  inst_close(&b);
+}
+
+/* Both instances purge at once: one takes the purge lock and expires
+ * every record, the other finds it taken and goes on (count 0, no
+ * waiting); each record expires once, and both hear of every expiry. */
+static void test_two_hosts_purging_at_once_expire_each_record_once(
+    void **state) {
+  enum { N = 200 };
+  static inst a, b;
+  static res r[N];
+  res pa, pb;
+  char key[16];
+  int i;
+
+  (void)state;
+  inst_open(&a);
+  inst_open(&b);
+  for (i = 0; i < N; i++) {
+    snprintf(key, sizeof(key), "e%d", i);
+    put(&a, key, "v", 1000, PEERSTORE_MULTIPLE, &r[i]); /* long expired */
+  }
+  assert_int_equal(harness_run_until(&a.loop, &r[N - 1].done, TIMEOUT), 0);
+  memset(&pa, 0, sizeof(pa));
+  memset(&pb, 0, sizeof(pb));
+  assert_int_equal(desc->ops->purge(a.p, wall_us(), 10 * N, count_cb, &pa),
+                   0);
+  assert_int_equal(desc->ops->purge(b.p, wall_us(), 10 * N, count_cb, &pb),
+                   0);
+  run_both(&a, &b, &pa.done, &pb.done);
+  assert_int_equal(pa.status + pb.status, 0);
+  /* count_cb keeps the count in .revision */
+  assert_int_equal(pa.revision + pb.revision, N);
+  assert_true(pa.revision == 0 || pb.revision == 0);
+  /* Each hears every store and every expiry, once, in order. */
+  while (a.changes < 2 * N || b.changes < 2 * N) {
+    uv_run(&a.loop, UV_RUN_NOWAIT);
+    uv_run(&b.loop, UV_RUN_NOWAIT);
+    uv_sleep(1);
+  }
+  assert_int_equal(a.kinds[PEERSTORE_CHANGE_EXPIRE], N);
+  assert_int_equal(b.kinds[PEERSTORE_CHANGE_EXPIRE], N);
+  assert_int_equal(a.changes + b.changes, 4 * N);
+  assert_int_equal(a.out_of_order + b.out_of_order, 0);
+  inst_close(&a);
+  inst_close(&b);
+}
+
 /* The history's rows and bytes as the writers counted them, and as a
  * scan of the table finds them: equal. */
 static void assert_history_counted(PGconn *c) {
@@ -234,13 +396,6 @@ static void exec_ok(PGconn *c, const char *sql) {
       PQresultStatus(r) != PGRES_TUPLES_OK)
     fail_msg("%s: %s", sql, PQerrorMessage(c));
   PQclear(r);
-}
-
-static void count_cb(void *arg, int status, uint64_t n) {
-  res *r = arg;
-  r->done = 1;
-  r->status = status;
-  r->revision = n;
 }
 
 /* A database made by the plugin's schema version 1 (the fixture), with
@@ -493,6 +648,11 @@ int main(void) {
                              setup),
       cmocka_unit_test_setup(
           test_a_version_1_writer_caught_by_the_migration_goes_on, setup),
+      cmocka_unit_test_setup(
+          test_a_replace_through_one_host_drops_the_values_of_the_other,
+          setup),
+      cmocka_unit_test_setup(
+          test_two_hosts_purging_at_once_expire_each_record_once, setup),
   };
 
   if (so == NULL)
