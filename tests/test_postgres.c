@@ -121,8 +121,9 @@ static void store_cb(void *arg, int status, const peerstore_record *rec) {
   r->revision = rec != NULL ? rec->revision : 0;
 }
 
-static void store_async(inst *in, const char *key, const char *value,
-                        res *r) {
+static void put(inst *in, const char *key, const char *value,
+                uint64_t expiry, enum peerstore_store_option option,
+                res *r) {
   peerstore_record rec;
 
   memset(&rec, 0, sizeof(rec));
@@ -132,10 +133,13 @@ static void store_async(inst *in, const char *key, const char *value,
   rec.key = key;
   rec.value = value;
   rec.value_size = strlen(value);
-  rec.expiry = PEERSTORE_EXPIRY_NEVER;
-  assert_int_equal(desc->ops->store(in->p, &rec, 0, PEERSTORE_MULTIPLE,
-                                    store_cb, r),
-                   0);
+  rec.expiry = expiry;
+  assert_int_equal(desc->ops->store(in->p, &rec, 0, option, store_cb, r), 0);
+}
+
+static void store_async(inst *in, const char *key, const char *value,
+                        res *r) {
+  put(in, key, value, PEERSTORE_EXPIRY_NEVER, PEERSTORE_MULTIPLE, r);
 }
 
 static uint64_t wall_us(void) {
@@ -236,21 +240,6 @@ static void run_both(inst *a, inst *b, const int *a_flag, const int *b_flag) {
   }
 }
 
-static void put(inst *in, const char *key, const char *value,
-                uint64_t expiry, enum peerstore_store_option option,
-                res *r) {
-  peerstore_record rec;
-
-  memset(&rec, 0, sizeof(rec));
-  memset(r, 0, sizeof(*r));
-  rec.subsystem = "ss";
-  rec.peer.bytes[0] = 1;
-  rec.key = key;
-  rec.value = value;
-  rec.value_size = strlen(value);
-  rec.expiry = expiry;
-  assert_int_equal(desc->ops->store(in->p, &rec, 0, option, store_cb, r), 0);
-}
 
 typedef struct listing {
   int n, done, status;
