@@ -22,6 +22,7 @@
 
 #include "peerstore.h"
 #include "text.h"
+#include "prometheus.h"
 
 enum {
   EXIT_OK = 0,
@@ -63,6 +64,8 @@ static void usage(FILE *f) {
 "      --snapshot         watch: the current records first, then \"sync\"\n"
 "      --removals         watch: removals and expiries too\n"
 "      --from REV         watch: resume after revision REV\n"
+"      --prometheus       stats: in the Prometheus text format (for\n"
+"                         node_exporter's textfile collector)\n"
 "  -j, --json             one JSON object per line\n"
 "  -S, --socket PATH      service socket (default: $PEERSTORE_SOCKET, else\n"
 "                         $XDG_RUNTIME_DIR/peerstore.sock, else\n"
@@ -88,6 +91,7 @@ typedef struct cli {
   int have_peer;
   int hex;
   int json;
+  int prometheus; /* stats in the Prometheus text format */
   int replace;
   uint64_t expiry;
   uint64_t count_limit;
@@ -495,7 +499,9 @@ static void on_stats(void *arg, int status, const peerstore_stat *st,
     fail(c, status);
     return;
   }
-  if (c->json) {
+  if (c->prometheus) {
+    prometheus_write(stdout, st, n);
+  } else if (c->json) {
     printf("{");
     for (i = 0; i < n; i++)
       printf("%s\"%s\":%" PRIu64, i ? "," : "", st[i].name, st[i].value);
@@ -812,6 +818,7 @@ int main(int argc, char **argv) {
       {"snapshot", no_argument, NULL, 'P'},
       {"removals", no_argument, NULL, 'R'},
       {"from", required_argument, NULL, 'F'},
+      {"prometheus", no_argument, NULL, 'M'},
       {NULL, 0, NULL, 0}};
   static const char *commands[] = {"store",  "get",   "iterate", "watch",
                                    "remove", "stats", "peer",    "batch"};
@@ -855,6 +862,7 @@ int main(int argc, char **argv) {
       if (*optarg == '\0' || *end != '\0' || timeout_s < 0)
         return usage_error("bad timeout '%s'", optarg);
       break;
+    case 'M': c.prometheus = 1; break;
     case 'P': c.wopts.flags |= PEERSTORE_WATCH_SNAPSHOT; break;
     case 'R': c.wopts.flags |= PEERSTORE_WATCH_REMOVALS; break;
     case 'F':
@@ -878,6 +886,8 @@ int main(int argc, char **argv) {
   if (optind < argc)
     return usage_error("unexpected argument '%s'", argv[optind]);
 
+  if (c.prometheus && strcmp(c.command, "stats") != 0)
+    return usage_error("%s", "--prometheus is for stats");
   if (strcmp(c.command, "peer") == 0) {
     char b32[PEERSTORE_PEER_B32_LEN + 1];
     if (!c.have_peer)

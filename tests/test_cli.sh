@@ -279,6 +279,29 @@ grep -q "quota would be passed" "$dir/err" && ok "quota: refusal named" || not_o
 grep -q "quota of subsystem 'q' (2 records, 0 bytes) refuses a write by uid $(id -u)" "$dir/service.log" && ok "quota: refusal logged with subsystem and uid" || not_ok "quota: no log line"
 check "quota: a replace fits" 0 "" ps store -r -s q -p $P1 -k a one
 check "quota: use in stats" 0 "quota.q.records	2" sh -c "'$CLI' -S '$sock' stats | grep '^quota.q.records'"
+# stats --prometheus: the text exposition format - each family's HELP and
+# TYPE once, before its samples; counters end in _total; every counter
+# this service has is known (none untyped); a quota's subsystem a label.
+ps stats --prometheus >"$dir/prom"
+ps stats >"$dir/plain"
+awk '
+  /^# HELP peerstore_[a-z0-9_]+ ./ { help[$3]++; next }
+  /^# TYPE peerstore_[a-z0-9_]+ (counter|gauge)$/ {
+    if (seen[$3]++ || !help[$3]) bad = bad " type:" $3; cur = $3
+    if ($4 == "counter" && $3 !~ /_total$/) bad = bad " counter-name:" $3
+    next }
+  /^peerstore_[a-z0-9_]+(\{subsystem="[^"]*"\})? [0-9]+$/ {
+    name = $1; sub(/\{.*/, "", name)
+    if (name != cur) bad = bad " sample-out-of-family:" name
+    samples++; next }
+  { bad = bad " line:" $0 }
+  END { if (bad != "" || samples < 30) { print "bad" bad; exit 1 } }
+' "$dir/prom" >"$dir/prom.bad" && ok "stats --prometheus: well-formed, every family typed" || not_ok "stats --prometheus: $(cat "$dir/prom.bad")"
+check "stats --prometheus: a counter, and its value" 0 "peerstore_stores_total $(awk '$1=="stores"{print $2}' "$dir/plain")" grep '^peerstore_stores_total ' "$dir/prom"
+check "stats --prometheus: a gauge" 0 "# TYPE peerstore_records gauge" grep '^# TYPE peerstore_records ' "$dir/prom"
+check "stats --prometheus: the quota as a label" 0 'peerstore_quota_records{subsystem="q"} 2' grep '^peerstore_quota_records' "$dir/prom"
+check "stats --prometheus: uptime in seconds" 0 1 grep -c '^peerstore_uptime_seconds ' "$dir/prom"
+check "usage: --prometheus is for stats (exit 2)" 2 "" ps get -s q -p $P1 -k a --prometheus
 kill -TERM $svc; wait $svc; svc=
 printf '[quota]\nq = plenty\n' >"$dir/quota.ini"
 "$PEERSTORED" --socket "$sock" -c "$dir/quota.ini" 2>"$dir/err"
