@@ -224,13 +224,17 @@ static void on_connection(uv_stream_t *listener, int status) {
 static int listen_socket(server *s) {
   const char *path = s->cfg->socket_path;
   struct sockaddr_un sa;
-  int fd, r;
+  int fd, r, passed;
 
-  if (sun_addr(&sa, path) != 0) {
+  /* Passed by systemd: its socket unit owns the path (and its mode), so
+   * nothing is bound here and nothing is unlinked at the end. */
+  if ((passed = sd_listener(&fd)) < 0)
+    return -1;
+  if (!passed && sun_addr(&sa, path) != 0) {
     LOG_ERROR("socket path too long: %s", path);
     return -1;
   }
-  if ((fd = bind_socket(s)) < 0)
+  if (!passed && (fd = bind_socket(s)) < 0)
     return -1;
   /* libuv gets the descriptor, not the path: it would unlink the path
    * when the handle closes, whatever is there by then. */
@@ -247,7 +251,10 @@ static int listen_socket(server *s) {
     return -1;
   }
   s->listening = 1;
-  LOG_INFO("listening on %s (mode %04o)", path, s->cfg->socket_mode);
+  if (passed)
+    LOG_INFO("listening on the socket systemd passed");
+  else
+    LOG_INFO("listening on %s (mode %04o)", path, s->cfg->socket_mode);
   return 0;
 }
 
@@ -391,12 +398,18 @@ static void release(server *s) {
   uv_close((uv_handle_t *)&s->purge_timer, NULL);
   uv_close((uv_handle_t *)&s->stop_timer, NULL);
   uv_close((uv_handle_t *)&s->housekeeping, NULL);
+  uv_close((uv_handle_t *)&s->watchdog, NULL);
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->sigterm, NULL);
   plugin_unload(&s->plugin);
   dispatch_fini(s);
   watch_fini(s);
   iter_fini(s);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  (void)t;
+  sd_say("WATCHDOG=1");
 }
 
 int server_start(server *s, uv_loop_t *loop, config *cfg) {
@@ -429,6 +442,8 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
   s->stop_timer.data = s;
   uv_timer_init(loop, &s->housekeeping);
   s->housekeeping.data = s;
+  uv_timer_init(loop, &s->watchdog);
+  s->watchdog.data = s;
   uv_signal_init(loop, &s->sigint);
   s->sigint.data = s;
   uv_signal_init(loop, &s->sigterm);
@@ -450,6 +465,15 @@ int server_start(server *s, uv_loop_t *loop, config *cfg) {
     close(cfg->ready_fd);
     cfg->ready_fd = -1;
   }
+  /* Listening and the plugin open: clients may come. */
+  sd_say("READY=1");
+  {
+    /* From the loop, so that a loop that stops turning stops saying it
+     * is alive, and systemd restarts the service. */
+    uint64_t ms = sd_watchdog_ms();
+    if (ms > 0)
+      uv_timer_start(&s->watchdog, on_watchdog, ms, ms);
+  }
   return 0;
 }
 
@@ -459,6 +483,7 @@ void server_stop(server *s) {
   if (s->stopping)
     return;
   s->stopping = 1;
+  sd_say("STOPPING=1");
   if (s->listening) {
     s->listening = 0;
     uv_close((uv_handle_t *)&s->listener, NULL);

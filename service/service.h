@@ -252,6 +252,7 @@ struct server {
   uv_signal_t sigterm;
   uv_timer_t purge_timer;
   uv_timer_t stop_timer;
+  uv_timer_t watchdog;     /* WATCHDOG=1, when systemd asks for it */
   uv_timer_t housekeeping; /* once a second: clients that stopped reading */
   uv_idle_t idle;
   client *clients;
@@ -297,6 +298,14 @@ static inline void filter_to_plugin(const peerstore__filter *f,
 
 /* server.c */
 int server_start(server *s, uv_loop_t *loop, config *cfg);
+/* sd.c, systemd.  1 and *fd: the listening socket systemd passed (socket
+ * activation); 0: none, bind one; -1: one that cannot be used (logged). */
+int sd_listener(int *fd);
+/* Tells systemd "READY=1", "STOPPING=1", "WATCHDOG=1" (Type=notify);
+ * nothing when it is not listening or the build has no libsystemd. */
+void sd_say(const char *state);
+/* How often to say WATCHDOG=1, in ms (half of WatchdogSec=); 0: never. */
+uint64_t sd_watchdog_ms(void);
 /* Removes the socket file if it is still the one this service made. */
 void remove_own_socket(server *s);
 void server_stop(server *s);
