@@ -22,17 +22,9 @@ static const char *service_binary(void) {
   return p != NULL ? p : "../service/peerstored";
 }
 
-static int start(harness_svc *s, const char *const *extra) {
-  const char *argv[64];
-  char fdarg[16], buf[16], db[320];
-  int fds[2], n = 0, i;
-  struct pollfd pfd;
-  ssize_t got = 0, r;
-  uint64_t deadline, now;
+int harness_service_argv(const char **argv) {
+  int n = 0;
 
-  if (pipe(fds) != 0)
-    return -1;
-  snprintf(fdarg, sizeof(fdarg), "%d", fds[1]);
   /* PEERSTORE_TEST_VALGRIND=1 runs the service under valgrind too; any
    * error or leak then shows as a non-zero exit in harness_stop(). */
   if (getenv("PEERSTORE_TEST_VALGRIND") != NULL &&
@@ -44,6 +36,21 @@ static int start(harness_svc *s, const char *const *extra) {
     argv[n++] = "--error-exitcode=99";
   }
   argv[n++] = service_binary();
+  return n;
+}
+
+static int start(harness_svc *s, const char *const *extra) {
+  const char *argv[64];
+  char fdarg[16], buf[16], db[320];
+  int fds[2], n = 0, i;
+  struct pollfd pfd;
+  ssize_t got = 0, r;
+  uint64_t deadline, now;
+
+  if (pipe(fds) != 0)
+    return -1;
+  snprintf(fdarg, sizeof(fdarg), "%d", fds[1]);
+  n = harness_service_argv(argv);
   argv[n++] = "--socket";
   argv[n++] = s->socket_path;
   argv[n++] = "--ready-fd";

@@ -16,6 +16,10 @@ typedef struct harness_svc {
   const char *args[32];        /* the extra arguments it started with */
 } harness_svc;
 
+/* The command that starts the service: $PEERSTORED (or
+ * ../service/peerstored), under valgrind with PEERSTORE_TEST_VALGRIND=1.
+ * Fills argv (at most 6 entries); returns how many. */
+int harness_service_argv(const char **argv);
 /* Starts $PEERSTORED (or ../service/peerstored) on a fresh socket in a
  * fresh temporary directory, with extra arguments (NULL-terminated, may be
  * NULL), and waits until it is listening.  Returns 0 or -1. */

@@ -85,21 +85,9 @@ static int teardown(void **state) {
  * become 3, 4, ...; n may be 0), NOTIFY_SOCKET set, and watchdog_usec
  * (0: none). */
 static void spawn(fx *f, const int *passed, int n, unsigned watchdog_usec) {
-  const char *bin = getenv("PEERSTORED");
   const char *argv[16];
-  int a = 0, i;
+  int a = harness_service_argv(argv), i;
 
-  if (bin == NULL)
-    bin = "../service/peerstored";
-  if (getenv("PEERSTORE_TEST_VALGRIND") != NULL &&
-      strcmp(getenv("PEERSTORE_TEST_VALGRIND"), "1") == 0) {
-    argv[a++] = "/usr/bin/valgrind";
-    argv[a++] = "-q";
-    argv[a++] = "--leak-check=full";
-    argv[a++] = "--errors-for-leak-kinds=definite,indirect,possible";
-    argv[a++] = "--error-exitcode=99";
-  }
-  argv[a++] = bin;
   argv[a++] = "--socket";
   argv[a++] = f->sock;
   argv[a++] = "--log-level";
