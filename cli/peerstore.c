@@ -50,9 +50,15 @@ static void usage(FILE *f) {
 "  peer     print a peer id (-p) in base32 and hex\n"
 "  batch    apply the operations of JSON lines (stdin, or --file) all or\n"
 "           nothing; print the revision its changes began at\n"
+"  export   every record of each -s (one or more; -p, -k filter) as JSON\n"
+"           lines, as iterate --json writes them\n"
+"  import   store the records of export's JSON lines (stdin, or --file)\n"
+"           in atomic batches of 1,000; expired ones are skipped and\n"
+"           counted\n"
 "\n"
 "Options:\n"
-"  -s, --subsystem NAME   subsystem (required but for stats and peer)\n"
+"  -s, --subsystem NAME   subsystem (required but for stats, peer, batch\n"
+"                         and import; export takes several)\n"
 "  -p, --peer ID          peer id: 52 base32 characters or 64 hex digits\n"
 "  -k, --key KEY          key\n"
 "  -x, --hex              VALUE is hex; get prints values as hex\n"
@@ -101,6 +107,14 @@ typedef struct cli {
   size_t value_size;
   const char *batch_file;
   int exit_code;
+  /* export: the subsystems, one after another */
+  const char *subsystems[16];
+  int n_subsystems, next_subsystem;
+  /* import: the input, read a batch at a time */
+  FILE *in;
+  void *json_db, *json_st; /* sqlite3 *, sqlite3_stmt * */
+  uint64_t lineno, imported, expired, batches, pending;
+  uint64_t timeout_ms; /* export, import: without progress for this long */
 } cli;
 
 /* ------------------------------------------------------------------ */
@@ -521,6 +535,12 @@ static void on_timeout(uv_timer_t *t) {
   finish(c, EXIT_TIMEOUT);
 }
 
+/* export, import: the timeout counts from the last progress. */
+static void restart_timer(cli *c) {
+  if (c->timeout_ms > 0 && !uv_is_closing((uv_handle_t *)&c->timer))
+    uv_timer_start(&c->timer, on_timeout, c->timeout_ms, 0);
+}
+
 static void on_sigint(uv_signal_t *s, int signum) {
   cli *c = s->data;
 
@@ -571,9 +591,11 @@ static const char json_sql[] =
     "json_extract(?1, '$.revision'), json_type(?1, '$.revision')";
 
 /* A string field, or its _hex twin, as a NUL-terminated string in buf;
- * NULL when neither is there.  *bad is set for a NUL inside or bad hex. */
+ * NULL when neither is there.  *bad is set for bad hex, or a NUL inside
+ * unless binary (a peer id's bytes may hold any). */
 static const char *json_string(sqlite3_stmt *st, int col, int hex_col,
-                               char *buf, size_t size, int *bad) {
+                               char *buf, size_t size, int binary,
+                               int *bad) {
   const char *s;
   size_t n;
 
@@ -593,7 +615,7 @@ static const char *json_string(sqlite3_stmt *st, int col, int hex_col,
   n = strlen(s);
   if (n % 2 != 0 || n / 2 >= size ||
       peerstore__hex_decode(s, (uint8_t *)buf, n / 2) != 0 ||
-      memchr(buf, 0, n / 2) != NULL) {
+      (!binary && memchr(buf, 0, n / 2) != NULL)) {
     *bad = 1;
     return NULL;
   }
@@ -601,8 +623,18 @@ static const char *json_string(sqlite3_stmt *st, int col, int hex_col,
   return buf;
 }
 
-/* Adds the operation of one parsed line to b; NULL, or what is wrong. */
-static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
+static uint64_t now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* Adds the operation of one parsed line to b; NULL, or what is wrong.
+ * For import (records, as export writes them): no "op" means a store,
+ * any other is refused, and a record already expired is left out, with
+ * *expired set. */
+static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st,
+                              int import, int *expired) {
   static char ss[PEERSTORE_SUBSYSTEM_MAX + 2], key[PEERSTORE_KEY_MAX + 2],
       ptxt[PEERSTORE_PEER_HEX_LEN + 2];
   const char *op, *s, *k, *p, *why = NULL;
@@ -615,12 +647,17 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
   if (sqlite3_column_int(st, 0) != 1)
     return "not a JSON object";
   op = (const char *)sqlite3_column_text(st, J_OP);
-  s = json_string(st, J_SS, J_SS_HEX, ss, sizeof(ss), &bad);
-  k = json_string(st, J_KEY, J_KEY_HEX, key, sizeof(key), &bad);
-  p = json_string(st, J_PEER, J_PEER_HEX, ptxt, sizeof(ptxt), &bad);
+  s = json_string(st, J_SS, J_SS_HEX, ss, sizeof(ss), 0, &bad);
+  k = json_string(st, J_KEY, J_KEY_HEX, key, sizeof(key), 0, &bad);
+  p = json_string(st, J_PEER, J_PEER_HEX, ptxt, sizeof(ptxt), 1, &bad);
   if (bad)
     return "a subsystem, key or peer that is too long, holds a NUL, or is "
            "bad hex";
+  if (import && op != NULL && strcmp(op, "store") != 0)
+    return "import takes records (the lines export writes), not other "
+           "operations";
+  if (import)
+    op = "store";
   if (op == NULL)
     return "no \"op\"";
   if (s == NULL)
@@ -629,7 +666,7 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
       peerstore_peer_from_string(p, &peer) != 0)
     return "bad \"peer\" (52 base32 characters or 64 hex digits)";
   if (p != NULL && sqlite3_column_type(st, J_PEER) != SQLITE_TEXT) {
-    if (strlen(p) != sizeof(peer.bytes))
+    if (sqlite3_column_bytes(st, J_PEER_HEX) != 2 * (int)sizeof(peer.bytes))
       return "bad \"peer_hex\"";
     memcpy(peer.bytes, p, sizeof(peer.bytes));
   }
@@ -658,13 +695,20 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
              parse_expiry((const char *)sqlite3_column_text(st, J_EXPIRY),
                           &expiry) != 0)
       return "bad \"expiry\" (null, microseconds, or as -e takes it)";
-    if (sqlite3_column_type(st, J_VALUE) == SQLITE_TEXT) {
-      size = (size_t)sqlite3_column_bytes(st, J_VALUE);
-      value = (uint8_t *)sqlite3_column_text(st, J_VALUE);
-    } else if (sqlite3_column_type(st, J_VALUE_HEX) == SQLITE_TEXT) {
+    if (import && expiry != PEERSTORE_EXPIRY_NEVER && expiry <= now_us()) {
+      *expired = 1;
+      return NULL;
+    }
+    /* value_hex first: exact whatever the bytes (export writes both,
+     * and JSON text cannot carry every value through SQLite's parser: a
+     * \u0000 ends it). */
+    if (sqlite3_column_type(st, J_VALUE_HEX) == SQLITE_TEXT) {
       if (parse_hex((const char *)sqlite3_column_text(st, J_VALUE_HEX),
                     &value, &size) != 0)
         return "bad \"value_hex\"";
+    } else if (sqlite3_column_type(st, J_VALUE) == SQLITE_TEXT) {
+      size = (size_t)sqlite3_column_bytes(st, J_VALUE);
+      value = (uint8_t *)sqlite3_column_text(st, J_VALUE);
     } else {
       return "store needs \"value\" or \"value_hex\"";
     }
@@ -672,7 +716,7 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
                               sqlite3_column_int(st, J_REPLACE)
                                   ? PEERSTORE_REPLACE
                                   : PEERSTORE_MULTIPLE);
-    if (sqlite3_column_type(st, J_VALUE) != SQLITE_TEXT)
+    if (sqlite3_column_type(st, J_VALUE_HEX) == SQLITE_TEXT)
       free(value);
   } else {
     return "\"op\" is none of store, remove, require";
@@ -684,48 +728,163 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st) {
   return why;
 }
 
-/* Reads every line before sending anything: a batch with a bad line is
- * not sent at all. */
-static int batch_read(cli *c, FILE *in, peerstore_batch *b) {
+/* The JSON reader: SQLite in memory, one prepared statement. */
+static int json_open(cli *c) {
   sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t n;
-  uint64_t lineno = 0;
-  const char *why = NULL;
 
   if (sqlite3_open_v2(":memory:", &db, SQLITE_OPEN_READWRITE, NULL) !=
           SQLITE_OK ||
       sqlite3_prepare_v2(db, json_sql, -1, &st, NULL) != SQLITE_OK) {
-    fprintf(stderr, "peerstore: batch: SQLite cannot parse JSON here: %s\n",
-            sqlite3_errmsg(db));
+    fprintf(stderr, "peerstore: %s: SQLite cannot parse JSON here: %s\n",
+            c->command, sqlite3_errmsg(db));
     sqlite3_close(db);
     return -1;
   }
-  while (why == NULL && (n = getline(&line, &cap, in)) >= 0) {
-    lineno++;
+  c->json_db = db;
+  c->json_st = st;
+  return 0;
+}
+
+static void json_close(cli *c) {
+  sqlite3_finalize(c->json_st);
+  sqlite3_close(c->json_db);
+  c->json_db = c->json_st = NULL;
+}
+
+/* Adds the lines of c->in to b, up to max operations (0: all); returns
+ * how many it added, or -1 after saying which line is wrong. */
+static long read_lines(cli *c, peerstore_batch *b, uint64_t max, int import) {
+  sqlite3_stmt *st = c->json_st;
+  static char *line;
+  static size_t cap;
+  ssize_t n;
+  long added = 0;
+  const char *why = NULL;
+
+  while (why == NULL && (max == 0 || (uint64_t)added < max) &&
+         (n = getline(&line, &cap, c->in)) >= 0) {
+    int expired = 0;
+    c->lineno++;
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
       line[--n] = '\0';
     if (strspn(line, " \t") == (size_t)n)
       continue; /* blank */
     sqlite3_bind_text(st, 1, line, (int)n, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW)
-      why = sqlite3_errmsg(db);
+      why = sqlite3_errmsg(c->json_db);
     else
-      why = batch_line(b, st);
-    if (why == NULL)
-      c->seen++;
+      why = batch_line(b, st, import, &expired);
+    if (why == NULL && expired)
+      c->expired++;
+    else if (why == NULL)
+      added++;
     sqlite3_reset(st);
   }
-  if (why == NULL && ferror(in))
+  if (why == NULL && ferror(c->in))
     why = strerror(errno);
   if (why != NULL)
-    fprintf(stderr, "peerstore: batch: line %" PRIu64 ": %s\n", lineno, why);
-  free(line);
-  sqlite3_finalize(st);
-  sqlite3_close(db);
-  return why != NULL ? -1 : 0;
+    fprintf(stderr, "peerstore: %s: line %" PRIu64 ": %s\n", c->command,
+            c->lineno, why);
+  if (why != NULL || feof(c->in)) {
+    free(line);
+    line = NULL;
+    cap = 0;
+  }
+  return why != NULL ? -1 : added;
+}
+
+/* Reads every line before sending anything: a batch with a bad line is
+ * not sent at all. */
+static int batch_read(cli *c, peerstore_batch *b) {
+  long n;
+
+  if (json_open(c) != 0)
+    return -1;
+  n = read_lines(c, b, 0, 0);
+  json_close(c);
+  if (n < 0)
+    return -1;
+  c->seen = (uint64_t)n;
+  return 0;
+}
+
+/* import: a batch at a time, the next read once the last is applied, so
+ * the input is read no faster than the service applies it. */
+enum { IMPORT_BATCH = 1000 };
+
+static int import_next(cli *c);
+
+static void import_done(cli *c, int code) {
+  json_close(c);
+  if (c->in != stdin)
+    fclose(c->in);
+  c->in = NULL;
+  if (c->json)
+    printf("{\"imported\":%" PRIu64 ",\"expired\":%" PRIu64
+           ",\"batches\":%" PRIu64 "}\n",
+           c->imported, c->expired, c->batches);
+  else
+    printf("imported %" PRIu64 " records in %" PRIu64 " batches; skipped %"
+           PRIu64 " expired\n",
+           c->imported, c->batches, c->expired);
+  finish(c, code);
+}
+
+static void on_import_batch(void *arg, int status, uint64_t first) {
+  cli *c = arg;
+
+  (void)first;
+  if (status != 0) {
+    fprintf(stderr, "peerstore: import: the batch ending at line %" PRIu64
+            " was not applied (%s); the %" PRIu64 " records before it were\n",
+            c->lineno, peerstore_strerror(status), c->imported);
+    import_done(c, status_exit(status));
+    return;
+  }
+  c->imported += c->pending;
+  c->batches++;
+  restart_timer(c);
+  if (import_next(c) != 0)
+    import_done(c, EXIT_USAGE);
+}
+
+/* 0: a batch sent, or the input is done (and said so); -1: bad input. */
+static int import_next(cli *c) {
+  peerstore_batch *b = peerstore_batch_new(c->client);
+  long n;
+
+  if (b == NULL)
+    return -1;
+  if ((n = read_lines(c, b, IMPORT_BATCH, 1)) < 0) {
+    peerstore_batch_discard(b);
+    return -1;
+  }
+  if (n == 0) {
+    peerstore_batch_discard(b);
+    import_done(c, EXIT_OK);
+    return 0;
+  }
+  c->pending = (uint64_t)n;
+  return peerstore_batch_commit(b, on_import_batch, c) != NULL ? 0 : -1;
+}
+
+static int import_start(cli *c) {
+  c->in = stdin;
+  if (c->batch_file != NULL && (c->in = fopen(c->batch_file, "r")) == NULL) {
+    fprintf(stderr, "peerstore: import: cannot read %s: %s\n",
+            c->batch_file, strerror(errno));
+    return -1;
+  }
+  if (json_open(c) != 0 || import_next(c) != 0) {
+    if (c->json_db != NULL)
+      json_close(c);
+    if (c->in != stdin)
+      fclose(c->in);
+    c->in = NULL;
+    return -1;
+  }
+  return 0;
 }
 #endif
 
@@ -742,14 +901,17 @@ static int batch_start(cli *c) {
     peerstore_batch_discard(b);
     return -1;
   }
-  if (batch_read(c, in, b) != 0) {
+  c->in = in;
+  if (batch_read(c, b) != 0) {
     peerstore_batch_discard(b);
     if (in != stdin)
       fclose(in);
+    c->in = NULL;
     return -1;
   }
   if (in != stdin)
     fclose(in);
+  c->in = NULL;
   return peerstore_batch_commit(b, on_batch, c) != NULL ? 0 : -1;
 #else
   (void)c;
@@ -757,6 +919,45 @@ static int batch_start(cli *c) {
                   "its JSON\n");
   return -1;
 #endif
+}
+
+/* ------------------------------------------------------------------ */
+/* export: iterate --json over each subsystem in turn                  */
+
+static int export_next(cli *c);
+
+static void on_export_record(void *arg, const peerstore_record *rec,
+                             int status) {
+  cli *c = arg;
+
+  if (rec != NULL) {
+    print_record(c, rec, NULL);
+    /* A long export is slow, not stuck, while records come. */
+    if (!printed(c) && (c->seen & 1023) == 0)
+      restart_timer(c);
+    return;
+  }
+  if (status != 0) {
+    fail(c, status);
+    return;
+  }
+  if (export_next(c) != 0)
+    fail(c, PEERSTORE_ENOMEM);
+}
+
+static int export_next(cli *c) {
+  const char *ss;
+
+  if (c->next_subsystem == c->n_subsystems) {
+    fflush(stdout);
+    finish(c, EXIT_OK);
+    return 0;
+  }
+  ss = c->subsystems[c->next_subsystem++];
+  return peerstore_iterate(c->client, ss, c->have_peer ? &c->peer : NULL,
+                           c->key, on_export_record, c) != NULL
+             ? 0
+             : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -769,6 +970,17 @@ static int start(cli *c) {
 
   if (strcmp(cmd, "batch") == 0)
     return batch_start(c);
+  if (strcmp(cmd, "export") == 0)
+    return export_next(c);
+  if (strcmp(cmd, "import") == 0) {
+#ifdef HAVE_SQLITE
+    return import_start(c);
+#else
+    fprintf(stderr, "peerstore: import: built without SQLite, which reads "
+                    "its JSON\n");
+    return -1;
+#endif
+  }
   if (strcmp(cmd, "store") == 0)
     op = peerstore_store(c->client, c->subsystem, peer, c->key, c->value,
                          c->value_size, c->expiry,
@@ -820,8 +1032,9 @@ int main(int argc, char **argv) {
       {"from", required_argument, NULL, 'F'},
       {"prometheus", no_argument, NULL, 'M'},
       {NULL, 0, NULL, 0}};
-  static const char *commands[] = {"store",  "get",   "iterate", "watch",
-                                   "remove", "stats", "peer",    "batch"};
+  static const char *commands[] = {"store", "get",   "iterate", "watch",
+                                   "remove", "stats", "peer",    "batch",
+                                   "export", "import"};
   cli c;
   peerstore_connect_opts copts;
   const char *file = NULL, *socket_path = NULL, *value_arg = NULL;
@@ -835,7 +1048,12 @@ int main(int argc, char **argv) {
   while ((ch = getopt_long(argc, argv, "s:p:k:xf:re:n:jS:t:h", opts, NULL)) !=
          -1) {
     switch (ch) {
-    case 's': c.subsystem = optarg; break;
+    case 's':
+      if (c.n_subsystems == (int)(sizeof(c.subsystems) /
+                                  sizeof(c.subsystems[0])))
+        return usage_error("%s", "too many -s");
+      c.subsystems[c.n_subsystems++] = c.subsystem = optarg;
+      break;
     case 'k': c.key = optarg; break;
     case 'x': c.hex = 1; break;
     case 'f': file = optarg; break;
@@ -898,7 +1116,12 @@ int main(int argc, char **argv) {
     printf("\n");
     return EXIT_OK;
   }
-  if (strcmp(c.command, "batch") == 0) {
+  if (c.n_subsystems > 1 && strcmp(c.command, "export") != 0)
+    return usage_error("%s", "one -s (more are for export)");
+  if (strcmp(c.command, "export") == 0)
+    c.json = 1; /* what import reads */
+  c.timeout_ms = (uint64_t)(timeout_s * 1000);
+  if (strcmp(c.command, "batch") == 0 || strcmp(c.command, "import") == 0) {
     if (value_arg != NULL)
       return usage_error("unexpected argument '%s'", value_arg);
     c.batch_file = file;
