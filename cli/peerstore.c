@@ -1187,6 +1187,13 @@ int main(int argc, char **argv) {
     uv_timer_start(&c.timer, on_timeout, (uint64_t)(timeout_s * 1000), 0);
   }
   uv_run(&c.loop, UV_RUN_DEFAULT);
+#ifdef HAVE_SQLITE
+  /* An import cut short (timeout, ^C, a lost service). */
+  if (c.json_db != NULL)
+    json_close(&c);
+#endif
+  if (c.in != NULL && c.in != stdin)
+    fclose(c.in);
   r = uv_loop_close(&c.loop);
   free(c.value);
   if (r != 0)
