@@ -634,7 +634,7 @@ static uint64_t now_us(void) {
  * any other is refused, and a record already expired is left out, with
  * *expired set. */
 static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st,
-                              int import, int *expired) {
+                              int import, int *expired, size_t *bytes) {
   static char ss[PEERSTORE_SUBSYSTEM_MAX + 2], key[PEERSTORE_KEY_MAX + 2],
       ptxt[PEERSTORE_PEER_HEX_LEN + 2];
   const char *op, *s, *k, *p, *why = NULL;
@@ -712,6 +712,7 @@ static const char *batch_line(peerstore_batch *b, sqlite3_stmt *st,
     } else {
       return "store needs \"value\" or \"value_hex\"";
     }
+    *bytes += size + strlen(s) + strlen(k) + 64;
     r = peerstore_batch_store(b, s, &peer, k, value, size, expiry,
                               sqlite3_column_int(st, J_REPLACE)
                                   ? PEERSTORE_REPLACE
@@ -752,17 +753,21 @@ static void json_close(cli *c) {
   c->json_db = c->json_st = NULL;
 }
 
-/* Adds the lines of c->in to b, up to max operations (0: all); returns
- * how many it added, or -1 after saying which line is wrong. */
-static long read_lines(cli *c, peerstore_batch *b, uint64_t max, int import) {
+/* Adds the lines of c->in to b, up to max operations and about max_bytes
+ * of stores (0: no limit); returns how many it added, or -1 after saying
+ * which line is wrong. */
+static long read_lines(cli *c, peerstore_batch *b, uint64_t max,
+                       size_t max_bytes, int import) {
   sqlite3_stmt *st = c->json_st;
   static char *line;
   static size_t cap;
   ssize_t n;
   long added = 0;
+  size_t bytes = 0;
   const char *why = NULL;
 
   while (why == NULL && (max == 0 || (uint64_t)added < max) &&
+         (max_bytes == 0 || bytes < max_bytes) &&
          (n = getline(&line, &cap, c->in)) >= 0) {
     int expired = 0;
     c->lineno++;
@@ -774,7 +779,7 @@ static long read_lines(cli *c, peerstore_batch *b, uint64_t max, int import) {
     if (sqlite3_step(st) != SQLITE_ROW)
       why = sqlite3_errmsg(c->json_db);
     else
-      why = batch_line(b, st, import, &expired);
+      why = batch_line(b, st, import, &expired, &bytes);
     if (why == NULL && expired)
       c->expired++;
     else if (why == NULL)
@@ -801,7 +806,7 @@ static int batch_read(cli *c, peerstore_batch *b) {
 
   if (json_open(c) != 0)
     return -1;
-  n = read_lines(c, b, 0, 0);
+  n = read_lines(c, b, 0, 0, 0);
   json_close(c);
   if (n < 0)
     return -1;
@@ -810,8 +815,10 @@ static int batch_read(cli *c, peerstore_batch *b) {
 }
 
 /* import: a batch at a time, the next read once the last is applied, so
- * the input is read no faster than the service applies it. */
-enum { IMPORT_BATCH = 1000 };
+ * the input is read no faster than the service applies it.  A batch is
+ * 1,000 records or 1 MiB of them, whichever comes first: well within a
+ * service's default batch_max_bytes (4 MiB) whatever the values. */
+enum { IMPORT_BATCH = 1000, IMPORT_BATCH_BYTES = 1 << 20 };
 
 static int import_next(cli *c);
 
@@ -844,7 +851,6 @@ static void on_import_batch(void *arg, int status, uint64_t first) {
   }
   c->imported += c->pending;
   c->batches++;
-  restart_timer(c);
   if (import_next(c) != 0)
     import_done(c, EXIT_USAGE);
 }
@@ -856,7 +862,11 @@ static int import_next(cli *c) {
 
   if (b == NULL)
     return -1;
-  if ((n = read_lines(c, b, IMPORT_BATCH, 1)) < 0) {
+  n = read_lines(c, b, IMPORT_BATCH, IMPORT_BATCH_BYTES, 1);
+  /* Waiting for input is not the service's time. */
+  uv_update_time(&c->loop);
+  restart_timer(c);
+  if (n < 0) {
     peerstore_batch_discard(b);
     return -1;
   }

@@ -98,7 +98,9 @@ static void family_name(char *out, size_t size, const char *name,
     out[o++] = ok ? ch : '_';
   }
   out[o] = '\0';
-  if (kind == COUNTER && o + 6 < size)
+  /* clients_total is a counter already named so. */
+  if (kind == COUNTER && !(o >= 6 && strcmp(out + o - 6, "_total") == 0) &&
+      o + 6 < size)
     strcat(out, "_total");
 }
 
@@ -135,12 +137,13 @@ static void classify(const peerstore_stat *st, sample *s) {
   family_name(s->family, sizeof(s->family), st->name, len, UNTYPED);
 }
 
-/* A label value: backslash, double quote and newline escaped. */
-static void write_label(FILE *out, const char *v, size_t n) {
+/* Text with backslash and newline escaped, and double quote when quoted
+ * (a label value; a HELP text escapes only the other two). */
+static void write_escaped(FILE *out, const char *v, size_t n, int quoted) {
   size_t i;
 
   for (i = 0; i < n; i++) {
-    if (v[i] == '\\' || v[i] == '"')
+    if (v[i] == '\\' || (quoted && v[i] == '"'))
       fprintf(out, "\\%c", v[i]);
     else if (v[i] == '\n')
       fputs("\\n", out);
@@ -165,10 +168,13 @@ void prometheus_write(FILE *out, const peerstore_stat *st, size_t n) {
     }
     if (seen)
       continue;
-    if (a.m != NULL)
+    if (a.m != NULL) {
       fprintf(out, "# HELP %s %s\n", a.family, a.m->help);
-    else
-      fprintf(out, "# HELP %s peerstored's %s.\n", a.family, st[i].name);
+    } else {
+      fprintf(out, "# HELP %s peerstored's ", a.family);
+      write_escaped(out, st[i].name, strlen(st[i].name), 0);
+      fputs(".\n", out);
+    }
     fprintf(out, "# TYPE %s %s\n", a.family,
             type_names[a.m != NULL ? a.m->kind : UNTYPED]);
     for (j = i; j < n; j++) {
@@ -178,7 +184,7 @@ void prometheus_write(FILE *out, const peerstore_stat *st, size_t n) {
       fputs(b.family, out);
       if (b.subsystem != NULL) {
         fputs("{subsystem=\"", out);
-        write_label(out, b.subsystem, b.subsystem_len);
+        write_escaped(out, b.subsystem, b.subsystem_len, 1);
         fputs("\"}", out);
       }
       fprintf(out, " %" PRIu64 "\n", b.value);

@@ -200,6 +200,14 @@ cmp -s "$dir/exp1.cmp" "$dir/exp2.cmp" && ok "export, import, export: the same r
 grep -q '"value_hex":"00' "$dir/exp2" && ok "export: binary values as hex" || not_ok "no binary value seen"
 kill -TERM $svc; wait $svc
 sock=$sock_a svc=$svc_a
+# Large values: a batch is cut at 1 MiB as well as 1,000 records, within
+# the service's batch_max_bytes (4 MiB), however big the records are.
+awk -v p1="$P1" 'BEGIN {
+  v = ""; for (j = 0; j < 5000; j++) v = v "ab"
+  for (i = 0; i < 1500; i++)
+    printf "{\"subsystem\":\"large\",\"peer\":\"%s\",\"key\":\"k%d\",\"value_hex\":\"%s\"}\n", p1, i, v
+}' >"$dir/large.jsonl"
+check "import: 1,500 values of 5,000 bytes go in batches of 1 MiB" 0 "imported 1500 records in 8 batches; skipped 0 expired" ps import --file "$dir/large.jsonl"
 check "usage: export needs -s (exit 2)" 2 "" ps export
 check "usage: more than one -s is for export (exit 2)" 2 "" ps iterate -s a -s b
 printf '%s\n' '{"op":"remove","subsystem":"big0"}' >"$dir/notrec.jsonl"
