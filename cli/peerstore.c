@@ -31,7 +31,8 @@ enum {
   EXIT_CONNECT = 3,
   EXIT_REFUSED = 4,
   EXIT_TIMEOUT = 5,
-  EXIT_CONFLICT = 6
+  EXIT_CONFLICT = 6,
+  EXIT_OUTPUT = 7
 };
 
 static void usage(FILE *f) {
@@ -82,6 +83,7 @@ static void usage(FILE *f) {
 "Exit status: 0 ok; 1 get found nothing; 2 usage error; 3 cannot reach\n"
 "the service or lost it; 4 the service refused the request (the reason is\n"
 "printed); 5 timed out; 6 a condition of the batch did not hold;\n"
+"7 the output could not be written (a reader that went away is 0);\n"
 "130 interrupted (watch: 0).\n");
 }
 
@@ -107,6 +109,7 @@ typedef struct cli {
   size_t value_size;
   const char *batch_file;
   int exit_code;
+  int write_errno; /* why stdout failed, when it did */
   /* export: the subsystems, one after another */
   const char *subsystems[16];
   int n_subsystems, next_subsystem;
@@ -384,6 +387,21 @@ static void print_record(cli *c, const peerstore_record *r,
 static void on_closed(uv_handle_t *h) { (void)h; }
 
 static void finish(cli *c, int code) {
+  /* Whatever command wrote, it is all out, or the exit says it is not:
+   * a full disk under `stats --prometheus >file && mv` must not pass for
+   * success.  A reader that went away (EPIPE) is how `| head` ends. */
+  if (code == EXIT_OK) {
+    int e = 0;
+    if (fflush(stdout) != 0)
+      e = errno;
+    else if (ferror(stdout))
+      e = c->write_errno != 0 ? c->write_errno : EIO;
+    if (e != 0 && e != EPIPE) {
+      fprintf(stderr, "peerstore: %s: cannot write the output: %s\n",
+              c->command, strerror(e));
+      code = EXIT_OUTPUT;
+    }
+  }
   c->exit_code = code;
   if (c->client != NULL) {
     peerstore_disconnect(c->client, 0);
@@ -437,6 +455,7 @@ static void on_store(void *arg, int status) {
  * count is reached: 1 when the command is done. */
 static int printed(cli *c) {
   if (ferror(stdout)) {
+    c->write_errno = errno;
     finish(c, EXIT_OK);
     return 1;
   }

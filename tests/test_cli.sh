@@ -208,6 +208,16 @@ awk -v p1="$P1" 'BEGIN {
     printf "{\"subsystem\":\"large\",\"peer\":\"%s\",\"key\":\"k%d\",\"value_hex\":\"%s\"}\n", p1, i, v
 }' >"$dir/large.jsonl"
 check "import: 1,500 values of 5,000 bytes go in batches of 1 MiB" 0 "imported 1500 records in 8 batches; skipped 0 expired" ps import --file "$dir/large.jsonl"
+# Output that cannot be written is an error, not a truncated success; a
+# reader that goes away is not.
+if [ -w /dev/full ]; then
+  ps export -s big0 >/dev/full 2>"$dir/err"
+  [ $? = 7 ] && grep -q "cannot write the output" "$dir/err" && ok "export to a full disk: exit 7, said" || not_ok "export to /dev/full: $(cat "$dir/err")"
+  ps stats --prometheus >/dev/full 2>/dev/null
+  [ $? = 7 ] && ok "stats --prometheus to a full disk: exit 7" || not_ok "stats to /dev/full did not fail"
+fi
+( ps export -s big0 2>"$dir/err"; echo $? >"$dir/rc" ) | head -1 >/dev/null
+[ "$(cat "$dir/rc")" = 0 ] && ok "export into a pipe closed early: 0" || not_ok "export into a closed pipe: exit $(cat "$dir/rc"): $(cat "$dir/err")"
 check "usage: export needs -s (exit 2)" 2 "" ps export
 check "usage: more than one -s is for export (exit 2)" 2 "" ps iterate -s a -s b
 printf '%s\n' '{"op":"remove","subsystem":"big0"}' >"$dir/notrec.jsonl"
