@@ -196,6 +196,11 @@ static void op_finish(peerstore_client *c, ps_op *op, int status,
     if (op->cb.batch != NULL)
       op->cb.batch(op->arg, status, extra);
     break;
+  case OP_BACKUP: {
+    peerstore_backup_result res = {0, 0, NULL};
+    op->cb.backup(op->arg, status, &res);
+    break;
+  }
   }
   op_garbage(c, op);
 }
@@ -255,13 +260,13 @@ static void on_deadline(uv_timer_t *t) {
   while ((op = peerstore__heap_top(&c->deadlines)) != NULL &&
          op->deadline <= now && !c->handles_closing) {
     peerstore__heap_remove(&c->deadlines, op);
-    if (op->kind == OP_ITERATE && op->start + op->timeout > now) {
+    if (OP_IS_STREAM(op) && op->start + op->timeout > now) {
       heap_place(c, op); /* it made progress since it was placed */
       continue;
     }
     /* The service may still answer: it is told to stop iterating, and a
      * late reply to anything else finds no op and is dropped. */
-    if ((op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
+    if ((OP_IS_STREAM(op) || op->kind == OP_WATCH) &&
         c->state == ST_CONNECTED &&
         peerstore__put_empty(&c->out.buf, PEERSTORE_MSG_CANCEL,
                              op->request) == 0)
@@ -302,7 +307,7 @@ void peerstore__op_cancel(ps_op *op) {
   op_untable(c, op);
   if (OP_IS_WRITE(op))
     c->pending_stores--;
-  if (was_tabled && (op->kind == OP_ITERATE || op->kind == OP_WATCH) &&
+  if (was_tabled && (OP_IS_STREAM(op) || op->kind == OP_WATCH) &&
       c->state == ST_CONNECTED &&
       peerstore__put_empty(&c->out.buf, PEERSTORE_MSG_CANCEL, op->request) ==
           0)
@@ -555,12 +560,55 @@ static int on_stats(peerstore_client *c, ps_op *op, const uint8_t *b,
   return r;
 }
 
+static int on_backup_data(peerstore_client *c, ps_op *op, const uint8_t *b,
+                          size_t n) {
+  ps_backup_op *bk = (ps_backup_op *)op;
+
+  if (op->kind != OP_BACKUP || n == 0 || n > PEERSTORE_BACKUP_PIECE)
+    return PEERSTORE_EPROTO;
+  if (op->timeout > 0)
+    op->start = uv_now(c->loop); /* progress, as on_record */
+  bk->received += n;
+  bk->data(op->arg, b, n);
+  if (op->finished || c->closing)
+    return 0;
+  if (++op->consumed >= PEERSTORE_BACKUP_REGRANT &&
+      peerstore__put_u32(&c->out.buf, PEERSTORE_MSG_CREDIT, op->request,
+                         op->consumed) == 0) {
+    op->consumed = 0;
+    kick(c);
+  }
+  return 0;
+}
+
+static int on_backup_end(peerstore_client *c, ps_op *op, const uint8_t *b,
+                         size_t n) {
+  ps_backup_op *bk = (ps_backup_op *)op;
+  peerstore_backup_result res;
+  char reason[1025];
+  int32_t status;
+
+  if (op->kind != OP_BACKUP ||
+      peerstore__wire_backup_end(b, n, &status, &res.revision, &res.size,
+                                 reason, sizeof(reason)) != 0)
+    return PEERSTORE_EPROTO;
+  /* A copy is whole only if every byte of it came. */
+  if (status == 0 && bk->received != res.size)
+    return PEERSTORE_EPROTO;
+  res.reason = reason[0] != '\0' ? reason : NULL;
+  op_untable(c, op);
+  op->finished = 1;
+  op->cb.backup(op->arg, status, &res);
+  op_garbage(c, op);
+  return 0;
+}
+
 /* A reply ending op with status.  A service that is shutting down refuses
  * with ESHUTDOWN what a reconnecting client will simply send again. */
 static void on_end(peerstore_client *c, ps_op *op, int status,
                    uint64_t extra) {
   if (status == PEERSTORE_ESHUTDOWN && reconnecting(c) &&
-      op->kind != OP_ITERATE)
+      !OP_IS_STREAM(op))
     return;
   op_finish(c, op, status, extra);
 }
@@ -627,6 +675,10 @@ static int handle_frame(peerstore_client *c, const peerstore__header *h,
     return 0;
   case PEERSTORE_MSG_STATS_RESULT:
     return on_stats(c, op, b, h->body_len);
+  case PEERSTORE_MSG_BACKUP_DATA:
+    return on_backup_data(c, op, b, h->body_len);
+  case PEERSTORE_MSG_BACKUP_END:
+    return on_backup_end(c, op, b, h->body_len);
   default:
     return PEERSTORE_EPROTO;
   }
@@ -808,11 +860,12 @@ static void connection_lost(peerstore_client *c, int status) {
     fail_all(c, status);
     return;
   }
-  /* An iteration the service had begun cannot be resumed: it ends.  One
-   * that never went out is sent on the next connection, like the rest. */
+  /* An iteration or backup the service had begun cannot be resumed: it
+   * ends.  One that never went out is sent on the next connection, like
+   * the rest. */
   for (op = c->first; op != NULL; op = next) {
     next = op->next;
-    if (op->kind == OP_ITERATE && op->sent) {
+    if (OP_IS_STREAM(op) && op->sent) {
       op_untable(c, op);
       done_push(c, op, PEERSTORE_EINTERRUPTED);
     }

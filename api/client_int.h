@@ -20,8 +20,14 @@ enum ps_op_kind {
   OP_WATCH,
   OP_REMOVE,
   OP_STATS,
-  OP_BATCH
+  OP_BATCH,
+  OP_BACKUP
 };
+
+/* Pieces of a backup the service may send before hearing more credit,
+ * and how many consumed trigger a new grant. */
+#define PEERSTORE_BACKUP_WINDOW 16
+#define PEERSTORE_BACKUP_REGRANT 8
 
 /* Stores and batches: disconnect(c, 1) waits for them. */
 #define OP_IS_WRITE(op) ((op)->kind == OP_STORE || (op)->kind == OP_BATCH)
@@ -76,6 +82,7 @@ typedef struct ps_op {
     peerstore_remove_cb remove;
     peerstore_stats_cb stats;
     peerstore_batch_cb batch;
+    peerstore_backup_done_cb backup;
   } cb;
   void *arg;
 } ps_op;
@@ -125,6 +132,17 @@ struct peerstore_client {
   unsigned pipe_closing : 1; /* uv_close in progress */
   unsigned handles_closing : 1;
 };
+
+/* A backup: its data callback beside the op. */
+typedef struct ps_backup_op {
+  ps_op op;
+  peerstore_backup_data_cb data;
+  uint64_t received; /* bytes given to data */
+} ps_backup_op;
+
+/* Iterations and backups: streams paced by credit, their timeouts
+ * counting from the last progress, cancelled on the wire. */
+#define OP_IS_STREAM(op) ((op)->kind == OP_ITERATE || (op)->kind == OP_BACKUP)
 
 /* client.c */
 /* Makes an op of kind (a struct of size bytes) with a new request id and

@@ -1,4 +1,5 @@
-/* ops.c - the public operations: store, iterate, watch, remove, stats.
+/* ops.c - the public operations: store, iterate, watch, remove, stats,
+ * batches, backup.
  *
  * Each call checks its arguments, makes an operation with room for its
  * request, encodes the request there and starts it; client.c sends it
@@ -241,6 +242,44 @@ peerstore_stats_op *peerstore_stats(peerstore_client *c, peerstore_stats_cb cb,
   op->cb.stats = cb;
   peerstore__op_start(c, op);
   return (peerstore_stats_op *)op;
+}
+
+/* ------------------------------------------------------------------ */
+/* Backup                                                              */
+
+struct peerstore_backup_op {
+  ps_backup_op b;
+};
+
+peerstore_backup_op *peerstore_backup(peerstore_client *c,
+                                      peerstore_backup_data_cb data_cb,
+                                      peerstore_backup_done_cb done_cb,
+                                      void *arg) {
+  ps_op *op;
+
+  if (c == NULL || data_cb == NULL || done_cb == NULL ||
+      peerstore__client_closed(c))
+    return NULL;
+  op = peerstore__op_new(c, OP_BACKUP, sizeof(peerstore_backup_op),
+                         PEERSTORE_HEADER_SIZE + 4, arg);
+  if (op == NULL)
+    return NULL;
+  peerstore__put_u32(&op->frame, PEERSTORE_MSG_BACKUP, op->request,
+                     PEERSTORE_BACKUP_WINDOW);
+  op->cb.backup = done_cb;
+  ((ps_backup_op *)op)->data = data_cb;
+  peerstore__op_start(c, op);
+  return (peerstore_backup_op *)op;
+}
+
+void peerstore_backup_cancel(peerstore_backup_op *op) {
+  if (op != NULL)
+    peerstore__op_cancel(&op->b.op);
+}
+
+void peerstore_backup_set_timeout(peerstore_backup_op *op, uint64_t ms) {
+  if (op != NULL)
+    peerstore__op_set_timeout(&op->b.op, ms);
 }
 
 /* ------------------------------------------------------------------ */

@@ -498,6 +498,47 @@ PEERSTORE_EXTERN peerstore_stats_op *peerstore_stats(peerstore_client *c,
                                                      void *arg);
 
 /* ------------------------------------------------------------------ */
+/* Backup                                                              */
+
+typedef struct peerstore_backup_op peerstore_backup_op;
+typedef struct peerstore_backup_result {
+  uint64_t revision;  /* the last change the copy holds */
+  uint64_t size;      /* bytes of the copy (all given to data_cb) */
+  const char *reason; /* on failure, the service's explanation, or NULL */
+} peerstore_backup_result;
+/* The next len bytes of the copy, in order from its first; borrowed for
+ * the call. */
+typedef void (*peerstore_backup_data_cb)(void *arg, const void *data,
+                                         size_t len);
+/* Ends the backup; res is borrowed for the call. */
+typedef void (*peerstore_backup_done_cb)(void *arg, int status,
+                                         const peerstore_backup_result *res);
+
+/* Asks the service for a consistent copy of its store as one revision
+ * left it - with the SQLite plugin, a database file that plugin opens
+ * (peerstore backup FILE) - while it goes on serving.  The bytes come
+ * through data_cb, as fast as it consumes them, then done_cb runs once;
+ * what data_cb was given is a whole copy only if status is 0.  Fails with
+ * PEERSTORE_EPLUGIN where the plugin makes no copies (memory), with
+ * PEERSTORE_ELIMIT while another backup is under way, PEERSTORE_ENOSPC
+ * when the service has no room to make it, PEERSTORE_EVERSION from a
+ * service older than this library, and PEERSTORE_EINTERRUPTED when the
+ * connection is lost part way; res->reason then says more.  A backup
+ * whose callbacks stop consuming for the service's iteration_timeout ends
+ * with PEERSTORE_ETIMEDOUT.  Both callbacks are required: NULL makes the
+ * call return NULL.  op is valid until done_cb returns or it is
+ * cancelled. */
+PEERSTORE_EXTERN peerstore_backup_op *peerstore_backup(
+    peerstore_client *c, peerstore_backup_data_cb data_cb,
+    peerstore_backup_done_cb done_cb, void *arg);
+/* No further callback runs for op; the service stops making the copy. */
+PEERSTORE_EXTERN void peerstore_backup_cancel(peerstore_backup_op *op);
+/* As peerstore_iterate_set_timeout: the time counts from the last piece
+ * received (the service's making the copy counts too). */
+PEERSTORE_EXTERN void peerstore_backup_set_timeout(peerstore_backup_op *op,
+                                                   uint64_t ms);
+
+/* ------------------------------------------------------------------ */
 /* Peer ids in text                                                    */
 
 #define PEERSTORE_PEER_B32_LEN 52 /* Crockford base32, as GNUnet prints */

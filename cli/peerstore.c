@@ -9,12 +9,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef HAVE_SQLITE
 #include <sqlite3.h>
@@ -56,6 +58,9 @@ static void usage(FILE *f) {
 "  import   store the records of export's JSON lines (stdin, or --file)\n"
 "           in atomic batches of 1,000; expired ones are skipped and\n"
 "           counted\n"
+"  backup   write a consistent copy of the service's store (SQLite) to\n"
+"           FILE, which is replaced only once the copy is whole and\n"
+"           synced; - writes it to standard output\n"
 "\n"
 "Options:\n"
 "  -s, --subsystem NAME   subsystem (required but for stats, peer, batch\n"
@@ -77,7 +82,9 @@ static void usage(FILE *f) {
 "  -S, --socket PATH      service socket (default: $PEERSTORE_SOCKET, else\n"
 "                         $XDG_RUNTIME_DIR/peerstore.sock, else\n"
 "                         /run/peerstore/peerstore.sock)\n"
-"  -t, --timeout SEC      give up after SEC seconds (default 10; 0: never)\n"
+"  -t, --timeout SEC      give up after SEC seconds (default 10; 0: never;\n"
+"                         export, import, backup: without progress, and\n"
+"                         backup has none unless given)\n"
 "  -h, --help             show this help\n"
 "\n"
 "Exit status: 0 ok; 1 get found nothing; 2 usage error; 3 cannot reach\n"
@@ -118,6 +125,12 @@ typedef struct cli {
   void *json_db, *json_st; /* sqlite3 *, sqlite3_stmt * */
   uint64_t lineno, imported, expired, batches, pending;
   uint64_t timeout_ms; /* export, import: without progress for this long */
+  /* backup: where the copy goes, written under a temporary name */
+  const char *backup_file;
+  char *backup_tmp; /* NULL once renamed or removed, or for stdout */
+  int backup_fd;
+  uint64_t backup_bytes;
+  peerstore_backup_op *backup_op; /* until its done callback */
 } cli;
 
 /* ------------------------------------------------------------------ */
@@ -990,6 +1003,153 @@ static int export_next(cli *c) {
 }
 
 /* ------------------------------------------------------------------ */
+/* backup: the copy into a file, renamed into place once whole          */
+
+static int write_all(int fd, const void *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0)
+      return -1;
+    p = (const char *)p + w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Removes a copy that did not finish, so no half file is left behind. */
+static void backup_discard(cli *c) {
+  if (c->backup_tmp != NULL) {
+    unlink(c->backup_tmp);
+    free(c->backup_tmp);
+    c->backup_tmp = NULL;
+  }
+  if (c->backup_fd > STDOUT_FILENO)
+    close(c->backup_fd);
+  c->backup_fd = -1;
+}
+
+static void backup_write_failed(cli *c, peerstore_backup_op *op) {
+  int e = errno;
+
+  if (op != NULL) {
+    peerstore_backup_cancel(op);
+    c->backup_op = NULL;
+  }
+  if (e == EPIPE && c->backup_tmp == NULL) {
+    finish(c, EXIT_OK); /* a reader of stdout that went away */
+    return;
+  }
+  fprintf(stderr, "peerstore: backup: cannot write %s: %s\n",
+          c->backup_tmp != NULL ? c->backup_file : "the output",
+          strerror(e));
+  finish(c, EXIT_OUTPUT);
+}
+
+static void on_backup_data(void *arg, const void *data, size_t len) {
+  cli *c = arg;
+
+  if (write_all(c->backup_fd, data, len) != 0) {
+    backup_write_failed(c, c->backup_op);
+    return;
+  }
+  c->backup_bytes += len;
+  restart_timer(c);
+}
+
+/* The file's data and its name are on disk before the tool says so: the
+ * rename replaces FILE only with a whole copy, and the directory's sync
+ * keeps the rename. */
+static int backup_keep(cli *c) {
+  char *dir, *slash;
+  int dfd, r = 0;
+
+  if (c->backup_tmp == NULL)
+    return 0;
+  if (fsync(c->backup_fd) != 0 || rename(c->backup_tmp, c->backup_file) != 0)
+    return -1;
+  free(c->backup_tmp);
+  c->backup_tmp = NULL;
+  if ((dir = strdup(c->backup_file)) == NULL)
+    return -1;
+  slash = strrchr(dir, '/');
+  if (slash == NULL)
+    strcpy(dir, ".");
+  else
+    slash[slash == dir ? 1 : 0] = '\0';
+  if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+      fsync(dfd) != 0)
+    r = -1;
+  if (dfd >= 0)
+    close(dfd);
+  free(dir);
+  return r;
+}
+
+static void on_backup_done(void *arg, int status,
+                           const peerstore_backup_result *res) {
+  cli *c = arg;
+
+  c->backup_op = NULL;
+  if (status != 0) {
+    fprintf(stderr, "peerstore: backup: %s (%s)%s%s\n",
+            peerstore_strerror(status), peerstore_err_name(status),
+            res->reason != NULL ? ": " : "",
+            res->reason != NULL ? res->reason : "");
+    backup_discard(c);
+    finish(c, status_exit(status));
+    return;
+  }
+  if (backup_keep(c) != 0) {
+    backup_write_failed(c, NULL);
+    return;
+  }
+  if (c->backup_fd == STDOUT_FILENO)
+    fprintf(stderr, "peerstore: backup: revision %" PRIu64 ", %" PRIu64
+                    " bytes\n",
+            res->revision, res->size);
+  else if (c->json)
+    printf("{\"revision\":%" PRIu64 ",\"bytes\":%" PRIu64 "}\n",
+           res->revision, res->size);
+  else
+    printf("backup of revision %" PRIu64 ", %" PRIu64 " bytes, in %s\n",
+           res->revision, res->size, c->backup_file);
+  finish(c, EXIT_OK);
+}
+
+static int backup_start(cli *c) {
+  size_t n;
+
+  if (strcmp(c->backup_file, "-") == 0) {
+    c->backup_fd = STDOUT_FILENO;
+  } else {
+    n = strlen(c->backup_file);
+    if ((c->backup_tmp = malloc(n + 8)) == NULL)
+      return -1;
+    memcpy(c->backup_tmp, c->backup_file, n);
+    memcpy(c->backup_tmp + n, ".XXXXXX", 8);
+    /* mkstemp: mode 0600, as a copy of every record should be. */
+    if ((c->backup_fd = mkostemp(c->backup_tmp, O_CLOEXEC)) < 0) {
+      fprintf(stderr, "peerstore: backup: cannot create a file beside %s: "
+                      "%s\n",
+              c->backup_file, strerror(errno));
+      free(c->backup_tmp);
+      c->backup_tmp = NULL;
+      finish(c, EXIT_OUTPUT);
+      return 0;
+    }
+  }
+  c->backup_op =
+      peerstore_backup(c->client, on_backup_data, on_backup_done, c);
+  if (c->backup_op == NULL) {
+    backup_discard(c);
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Main                                                                */
 
 static int start(cli *c) {
@@ -999,6 +1159,8 @@ static int start(cli *c) {
 
   if (strcmp(cmd, "batch") == 0)
     return batch_start(c);
+  if (strcmp(cmd, "backup") == 0)
+    return backup_start(c);
   if (strcmp(cmd, "export") == 0)
     return export_next(c);
   if (strcmp(cmd, "import") == 0) {
@@ -1063,16 +1225,17 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0}};
   static const char *commands[] = {"store", "get",   "iterate", "watch",
                                    "remove", "stats", "peer",    "batch",
-                                   "export", "import"};
+                                   "export", "import", "backup"};
   cli c;
   peerstore_connect_opts copts;
   const char *file = NULL, *socket_path = NULL, *value_arg = NULL;
   double timeout_s = 10;
   char *end;
   size_t i;
-  int ch, known = 0, r;
+  int ch, known = 0, r, timeout_given = 0;
 
   memset(&c, 0, sizeof(c));
+  c.backup_fd = -1;
   c.expiry = PEERSTORE_EXPIRY_NEVER;
   while ((ch = getopt_long(argc, argv, "s:p:k:xf:re:n:jS:t:h", opts, NULL)) !=
          -1) {
@@ -1108,6 +1271,7 @@ int main(int argc, char **argv) {
       timeout_s = strtod(optarg, &end);
       if (*optarg == '\0' || *end != '\0' || timeout_s < 0)
         return usage_error("bad timeout '%s'", optarg);
+      timeout_given = 1;
       break;
     case 'M': c.prometheus = 1; break;
     case 'P': c.wopts.flags |= PEERSTORE_WATCH_SNAPSHOT; break;
@@ -1150,7 +1314,22 @@ int main(int argc, char **argv) {
   if (strcmp(c.command, "export") == 0)
     c.json = 1; /* what import reads */
   c.timeout_ms = (uint64_t)(timeout_s * 1000);
-  if (strcmp(c.command, "batch") == 0 || strcmp(c.command, "import") == 0) {
+  if (strcmp(c.command, "backup") == 0) {
+    if (value_arg == NULL)
+      return usage_error("%s", "backup needs FILE (or - for standard "
+                               "output)");
+    if (c.subsystem != NULL || c.have_peer || c.key != NULL)
+      return usage_error("%s", "backup copies the whole store: no -s, -p "
+                               "or -k");
+    c.backup_file = value_arg;
+    value_arg = NULL;
+    /* Nothing arrives while the service makes the copy, which takes as
+     * long as the store is large. */
+    if (!timeout_given)
+      timeout_s = 0;
+    c.timeout_ms = (uint64_t)(timeout_s * 1000);
+  } else if (strcmp(c.command, "batch") == 0 ||
+             strcmp(c.command, "import") == 0) {
     if (value_arg != NULL)
       return usage_error("unexpected argument '%s'", value_arg);
     c.batch_file = file;
@@ -1223,6 +1402,7 @@ int main(int argc, char **argv) {
 #endif
   if (c.in != NULL && c.in != stdin)
     fclose(c.in);
+  backup_discard(&c); /* a backup cut short (timeout, ^C, a lost service) */
   r = uv_loop_close(&c.loop);
   free(c.value);
   if (r != 0)

@@ -109,6 +109,7 @@ size_t peerstore__wire_min_body(uint16_t type) {
   case PEERSTORE_MSG_ITERATE:
     return 1 + 2 + 1 + 4;
   case PEERSTORE_MSG_CREDIT:
+  case PEERSTORE_MSG_BACKUP:
     return 4;
   case PEERSTORE_MSG_WATCH:
   case PEERSTORE_MSG_REMOVE:
@@ -312,21 +313,41 @@ int peerstore__wire_status(const uint8_t *p, size_t n, int32_t *status,
   return rd_end(&r);
 }
 
-int peerstore__wire_error(const uint8_t *p, size_t n, int32_t *status,
-                          char *reason, size_t reason_size) {
-  rd r = {p, n, 0};
-  uint16_t len;
-  const uint8_t *s;
+static void rd_reason(rd *r, char *reason, size_t reason_size) {
+  uint16_t len = rd_u16(r);
+  const uint8_t *s = rd_take(r, len);
 
-  *status = (int32_t)rd_u32(&r);
-  len = rd_u16(&r);
-  s = rd_take(&r, len);
-  if (s != NULL && reason_size > 0) {
+  if (reason_size == 0)
+    return;
+  reason[0] = '\0';
+  if (s != NULL) {
     if (len >= reason_size)
       len = (uint16_t)(reason_size - 1);
     memcpy(reason, s, len);
     reason[len] = '\0';
   }
+}
+
+int peerstore__wire_backup_end(const uint8_t *p, size_t n, int32_t *status,
+                               uint64_t *revision, uint64_t *size,
+                               char *reason, size_t reason_size) {
+  rd r = {p, n, 0};
+
+  *status = (int32_t)rd_u32(&r);
+  *revision = rd_u64(&r);
+  *size = rd_u64(&r);
+  rd_reason(&r, reason, reason_size);
+  if (*status > 0)
+    r.bad = 1;
+  return rd_end(&r);
+}
+
+int peerstore__wire_error(const uint8_t *p, size_t n, int32_t *status,
+                          char *reason, size_t reason_size) {
+  rd r = {p, n, 0};
+
+  *status = (int32_t)rd_u32(&r);
+  rd_reason(&r, reason, reason_size);
   return rd_end(&r);
 }
 
@@ -696,6 +717,31 @@ int peerstore__put_status(peerstore__buf *b, uint16_t type, uint32_t req,
   if (extra != NULL)
     p = wr_u64(p, *extra);
   return frame_end(b, p);
+}
+
+int peerstore__put_backup_data(peerstore__buf *b, uint32_t req,
+                               const void *data, size_t n) {
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_BACKUP_DATA, req, n);
+
+  return p == NULL ? PEERSTORE_ENOMEM : frame_end(b, wr_bytes(p, data, n));
+}
+
+int peerstore__put_backup_end(peerstore__buf *b, uint32_t req, int32_t status,
+                              uint64_t revision, uint64_t size,
+                              const char *reason) {
+  size_t n = reason != NULL ? strlen(reason) : 0;
+  uint8_t *p;
+
+  if (n > 1024)
+    n = 1024;
+  p = frame_begin(b, PEERSTORE_MSG_BACKUP_END, req, 4 + 8 + 8 + 2 + n);
+  if (p == NULL)
+    return PEERSTORE_ENOMEM;
+  p = wr_u32(p, (uint32_t)status);
+  p = wr_u64(p, revision);
+  p = wr_u64(p, size);
+  p = wr_u16(p, (uint16_t)n);
+  return frame_end(b, wr_bytes(p, reason, n));
 }
 
 int peerstore__put_error(peerstore__buf *b, uint32_t req, int32_t status,

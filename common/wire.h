@@ -33,8 +33,8 @@
 
 /* The version this code speaks, and the oldest one the service still
  * serves (version 2 clients get its semantics: RECORD notifications of
- * stores only, no history). */
-#define PEERSTORE_PROTOCOL_VERSION 3
+ * stores only, no history; version 3 is version 4 without BACKUP). */
+#define PEERSTORE_PROTOCOL_VERSION 4
 #define PEERSTORE_PROTOCOL_MIN 2
 #define PEERSTORE_PROTOCOL_MAGIC 0x50535452u /* "PSTR" */
 #define PEERSTORE_HEADER_SIZE 12
@@ -58,6 +58,7 @@ enum peerstore__msg_type {
                                  history id (0: any), filter */
   PEERSTORE_MSG_BATCH = 10,   /* v3: 16-byte batch id (zeros: none), u32
                                  count, count x batch operation */
+  PEERSTORE_MSG_BACKUP = 11,  /* v4: u32 credit (pieces it may send) */
 
   /* service -> client */
   PEERSTORE_MSG_WELCOME = 64,      /* u16 version, u32 max value size;
@@ -72,8 +73,14 @@ enum peerstore__msg_type {
                                       service closes the connection next */
   PEERSTORE_MSG_EVENT = 72,        /* v3: u8 kind, u64 revision, and for
                                       STORE/REMOVE/EXPIRE the record */
-  PEERSTORE_MSG_BATCH_RESULT = 73  /* v3: i32 status, u64 first revision */
+  PEERSTORE_MSG_BATCH_RESULT = 73, /* v3: i32 status, u64 first revision */
+  PEERSTORE_MSG_BACKUP_DATA = 74,  /* v4: the next bytes of the copy */
+  PEERSTORE_MSG_BACKUP_END = 75    /* v4: i32 status, u64 revision, u64
+                                      size, u16 n, n bytes of reason */
 };
+
+/* The most bytes one BACKUP_DATA carries. */
+#define PEERSTORE_BACKUP_PIECE (64u * 1024)
 
 /* A batch operation on the wire: u8 kind, then
  *   STORE:   the body of a STORE message
@@ -186,6 +193,10 @@ int peerstore__wire_event(const uint8_t *p, size_t n, uint8_t *kind,
 int peerstore__wire_u32(const uint8_t *p, size_t n, uint32_t *v);
 int peerstore__wire_status(const uint8_t *p, size_t n, int32_t *status,
                            uint64_t *extra /* NULL if none follows */);
+/* BACKUP_END: the reason is copied NUL-terminated, cut to fit. */
+int peerstore__wire_backup_end(const uint8_t *p, size_t n, int32_t *status,
+                               uint64_t *revision, uint64_t *size,
+                               char *reason, size_t reason_size);
 int peerstore__wire_error(const uint8_t *p, size_t n, int32_t *status,
                           char *reason, size_t reason_size);
 /* Fills out[0..*count) (at most max); names are copied into names[]. */
@@ -261,6 +272,12 @@ int peerstore__put_u32(peerstore__buf *b, uint16_t type, uint32_t req,
 /* STORE_RESULT and REMOVE_RESULT carry extra; the *_END frames do not. */
 int peerstore__put_status(peerstore__buf *b, uint16_t type, uint32_t req,
                           int32_t status, const uint64_t *extra);
+int peerstore__put_backup_data(peerstore__buf *b, uint32_t req,
+                               const void *data, size_t n);
+/* BACKUP_END; reason NULL or "" for none (cut at 1024 bytes). */
+int peerstore__put_backup_end(peerstore__buf *b, uint32_t req, int32_t status,
+                              uint64_t revision, uint64_t size,
+                              const char *reason);
 int peerstore__put_error(peerstore__buf *b, uint32_t req, int32_t status,
                          const char *reason);
 int peerstore__put_stats(peerstore__buf *b, uint32_t req,

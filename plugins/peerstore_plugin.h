@@ -227,6 +227,11 @@ typedef void (*peerstore_plugin_batch_cb)(void *arg, int status,
                                           uint64_t first_revision,
                                           uint64_t last_revision);
 
+/* Ends one backup: status 0 and the revision of the last change the copy
+ * holds, or an error and 0. */
+typedef void (*peerstore_plugin_backup_cb)(void *arg, int status,
+                                           uint64_t revision);
+
 /* What a plugin's history holds (history_info). */
 typedef struct peerstore_plugin_history_info {
   uint64_t first;  /* every change with a revision above this is held */
@@ -335,7 +340,18 @@ typedef struct peerstore_plugin_ops {
   void (*stats)(void *instance,
                 void (*cb)(void *arg, const char *name, uint64_t value),
                 void *arg);
-  void (*reserved[3])(void); /* NULL; room for later operations */
+  /* A consistent copy of the store (optional: NULL in a plugin that
+   * keeps nothing on disk, or whose database has tools of its own): the
+   * store as it was at one revision, written into fd - an empty regular
+   * file open for reading and writing, the caller's, open until cb - as
+   * a file the same plugin opens as its database, records, revisions and
+   * history intact.  Off the loop, without holding up other requests;
+   * cb on the loop.  The plugin reads *stop (atomically) between pieces
+   * of work and, once it is non-zero, ends with PEERSTORE_ECANCELED; it
+   * stays valid until cb.  (The second reserved slot.) */
+  int (*backup)(void *instance, int fd, const int *stop,
+                peerstore_plugin_backup_cb cb, void *arg);
+  void (*reserved[2])(void); /* NULL; room for later operations */
 } peerstore_plugin_ops;
 
 typedef struct peerstore_plugin_desc {

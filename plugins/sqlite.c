@@ -29,6 +29,7 @@
 
 #include "peerstore_plugin.h"
 #include "plugin_util.h"
+#include "sqlite_copy.h"
 #include "sqlite_queries.h"
 
 #define SCHEMA_VERSION 4
@@ -52,6 +53,21 @@ extern const char peerstore_sqlite_migrate_3_4[];
 
 
 typedef struct sq sq;
+
+/* A backup under way, on a thread of its own (sqlite_copy.c). */
+typedef struct sq_bk {
+  struct sq_bk *next;
+  sq *s;
+  int fd;
+  const int *stop;
+  uv_thread_t thread;
+  int finished; /* under s->lock */
+  int rc;       /* an SQLite code */
+  uint64_t revision;
+  char msg[256];
+  peerstore_plugin_backup_cb cb;
+  void *arg;
+} sq_bk;
 
 
 struct sq {
@@ -103,6 +119,8 @@ struct sq {
   size_t qlog_n, qlog_cap;
   int qlog_failed; /* out of memory for the log: the job fails */
   size_t batch_max_changes; /* BATCH_CHANGES_MAX, or the option's */
+  sq_bk *backups; /* under lock */
+  int closing;    /* atomic: backups give up */
 };
 
 /* One writer's part of a per-writer quota. */
@@ -1153,7 +1171,46 @@ static void drain_done(sq *s) {
   ps_jobs_complete(j, s->changed, s->changed_ctx);
 }
 
-static void on_async(uv_async_t *a) { drain_done(a->data); }
+static void backup_end(sq_bk *b) {
+  sq *s = b->s;
+  int status = b->rc == SQLITE_OK          ? 0
+               : b->rc == SQLITE_INTERRUPT ? PEERSTORE_ECANCELED
+                                           : map_error(b->rc);
+
+  uv_thread_join(&b->thread);
+  if (status != 0 && status != PEERSTORE_ECANCELED)
+    s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite %s: backup: %s",
+           s->path, b->msg);
+  b->cb(b->arg, status, status == 0 ? b->revision : 0);
+  free(b);
+}
+
+/* Completes the backups whose threads have finished (all of them, when
+ * closing: they are stopped and waited for). */
+static void backups_reap(sq *s, int all) {
+  sq_bk *done = NULL, **p, *b;
+
+  uv_mutex_lock(&s->lock);
+  for (p = &s->backups; (b = *p) != NULL;) {
+    if (b->finished || all) {
+      *p = b->next;
+      b->next = done;
+      done = b;
+    } else {
+      p = &b->next;
+    }
+  }
+  uv_mutex_unlock(&s->lock);
+  while ((b = done) != NULL) {
+    done = b->next;
+    backup_end(b);
+  }
+}
+
+static void on_async(uv_async_t *a) {
+  drain_done(a->data);
+  backups_reap(a->data, 0);
+}
 
 static void submit(sq *s, job *j) {
   uv_mutex_lock(&s->lock);
@@ -1242,6 +1299,44 @@ static int sq_batch(void *instance, const peerstore_plugin_batch_op *ops,
   if (s->read_only)
     return PEERSTORE_EROFS;
   return submit_new(s, ps_job_batch(ops, n, writer, cb, arg));
+}
+
+static void backup_main(void *arg) {
+  sq_bk *b = arg;
+  sq *s = b->s;
+
+  b->rc = sq_copy(s->path, b->fd, b->stop, &s->closing, &b->revision,
+                  b->msg, sizeof(b->msg));
+  uv_mutex_lock(&s->lock);
+  b->finished = 1;
+  uv_mutex_unlock(&s->lock);
+  uv_async_send(&s->async);
+}
+
+/* Its own thread and connection, not the worker's: the copy reads for as
+ * long as the database takes, and the worker's groups go on meanwhile. */
+static int sq_backup(void *instance, int fd, const int *stop,
+                     peerstore_plugin_backup_cb cb, void *arg) {
+  sq *s = instance;
+  sq_bk *b = calloc(1, sizeof(*b));
+
+  if (b == NULL)
+    return PEERSTORE_ENOMEM;
+  b->s = s;
+  b->fd = fd;
+  b->stop = stop;
+  b->cb = cb;
+  b->arg = arg;
+  uv_mutex_lock(&s->lock);
+  if (uv_thread_create(&b->thread, backup_main, b) != 0) {
+    uv_mutex_unlock(&s->lock);
+    free(b);
+    return PEERSTORE_ENOMEM;
+  }
+  b->next = s->backups;
+  s->backups = b;
+  uv_mutex_unlock(&s->lock);
+  return 0;
 }
 
 static void sq_history_info(void *instance,
@@ -1647,6 +1742,8 @@ static void sq_close(void *instance) {
   uv_mutex_unlock(&s->lock);
   uv_thread_join(&s->worker);
   drain_done(s);
+  __atomic_store_n(&s->closing, 1, __ATOMIC_RELEASE);
+  backups_reap(s, 1);
   if (exec(s, "PRAGMA wal_checkpoint(TRUNCATE)") != 0)
     s->log(s->log_ctx, PEERSTORE_LOG_WARN, "sqlite %s: checkpoint failed",
            s->path);
@@ -1667,6 +1764,7 @@ static const peerstore_plugin_ops sq_ops = {
     .history_info = sq_history_info,
     .batch = sq_batch,
     .quota_usage = sq_quota_usage,
+    .backup = sq_backup,
 };
 
 static const peerstore_plugin_desc sq_desc = {

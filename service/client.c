@@ -121,6 +121,7 @@ void client_close(client *c) {
   big_release(c);
   watch_end_all(c, 0);
   iter_end_all(c, 0);
+  backup_end_client(c, 0);
   LOG_DEBUG("client %llu closed", (unsigned long long)c->id);
   uv_close((uv_handle_t *)&c->pipe, on_close);
   server_kick(s); /* shutdown may be waiting for this client */
@@ -203,6 +204,7 @@ void client_resume(client *c) {
     client_set_backlog(c, 1);
   }
   iter_pump_all(c);
+  backup_pump_client(c);
   watch_pump_all(c);
 }
 
@@ -236,6 +238,7 @@ void client_shutdown(client *c) {
   stop_reading(c);
   watch_end_all(c, PEERSTORE_ESHUTDOWN);
   iter_end_all(c, PEERSTORE_ESHUTDOWN);
+  backup_end_client(c, PEERSTORE_ESHUTDOWN);
 }
 
 static void on_written(void *data, int status) {

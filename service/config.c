@@ -300,6 +300,8 @@ int config_set(config *cfg, const char *name, const char *v) {
     return set_str(&cfg->plugin_dir, v);
   if (strcmp(name, "database") == 0)
     return set_str(&cfg->database, v);
+  if (strcmp(name, "backup_dir") == 0)
+    return set_str(&cfg->backup_dir, v);
   if (strcmp(name, "socket_mode") == 0) {
     unsigned long m = strtoul(v, &end, 8);
     if (*v == '\0' || *end != '\0' || m > 0777)
@@ -484,5 +486,6 @@ void config_free(config *cfg) {
   free(cfg->plugin);
   free(cfg->plugin_dir);
   free(cfg->database);
+  free(cfg->backup_dir);
   memset(cfg, 0, sizeof(*cfg));
 }

@@ -232,16 +232,17 @@ static int on_credit(client *c, const peerstore__header *h,
 
   if (peerstore__wire_u32(b, h->body_len, &more) != 0)
     return PEERSTORE_EPROTO;
-  iter_credit(c, h->request, more);
+  if (!backup_credit(c, h->request, more))
+    iter_credit(c, h->request, more);
   return 0;
 }
 
-/* Ends an iteration or a watch; one that has ended already is no error,
- * since its end and the cancel may cross. */
+/* Ends an iteration, a watch or a backup; one that has ended already is
+ * no error, since its end and the cancel may cross. */
 static int on_cancel(client *c, const peerstore__header *h,
                      const uint8_t *b) {
   (void)b;
-  if (iter_cancel(c, h->request) != 0)
+  if (!backup_cancel(c, h->request) && iter_cancel(c, h->request) != 0)
     watch_cancel(c, h->request);
   return 0;
 }
@@ -401,6 +402,9 @@ static int on_stats(client *c, const peerstore__header *h, const uint8_t *b) {
   STAT("batches", s->stats.batches);
   STAT("batch_conflicts", s->stats.batch_conflicts);
   STAT("batches_repeated", s->stats.batches_repeated);
+  STAT("backups", s->stats.backups);
+  STAT("backup_bytes", s->stats.backup_bytes);
+  STAT("backup_running", backup_running(s));
   if (s->plugin.desc->ops->history_info != NULL) {
     peerstore_plugin_history_info hi;
     s->plugin.desc->ops->history_info(s->plugin.instance, &hi);
@@ -442,6 +446,7 @@ static const struct {
     {PEERSTORE_MSG_CANCEL, on_cancel},   {PEERSTORE_MSG_WATCH, on_watch},
     {PEERSTORE_MSG_REMOVE, on_remove},   {PEERSTORE_MSG_STATS, on_stats},
     {PEERSTORE_MSG_WATCH_EX, on_watch},  {PEERSTORE_MSG_BATCH, batch_start},
+    {PEERSTORE_MSG_BACKUP, backup_start},
 };
 
 int dispatch_frame(client *c, const peerstore__header *h,

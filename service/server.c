@@ -371,6 +371,7 @@ static uint64_t housekeeping_ms(const config *cfg) {
 static void on_housekeeping(uv_timer_t *t) {
   client_check_stalled(t->data);
   iter_check_idle(t->data);
+  backup_check_idle(t->data);
   watch_tell_progress(t->data);
 }
 

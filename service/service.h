@@ -46,6 +46,7 @@ typedef struct config {
   char *plugin;
   char *plugin_dir;
   char *database;
+  char *backup_dir; /* where backups are made; NULL: the database's */
   unsigned socket_mode;
   uint32_t max_value_size;
   uint64_t purge_interval_ms;
@@ -152,6 +153,7 @@ typedef struct client client;
 typedef struct watch watch;
 typedef struct siter siter;
 typedef struct sreq sreq;
+typedef struct sbackup sbackup;
 
 /* The watches of all clients, hashed by filter (watch.c). */
 typedef struct watch_index {
@@ -241,6 +243,8 @@ typedef struct server_stats {
   uint64_t batches;          /* batches applied */
   uint64_t batch_conflicts;  /* batches failed on a condition */
   uint64_t batches_repeated; /* batches sent again, found applied */
+  uint64_t backups;          /* copies sent whole */
+  uint64_t backup_bytes;     /* bytes of copies sent */
 } server_stats;
 
 struct server {
@@ -281,6 +285,7 @@ struct server {
    * starts now is live from here. */
   uint64_t reported;
   peerstore__hmap iters; /* every open iteration, by client and request */
+  sbackup *backup;       /* the backup under way, or NULL */
   server_stats stats;
   unsigned listening : 1;
   unsigned stopping : 1;
@@ -370,6 +375,22 @@ int dispatch_may_write(client *c, const char *subsystem);
 /* batch.c */
 /* Handles a BATCH message (the dispatch table's handler). */
 int batch_start(client *c, const peerstore__header *h, const uint8_t *body);
+
+/* backup.c */
+/* Handles a BACKUP message (the dispatch table's handler). */
+int backup_start(client *c, const peerstore__header *h, const uint8_t *body);
+/* CREDIT and CANCEL for c's backup `request`: 1 if it was one. */
+int backup_credit(client *c, uint32_t request, uint32_t more);
+int backup_cancel(client *c, uint32_t request);
+/* c's backup may go on (its output drained). */
+void backup_pump_client(client *c);
+/* Ends c's backup with status (0: silently, for a closing client). */
+void backup_end_client(client *c, int status);
+/* 1 while a backup holds its file (stats). */
+int backup_running(const server *s);
+/* Ends a backup whose client has not taken a piece for
+ * iteration_timeout. */
+void backup_check_idle(server *s);
 
 /* iter.c */
 int iter_init(server *s);

@@ -390,6 +390,37 @@ if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
   rc=$?
   [ $rc = 1 ] && grep -q "garbage.db" "$dir/open.log" && cmp -s "$dir/garbage.db" "$dir/garbage.orig" \
     && ok "sqlite: not-a-database refused, file untouched" || not_ok "sqlite: garbage file (rc $rc): $(cat "$dir/open.log")"
+  # backup: a copy the plugin opens, the same records and revisions; FILE
+  # replaced only by a whole copy, and nothing left behind on failure.
+  start_service --plugin sqlite --database "$db"
+  i=0
+  while [ $i -lt 50 ]; do
+    ps store -s bk -p "$(printf '%064x' $i)" -k "k$((i % 3))" --hex "00ff$(printf '%04x' $i)" || break
+    i=$((i + 1))
+  done
+  ps export -s bk -s ss >"$dir/bk.orig"
+  echo previous >"$dir/bk.db"
+  rev=$(ps stats | awk '$1=="revision"{print $2}')
+  ps backup "$dir/bk.db" >"$dir/bk.out"
+  check "backup: says the revision and the copy's size" 0 "backup of revision $rev, $(stat -c %s "$dir/bk.db") bytes, in $dir/bk.db" cat "$dir/bk.out"
+  [ "$(stat -c %a "$dir/bk.db")" = 600 ] && ok "backup: the copy is the owner's only" || not_ok "backup: mode $(stat -c %a "$dir/bk.db")"
+  # (Each copy has a history id of its own, so two are not byte-equal.)
+  check "backup: - writes a copy to standard output" 0 "$(stat -c %s "$dir/bk.db") SQLite format 3" \
+    sh -c "'$CLI' -S '$sock' backup - 2>/dev/null >'$dir/bk.stdout' && echo \$(stat -c %s '$dir/bk.stdout') \$(head -c 15 '$dir/bk.stdout')"
+  check "backup: to a full output, exit 7" 7 "" sh -c "'$CLI' -S '$sock' backup - >/dev/full"
+  check "usage: backup needs FILE" 2 "" ps backup
+  check "usage: backup takes no -s" 2 "" ps backup -s bk "$dir/x.db"
+  check "backup: a file that cannot be made, exit 7" 7 "" ps backup "$dir/no/such/dir/x.db"
+  kill -TERM $svc; wait $svc; svc=
+  start_service --plugin sqlite --database "$dir/bk.db"
+  ps export -s bk -s ss >"$dir/bk.copy"
+  check "backup: the copy opens with the same records and revisions" 0 "" cmp "$dir/bk.orig" "$dir/bk.copy"
+  kill -TERM $svc; wait $svc; svc=
+  start_service
+  check "backup: refused by the memory plugin, exit 4" 4 "" ps backup "$dir/bk.db"
+  grep -q "the memory plugin keeps nothing on disk to copy (peerstore export" "$dir/err" && ok "backup: the refusal says why" || not_ok "backup: refusal text: $(cat "$dir/err")"
+  [ "$(ls "$dir" | grep -c '^bk\.db\.')" = 0 ] && [ -s "$dir/bk.db" ] && ok "backup: a failed backup leaves FILE as it was, no temporary" || not_ok "backup: leftovers: $(ls "$dir")"
+  kill -TERM $svc; wait $svc; svc=
 fi
 
 # Access control: needs a second user, so only as root with setpriv.
