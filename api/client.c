@@ -289,7 +289,10 @@ void peerstore__op_start(peerstore_client *c, ps_op *op) {
     return;
   }
   op->start = now_ms();
-  if (op->kind != OP_WATCH && c->opts.timeout_ms > 0) {
+  /* Not a backup's either: nothing arrives while the service makes the
+   * copy, however long the store takes (peerstore_backup_set_timeout). */
+  if (op->kind != OP_WATCH && op->kind != OP_BACKUP &&
+      c->opts.timeout_ms > 0) {
     op->timeout = c->opts.timeout_ms;
     heap_place(c, op);
   }

@@ -525,9 +525,12 @@ typedef void (*peerstore_backup_done_cb)(void *arg, int status,
  * service older than this library, and PEERSTORE_EINTERRUPTED when the
  * connection is lost part way; res->reason then says more.  A backup
  * whose callbacks stop consuming for the service's iteration_timeout ends
- * with PEERSTORE_ETIMEDOUT.  Both callbacks are required: NULL makes the
- * call return NULL.  op is valid until done_cb returns or it is
- * cancelled. */
+ * with PEERSTORE_ETIMEDOUT.  The connection's timeout_ms does not apply
+ * (nothing arrives while the copy is made, however long that takes);
+ * peerstore_backup_set_timeout sets one.  Only root, the service's user
+ * and whom its backup_allow names may ask (else PEERSTORE_EACCES).  Both
+ * callbacks are required: NULL makes the call return NULL.  op is valid
+ * until done_cb returns or it is cancelled. */
 PEERSTORE_EXTERN peerstore_backup_op *peerstore_backup(
     peerstore_client *c, peerstore_backup_data_cb data_cb,
     peerstore_backup_done_cb done_cb, void *arg);

@@ -98,6 +98,8 @@ typedef struct cli {
   uv_loop_t loop;
   uv_timer_t timer;
   uv_signal_t sigint;
+  uv_signal_t sigterm; /* backup: its temporary goes on these too */
+  uv_signal_t sighup;
   peerstore_client *client;
   const char *command;
   const char *subsystem;
@@ -423,6 +425,8 @@ static void finish(cli *c, int code) {
   if (!uv_is_closing((uv_handle_t *)&c->timer)) {
     uv_close((uv_handle_t *)&c->timer, on_closed);
     uv_close((uv_handle_t *)&c->sigint, on_closed);
+    uv_close((uv_handle_t *)&c->sigterm, on_closed);
+    uv_close((uv_handle_t *)&c->sighup, on_closed);
   }
 }
 
@@ -576,8 +580,9 @@ static void restart_timer(cli *c) {
 static void on_sigint(uv_signal_t *s, int signum) {
   cli *c = s->data;
 
-  (void)signum;
-  finish(c, strcmp(c->command, "watch") == 0 ? EXIT_OK : 130);
+  finish(c, strcmp(c->command, "watch") == 0 && signum == SIGINT
+                ? EXIT_OK
+                : 128 + signum);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1037,10 +1042,8 @@ static void backup_write_failed(cli *c, peerstore_backup_op *op) {
     peerstore_backup_cancel(op);
     c->backup_op = NULL;
   }
-  if (e == EPIPE && c->backup_tmp == NULL) {
-    finish(c, EXIT_OK); /* a reader of stdout that went away */
-    return;
-  }
+  /* Not even EPIPE is fine here: a reader that went away has half a
+   * copy (`backup - | ssh host 'cat >f'`). */
   fprintf(stderr, "peerstore: backup: cannot write %s: %s\n",
           c->backup_tmp != NULL ? c->backup_file : "the output",
           strerror(e));
@@ -1060,7 +1063,8 @@ static void on_backup_data(void *arg, const void *data, size_t len) {
 
 /* The file's data and its name are on disk before the tool says so: the
  * rename replaces FILE only with a whole copy, and the directory's sync
- * keeps the rename. */
+ * keeps the rename.  -1: FILE is as it was; -2: the copy is FILE, but
+ * the directory's sync failed. */
 static int backup_keep(cli *c) {
   char *dir, *slash;
   int dfd, r = 0;
@@ -1072,7 +1076,7 @@ static int backup_keep(cli *c) {
   free(c->backup_tmp);
   c->backup_tmp = NULL;
   if ((dir = strdup(c->backup_file)) == NULL)
-    return -1;
+    return -2;
   slash = strrchr(dir, '/');
   if (slash == NULL)
     strcpy(dir, ".");
@@ -1080,7 +1084,7 @@ static int backup_keep(cli *c) {
     slash[slash == dir ? 1 : 0] = '\0';
   if ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
       fsync(dfd) != 0)
-    r = -1;
+    r = -2;
   if (dfd >= 0)
     close(dfd);
   free(dir);
@@ -1101,8 +1105,17 @@ static void on_backup_done(void *arg, int status,
     finish(c, status_exit(status));
     return;
   }
-  if (backup_keep(c) != 0) {
+  switch (backup_keep(c)) {
+  case 0:
+    break;
+  case -1:
     backup_write_failed(c, NULL);
+    return;
+  default:
+    fprintf(stderr, "peerstore: backup: the copy is in %s, but its "
+                    "directory could not be synced: %s\n",
+            c->backup_file, strerror(errno));
+    finish(c, EXIT_OUTPUT);
     return;
   }
   if (c->backup_fd == STDOUT_FILENO)
@@ -1330,6 +1343,10 @@ int main(int argc, char **argv) {
     c.timeout_ms = (uint64_t)(timeout_s * 1000);
   } else if (strcmp(c.command, "batch") == 0 ||
              strcmp(c.command, "import") == 0) {
+    /* The lines say where each record goes; a filter would be ignored. */
+    if (c.subsystem != NULL || c.have_peer || c.key != NULL)
+      return usage_error("%s takes no -s, -p or -k (each line names its "
+                         "record)", c.command);
     if (value_arg != NULL)
       return usage_error("unexpected argument '%s'", value_arg);
     c.batch_file = file;
@@ -1387,6 +1404,14 @@ int main(int argc, char **argv) {
   uv_signal_init(&c.loop, &c.sigint);
   c.sigint.data = &c;
   uv_signal_start(&c.sigint, on_sigint, SIGINT);
+  uv_signal_init(&c.loop, &c.sigterm);
+  c.sigterm.data = &c;
+  uv_signal_init(&c.loop, &c.sighup);
+  c.sighup.data = &c;
+  if (c.backup_file != NULL) {
+    uv_signal_start(&c.sigterm, on_sigint, SIGTERM);
+    uv_signal_start(&c.sighup, on_sigint, SIGHUP);
+  }
   if (start(&c) != 0) {
     finish(&c, EXIT_USAGE);
   } else if (timeout_s > 0 && strcmp(c.command, "watch") != 0) {

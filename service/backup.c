@@ -12,6 +12,10 @@
  * file has no name, so nothing is left behind whatever happens to the
  * service; closing it frees the space.
  *
+ * Who: a backup rewrites the whole database into a file, so it is not for
+ * every client that may connect - only root, the service's own user, and
+ * those backup_allow names (refused with PEERSTORE_EACCES).
+ *
  * Limits: one backup at a time in the whole service (a second one is
  * refused with PEERSTORE_ELIMIT; it takes a database's worth of disk);
  * one whose client has not taken a piece for iteration_timeout ends with
@@ -117,13 +121,16 @@ static void backup_end(sbackup *b, int status, int silent, const char *fmt,
   b->ended = 1;
   __atomic_store_n(&b->stop, 1, __ATOMIC_RELEASE);
   if (!silent) {
+    /* A revision and a size only for a copy sent whole. */
+    uint64_t rev = status == 0 ? b->revision : 0;
+    uint64_t size = status == 0 ? b->size : 0;
     if (fmt != NULL) {
       va_start(ap, fmt);
       vsnprintf(reason, sizeof(reason), fmt, ap);
       va_end(ap);
-      reply(b->c, b->request, status, b->revision, b->size, "%s", reason);
+      reply(b->c, b->request, status, rev, size, "%s", reason);
     } else {
-      reply(b->c, b->request, status, b->revision, b->size, NULL);
+      reply(b->c, b->request, status, rev, size, NULL);
     }
   }
   if (!b->copying && !b->reading)
@@ -291,6 +298,16 @@ int backup_start(client *c, const peerstore__header *h, const uint8_t *body) {
     return PEERSTORE_EPROTO;
   if (s->stopping) {
     reply(c, h->request, PEERSTORE_ESHUTDOWN, 0, 0, NULL);
+    return 0;
+  }
+  if (c->uid != 0 && c->uid != getuid() &&
+      !config_id_match(&s->cfg->backup_uids, &s->cfg->backup_gids,
+                       (uint32_t)c->uid, (uint32_t)c->gid)) {
+    s->stats.refused++;
+    reply(c, h->request, PEERSTORE_EACCES, 0, 0,
+          "backups are for root, the service's user and those "
+          "backup_allow names (uid %u gid %u is not)",
+          (unsigned)c->uid, (unsigned)c->gid);
     return 0;
   }
   if (ops->backup == NULL) {

@@ -313,6 +313,8 @@ int config_set(config *cfg, const char *name, const char *v) {
     return parse_ids(v, &cfg->allow_uids, NULL, 0);
   if (strcmp(name, "allow_gids") == 0)
     return parse_ids(v, &cfg->allow_gids, NULL, 1);
+  if (strcmp(name, "backup_allow") == 0)
+    return parse_ids(v, &cfg->backup_uids, &cfg->backup_gids, 0);
   if (strcmp(name, "socket_group") == 0) {
     uint32_t gid;
     if (resolve_id(v, 1, &gid) != 0)
@@ -482,6 +484,8 @@ void config_free(config *cfg) {
   free(cfg->quotas);
   free(cfg->allow_uids.ids);
   free(cfg->allow_gids.ids);
+  free(cfg->backup_uids.ids);
+  free(cfg->backup_gids.ids);
   free(cfg->socket_path);
   free(cfg->plugin);
   free(cfg->plugin_dir);

@@ -70,6 +70,8 @@ typedef struct config {
   int ready_fd;              /* -1 or a descriptor to write "READY\n" to */
   int socket_gid;            /* -1: leave the socket's group alone */
   idlist allow_uids;         /* both empty: admit whoever can connect */
+  idlist backup_uids;        /* may ask for backups (with root and self) */
+  idlist backup_gids;
   idlist allow_gids;
   write_rule *write_rules;
   size_t n_write_rules;

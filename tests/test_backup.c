@@ -400,6 +400,11 @@ static int32_t read_end(int raw, char *reason, size_t size) {
   assert_int_equal(peerstore__wire_backup_end(body, (size_t)n, &status, &rev,
                                               &bytes, reason, size),
                    0);
+  /* A revision and a size only come with a copy sent whole. */
+  if (status != 0) {
+    assert_int_equal(rev, 0);
+    assert_int_equal(bytes, 0);
+  }
   return status;
 }
 

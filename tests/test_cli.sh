@@ -208,6 +208,7 @@ awk -v p1="$P1" 'BEGIN {
     printf "{\"subsystem\":\"large\",\"peer\":\"%s\",\"key\":\"k%d\",\"value_hex\":\"%s\"}\n", p1, i, v
 }' >"$dir/large.jsonl"
 check "import: 1,500 values of 5,000 bytes go in batches of 1 MiB" 0 "imported 1500 records in 8 batches; skipped 0 expired" ps import --file "$dir/large.jsonl"
+check "usage: import takes no -s (each line names its record)" 2 "" ps import -s ss --file "$dir/large.jsonl"
 # Output that cannot be written is an error, not a truncated success; a
 # reader that goes away is not.
 if [ -w /dev/full ]; then
@@ -408,9 +409,25 @@ if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
   check "backup: - writes a copy to standard output" 0 "$(stat -c %s "$dir/bk.db") SQLite format 3" \
     sh -c "'$CLI' -S '$sock' backup - 2>/dev/null >'$dir/bk.stdout' && echo \$(stat -c %s '$dir/bk.stdout') \$(head -c 15 '$dir/bk.stdout')"
   check "backup: to a full output, exit 7" 7 "" sh -c "'$CLI' -S '$sock' backup - >/dev/full"
+  # (perl, which Debian always has: stdout a pipe whose reader is gone)
+  check "backup: a reader that went away is an error too (exit 7)" 7 "" \
+    perl -e 'pipe(R, W) or die; close R; open(STDOUT, ">&", \*W) or die; exec @ARGV' "$CLI" -S "$sock" backup -
+  grep -q "cannot write the output: Broken pipe" "$dir/err" && ok "  ... saying so" || not_ok "  ... $(cat "$dir/err")"
+
   check "usage: backup needs FILE" 2 "" ps backup
   check "usage: backup takes no -s" 2 "" ps backup -s bk "$dir/x.db"
   check "backup: a file that cannot be made, exit 7" 7 "" ps backup "$dir/no/such/dir/x.db"
+  # Killed while it waits (the service stopped): no temporary left.
+  kill -STOP $svc
+  "$CLI" -S "$sock" backup "$dir/term.db" 2>/dev/null &
+  cli_pid=$!
+  i=0
+  while [ -z "$(ls "$dir" | grep '^term\.db\.')" ] && [ $i -lt 500 ]; do
+    sleep 0.01; i=$((i + 1))
+  done
+  kill -TERM $cli_pid; wait $cli_pid; rc=$?
+  kill -CONT $svc
+  [ $rc = 143 ] && [ -z "$(ls "$dir" | grep '^term\.db')" ] && ok "backup: SIGTERM leaves no temporary (exit 143)" || not_ok "backup: SIGTERM (rc $rc): $(ls "$dir")"
   kill -TERM $svc; wait $svc; svc=
   start_service --plugin sqlite --database "$dir/bk.db"
   ps export -s bk -s ss >"$dir/bk.copy"
@@ -455,6 +472,13 @@ CONF
     kill -TERM $svc; wait $svc; svc=
     start_service -o socket_mode=0666 -o allow_gids=nogroup
     check "acl: admitted by group" 0 "" as_nobody "$CLI" -S "$sock" store -s s -p $P1 -k k v
+    mkdir -m 0777 "$dir/nb"
+    check "acl: backup is not for every uid (exit 4)" 4 "" as_nobody "$CLI" -S "$sock" backup "$dir/nb/x.db"
+    grep -q "backups are for root, the service's user and those backup_allow names (uid 65534" "$dir/err" && ok "acl: backup refusal named" || not_ok "acl: backup refusal: $(cat "$dir/err")"
+    kill -TERM $svc; wait $svc; svc=
+    start_service -o socket_mode=0666 -o backup_allow=nobody
+    as_nobody "$CLI" -S "$sock" backup "$dir/nb/x.db" 2>"$dir/err"
+    grep -q "memory plugin keeps nothing" "$dir/err" && ok "acl: backup_allow lets a uid ask" || not_ok "acl: backup_allow: $(cat "$dir/err")"
     kill -TERM $svc; wait $svc; svc=
   fi
 fi
