@@ -423,10 +423,12 @@ static void report(peerstore_client *c, int up, int status) {
     c->opts.state_cb(c->opts.state_arg, up, status);
 }
 
-/* The iteration consumed a record: grant more once half the window is
- * used, so the service never waits for credit while the client keeps up. */
+/* An iteration consumed a record, or a backup a piece: grant more once
+ * half the window is used, so the service never waits for credit while
+ * the client keeps up. */
 static void credit_consumed(peerstore_client *c, ps_op *op) {
-  if (++op->consumed < PEERSTORE_CREDIT_REGRANT)
+  if (++op->consumed < (op->kind == OP_BACKUP ? PEERSTORE_BACKUP_REGRANT
+                                              : PEERSTORE_CREDIT_REGRANT))
     return;
   if (peerstore__put_u32(&c->out.buf, PEERSTORE_MSG_CREDIT, op->request,
                          op->consumed) == 0) {
@@ -573,14 +575,8 @@ static int on_backup_data(peerstore_client *c, ps_op *op, const uint8_t *b,
     op->start = uv_now(c->loop); /* progress, as on_record */
   bk->received += n;
   bk->data(op->arg, b, n);
-  if (op->finished || c->closing)
-    return 0;
-  if (++op->consumed >= PEERSTORE_BACKUP_REGRANT &&
-      peerstore__put_u32(&c->out.buf, PEERSTORE_MSG_CREDIT, op->request,
-                         op->consumed) == 0) {
-    op->consumed = 0;
-    kick(c);
-  }
+  if (!op->finished && !c->closing)
+    credit_consumed(c, op);
   return 0;
 }
 

@@ -523,7 +523,7 @@ typedef void (*peerstore_backup_done_cb)(void *arg, int status,
  * PEERSTORE_ELIMIT while another backup is under way, PEERSTORE_ENOSPC
  * when the service has no room to make it, PEERSTORE_EVERSION from a
  * service older than this library, and PEERSTORE_EINTERRUPTED when the
- * connection is lost part way; res->reason then says more.  A backup
+ * connection is lost part way; a refusal's res->reason says more.  A backup
  * whose callbacks stop consuming for the service's iteration_timeout ends
  * with PEERSTORE_ETIMEDOUT.  The connection's timeout_ms does not apply
  * (nothing arrives while the copy is made, however long that takes);

@@ -503,6 +503,19 @@ void ps_jobs_complete(job *list, changed_fn changed, void *ctx) {
   }
 }
 
+void ps_jobs_drain(uv_mutex_t *lock, jobq *done,
+                   void (*changed)(void *ctx,
+                                   const peerstore_plugin_change *ch),
+                   void *ctx) {
+  job *j;
+
+  uv_mutex_lock(lock);
+  j = done->head;
+  done->head = done->tail = NULL;
+  uv_mutex_unlock(lock);
+  ps_jobs_complete(j, changed, ctx);
+}
+
 void ps_jobq_push(jobq *q, job *j) {
   j->next = NULL;
   if (q->tail != NULL)

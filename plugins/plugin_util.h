@@ -187,6 +187,12 @@ void ps_jobs_complete(job *list,
                       void (*changed)(void *ctx,
                                       const peerstore_plugin_change *ch),
                       void *ctx);
+/* Takes every job off done (under lock) and completes them, as
+ * ps_jobs_complete: the loop side of a worker's hand-back. */
+void ps_jobs_drain(uv_mutex_t *lock, jobq *done,
+                   void (*changed)(void *ctx,
+                                   const peerstore_plugin_change *ch),
+                   void *ctx);
 /* Appends j to q. */
 void ps_jobq_push(jobq *q, job *j);
 

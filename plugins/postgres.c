@@ -1674,13 +1674,7 @@ static void worker_main(void *arg) {
 /* Loop side                                                           */
 
 static void drain_done(pg *s) {
-  job *j;
-
-  uv_mutex_lock(&s->lock);
-  j = s->done.head;
-  s->done.head = s->done.tail = NULL;
-  uv_mutex_unlock(&s->lock);
-  ps_jobs_complete(j, s->changed, s->changed_ctx);
+  ps_jobs_drain(&s->lock, &s->done, s->changed, s->changed_ctx);
 }
 
 static void on_async(uv_async_t *a) { drain_done(a->data); }

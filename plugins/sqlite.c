@@ -1162,13 +1162,7 @@ static void worker_main(void *arg) {
 /* Loop side: completing jobs                                          */
 
 static void drain_done(sq *s) {
-  job *j;
-
-  uv_mutex_lock(&s->lock);
-  j = s->done.head;
-  s->done.head = s->done.tail = NULL;
-  uv_mutex_unlock(&s->lock);
-  ps_jobs_complete(j, s->changed, s->changed_ctx);
+  ps_jobs_drain(&s->lock, &s->done, s->changed, s->changed_ctx);
 }
 
 static void backup_end(sq_bk *b) {
