@@ -341,8 +341,11 @@ int backup_start(client *c, const peerstore__header *h, const uint8_t *body) {
     }
   }
   if ((fd = unnamed_file(dir)) < 0) {
-    reply(c, h->request, fd, 0, 0, "cannot make a file for the copy in %s: %s",
-          dir, strerror(-fd));
+    /* The service's directory, not the client's doing: ENOENT or EACCES
+     * would read as the service not being there or refusing the user. */
+    reply(c, h->request, fd == -ENOSPC ? PEERSTORE_ENOSPC : PEERSTORE_EIO,
+          0, 0, "cannot make a file for the copy in %s: %s", dir,
+          strerror(-fd));
     return 0;
   }
   if ((b = calloc(1, sizeof(*b))) == NULL) {

@@ -429,6 +429,10 @@ if [ -f "$sqlite_dir/peerstore_plugin_sqlite.so" ]; then
   kill -CONT $svc
   [ $rc = 143 ] && [ -z "$(ls "$dir" | grep '^term\.db')" ] && ok "backup: SIGTERM leaves no temporary (exit 143)" || not_ok "backup: SIGTERM (rc $rc): $(ls "$dir")"
   kill -TERM $svc; wait $svc; svc=
+  start_service --plugin sqlite --database "$db" -o backup_dir="$dir/no/such/dir"
+  check "backup: backup_dir that cannot take the copy, exit 4" 4 "" ps backup "$dir/bd.db"
+  grep -q "cannot make a file for the copy in $dir/no/such/dir: No such file or directory" "$dir/err" && ok "  ... naming it" || not_ok "  ... $(cat "$dir/err")"
+  kill -TERM $svc; wait $svc; svc=
   start_service --plugin sqlite --database "$dir/bk.db"
   ps export -s bk -s ss >"$dir/bk.copy"
   check "backup: the copy opens with the same records and revisions" 0 "" cmp "$dir/bk.orig" "$dir/bk.copy"
