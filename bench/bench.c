@@ -5,7 +5,7 @@
  * runs this program pinned to one CPU and unpinned.
  *
  * Usage: bench [--sync NORMAL|FULL] [--records N] [--seconds S] [--big]
- *              [--only memory|sqlite|fanout|postgres]
+ *              [--only memory|sqlite|fanout|iterate|postgres]
  */
 #include <sched.h>
 #include <stdio.h>
@@ -19,6 +19,29 @@ bench_opts bench = {"NORMAL", PEERS * KEYS, 2.0, 0, ""};
 
 double bench_now(void) { return (double)uv_hrtime() / 1e9; }
 
+void bench_mark(const char *phase, double t0) {
+  /* CLOCK_MONOTONIC seconds, as `perf record -k CLOCK_MONOTONIC` stamps
+   * its samples: `perf report --time t0,t1` is then this phase alone. */
+  if (getenv("BENCH_MARKS") != NULL)
+    fprintf(stderr, "bench: %s --time %.6f,%.6f\n", phase, t0, bench_now());
+}
+
+static volatile unsigned consumed_sum; /* so reading is not optimised out */
+
+void bench_consume(long *count, const peerstore_record *rec) {
+  const uint8_t *v = rec->value;
+  const char *k = rec->key;
+  unsigned sum = 0;
+  size_t i;
+
+  for (i = 0; i < rec->value_size; i++)
+    sum += v[i];
+  for (; *k != '\0'; k++)
+    sum += (unsigned char)*k;
+  consumed_sum += sum;
+  ++*count;
+}
+
 void bench_die(const char *what) {
   fprintf(stderr, "bench: %s\n", what);
   exit(1);
@@ -30,6 +53,18 @@ void bench_record(int i, peerstore_peer_id *p, char *key, size_t keylen) {
   memset(p, 0, sizeof(*p));
   memcpy(p->bytes, &peer, sizeof(peer));
   snprintf(key, keylen, "key-%d", i % KEYS);
+}
+
+void bench_full_record(int i, peerstore_record *r, char *key, size_t keylen,
+                       const uint8_t *value) {
+  memset(r, 0, sizeof(*r));
+  bench_record(i, &r->peer, key, keylen);
+  r->subsystem = "bench";
+  r->key = key;
+  r->value = value;
+  r->value_size = VALUE_SIZE;
+  r->expiry = PEERSTORE_EXPIRY_NEVER;
+  r->revision = (uint64_t)i + 1;
 }
 
 void bench_row(const char *figure, double value, const char *unit,
@@ -85,7 +120,7 @@ int main(int argc, char **argv) {
     else {
       fprintf(stderr, "usage: bench [--sync NORMAL|FULL] [--records N] "
                       "[--seconds S] [--big] "
-                      "[--only memory|sqlite|fanout|postgres]\n");
+                      "[--only memory|sqlite|fanout|iterate|postgres]\n");
       return 2;
     }
   }
@@ -114,6 +149,8 @@ int main(int argc, char **argv) {
     workloads_sqlite();
   if (only != NULL && strcmp(only, "fanout") == 0)
     workloads_fanout();
+  if (only != NULL && strcmp(only, "iterate") == 0)
+    workloads_iterate();
   /* Only when asked: its server is not pinned with the rest. */
   if (only != NULL && strcmp(only, "postgres") == 0) {
 #ifdef HAVE_POSTGRES

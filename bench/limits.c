@@ -13,7 +13,11 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "buf.h"
 #include "hmap.h"
+#include "wire.h"
+#include "memory.h"
+#include "text.h"
 
 extern const char peerstore_sqlite_schema[];
 
@@ -178,6 +182,125 @@ double limit_stream_per_message(void) {
 }
 
 /* ------------------------------------------------------------------ */
+/* W3's bytes through a socket                                         */
+
+static uint32_t get_be(const uint8_t *p, int n) {
+  uint32_t v = 0;
+
+  while (n-- > 0)
+    v = v << 8 | *p++;
+  return v;
+}
+
+/* Hands each RECORD frame of buf[0..n) to bench_consume, with the least
+ * decoding a reader can do (its key copied out with a NUL, as it must be
+ * for a C string); returns the bytes of the whole frames. */
+static size_t consume_frames(const uint8_t *b, size_t n, long *records) {
+  size_t off = 0;
+
+  while (n - off >= PEERSTORE_HEADER_SIZE) {
+    size_t len = get_be(b + off, 4), ssn, kn;
+    const uint8_t *p = b + off + PEERSTORE_HEADER_SIZE;
+    peerstore_record rec;
+    char key[PEERSTORE_KEY_MAX + 1];
+
+    if (n - off - PEERSTORE_HEADER_SIZE < len)
+      break;
+    ssn = get_be(p, 2);
+    p += 2 + ssn + PEERSTORE_PEER_ID_SIZE;
+    kn = get_be(p, 2);
+    memcpy(key, p + 2, kn);
+    key[kn] = '\0';
+    p += 2 + kn + 8 + 8 + 4;
+    rec.key = key;
+    rec.value_size = get_be(p, 4);
+    rec.value = p + 4;
+    bench_consume(records, &rec);
+    off += PEERSTORE_HEADER_SIZE + len;
+  }
+  return off;
+}
+
+/* W3's records as the service sends them (RECORD frames, encoded
+ * beforehand) written by another process in 64 KiB writes and read here
+ * in 64 KiB reads, each record handed to what W3 does with it: what an
+ * iteration through a Unix socket cannot beat on this machine.  The
+ * writer sends from one buffer of the first STREAM_RECORDS records' frames
+ * over and over, hot in its cache as a service's output buffer is (the
+ * cost of reading the records where they are kept is the in-process
+ * walk's).  Records per second, the median of rounds. */
+#define STREAM_RECORDS 4096
+double limit_record_stream(int n, int rounds) {
+  double *rate = calloc((size_t)rounds, sizeof(*rate)), p50, p99;
+  uint8_t value[VALUE_SIZE], *in = malloc(1 << 17);
+  peerstore__buf enc = {0};
+  size_t tail = 0; /* the bytes of the first n % STREAM_RECORDS frames */
+  int i, k;
+
+  if (rate == NULL || in == NULL)
+    bench_die("out of memory");
+  memset(value, 0x5a, sizeof(value));
+  for (i = 0; i < STREAM_RECORDS; i++) {
+    peerstore_record r;
+    char key[32];
+
+    if (i == n % STREAM_RECORDS)
+      tail = enc.len;
+    bench_full_record(i, &r, key, sizeof(key), value);
+    if (peerstore__put_record(&enc, 1, &r, 0) != 0)
+      bench_die("out of memory");
+  }
+  for (k = 0; k < rounds; k++) {
+    size_t have = 0, used;
+    long records = 0;
+    int sv[2];
+    double t0;
+    ssize_t got;
+    pid_t pid;
+    char go = 1;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+      bench_die("socketpair");
+    if ((pid = fork()) == 0) {
+      size_t copies = (size_t)n / STREAM_RECORDS, c, off, w;
+
+      close(sv[0]);
+      if (read(sv[1], &go, 1) != 1)
+        _exit(1);
+      for (c = 0; c <= copies; c++) {
+        size_t len = c < copies ? enc.len : tail;
+        for (off = 0; off < len; off += w) {
+          w = len - off < 65536 ? len - off : 65536;
+          if (write(sv[1], enc.data + off, w) != (ssize_t)w)
+            _exit(1);
+        }
+      }
+      _exit(0);
+    }
+    close(sv[1]);
+    t0 = bench_now();
+    if (write(sv[0], &go, 1) != 1)
+      bench_die("write");
+    while ((got = read(sv[0], in + have, 65536)) > 0) {
+      have += (size_t)got;
+      used = consume_frames(in, have, &records);
+      memmove(in, in + used, have - used);
+      have -= used;
+    }
+    rate[k] = records / (bench_now() - t0);
+    close(sv[0]);
+    waitpid(pid, NULL, 0);
+    if (records != n)
+      bench_die("the record stream lost records");
+  }
+  peerstore__buf_free(&enc);
+  free(in);
+  bench_percentiles(rate, (size_t)rounds, &p50, &p99);
+  free(rate);
+  return p50;
+}
+
+/* ------------------------------------------------------------------ */
 /* Fan-out through a relay                                             */
 
 /* W4's path with nothing but the kernel: this process sends a timestamped
@@ -260,14 +383,24 @@ void limit_fanout(int n, double *p50, double *p99) {
 /* ------------------------------------------------------------------ */
 /* SQLite, in process                                                  */
 
-/* A new database at path in the service's schema, with extra pragmas. */
-static sqlite3 *schema_db(const char *path, const char *pragmas) {
+/* The least a table of records can be and still find a record to
+ * replace: the rows, in revision order, and one index on what identifies
+ * them.  The limit the sqlite plugin's stores are held to. */
+static const char one_index_schema[] =
+    "CREATE TABLE records (revision INTEGER PRIMARY KEY, subsystem BLOB NOT "
+    "NULL, peer BLOB NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, "
+    "expiry INTEGER NOT NULL, writer INTEGER NOT NULL DEFAULT -1);"
+    "CREATE INDEX records_by_triple ON records (subsystem, peer, key);";
+
+/* A new database at path in the given schema, with extra pragmas. */
+static sqlite3 *schema_db(const char *path, const char *pragmas,
+                          const char *schema) {
   sqlite3 *db;
 
   unlink(path);
   if (sqlite3_open(path, &db) != SQLITE_OK ||
       sqlite3_exec(db, pragmas, NULL, NULL, NULL) != SQLITE_OK ||
-      sqlite3_exec(db, peerstore_sqlite_schema, NULL, NULL, NULL) != SQLITE_OK)
+      sqlite3_exec(db, schema, NULL, NULL, NULL) != SQLITE_OK)
     bench_die("cannot create a database");
   return db;
 }
@@ -325,14 +458,14 @@ void bench_make_db(const char *path, int n) {
            "PRAGMA journal_mode = WAL; PRAGMA application_id = %d; "
            "PRAGMA user_version = 3;",
            0x50535452);
-  db = schema_db(path, sql);
+  db = schema_db(path, sql, peerstore_sqlite_schema);
   insert_records(db, n, 10000, 0);
   snprintf(sql, sizeof(sql), "UPDATE meta SET value = %d", n);
   sqlite3_exec(db, sql, NULL, NULL, NULL);
   sqlite3_close(db);
 }
 
-double limit_sqlite_inserts(int n, int rows_per_tx) {
+double limit_sqlite_inserts(int n, int rows_per_tx, int one_index) {
   char path[300], sql[128];
   sqlite3 *db;
   double t0, t;
@@ -342,7 +475,8 @@ double limit_sqlite_inserts(int n, int rows_per_tx) {
   snprintf(sql, sizeof(sql),
            "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s;",
            bench.sync_mode);
-  db = schema_db(path, sql);
+  db = schema_db(path, sql,
+                 one_index ? one_index_schema : peerstore_sqlite_schema);
   t0 = bench_now();
   done = insert_records(db, n, rows_per_tx, bench.seconds);
   t = bench_now() - t0;
@@ -392,4 +526,108 @@ double limit_hash_inserts(int n) {
   }
   peerstore__hmap_free(&m);
   return n / t;
+}
+
+/* ------------------------------------------------------------------ */
+/* The memory plugin, in process                                       */
+
+static void walk_log(void *ctx, enum peerstore_log_level level,
+                     const char *fmt, ...) {
+  (void)ctx, (void)level, (void)fmt;
+}
+
+static void walk_changed(void *ctx, const peerstore_plugin_change *ch) {
+  (void)ctx, (void)ch;
+}
+
+static void walk_stored(void *arg, int status, const peerstore_record *rec) {
+  (void)rec;
+  if (status != 0)
+    bench_die("in-process store failed");
+  ++*(int *)arg;
+}
+
+typedef struct walk {
+  long records;
+  int more;
+  int done;
+} walk;
+
+static int walk_rec(void *arg, const peerstore_record *rec, uint32_t writer) {
+  walk *w = arg;
+
+  (void)writer;
+  bench_consume(&w->records, rec);
+  return 0;
+}
+
+static void walk_done(void *arg, int status, int more) {
+  walk *w = arg;
+
+  if (status != 0)
+    bench_die("in-process iteration failed");
+  w->more = more;
+  w->done = 1;
+}
+
+/* W2's records in the memory plugin, linked into this process, walked
+ * through its iterate op in the service's batches, each record handed
+ * to what W3's callback does with it: an iteration with no service, no
+ * socket and no library.  Records per second, the median of rounds. */
+double limit_memory_walk(int n, int rounds) {
+  const peerstore_plugin_desc *desc = peerstore_plugin_memory();
+  peerstore_plugin_env env = {0};
+  peerstore_plugin_filter f = {"bench", NULL, NULL};
+  uint8_t value[VALUE_SIZE];
+  double *rate = calloc((size_t)rounds, sizeof(*rate)), p50, p99;
+  void *inst;
+  uv_loop_t loop;
+  int i, stored = 0;
+
+  uv_loop_init(&loop);
+  env.loop = &loop;
+  env.log = walk_log;
+  env.changed = walk_changed;
+  env.strerror = peerstore_strerror;
+  if (rate == NULL || desc->ops->open(&env, &inst) != 0)
+    bench_die("cannot open the memory plugin in process");
+  memset(value, 0x5a, sizeof(value));
+  for (i = 0; i < n; i++) {
+    peerstore_record r;
+    char key[32];
+
+    bench_full_record(i, &r, key, sizeof(key), value);
+    if (desc->ops->store(inst, &r, 0, PEERSTORE_REPLACE, walk_stored,
+                         &stored) != 0)
+      bench_die("in-process store refused");
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  if (stored != n)
+    bench_die("in-process stores incomplete");
+  for (i = 0; i < rounds; i++) {
+    peerstore_plugin_cursor *cur;
+    walk w = {0, 1, 0};
+    double t0 = bench_now();
+
+    if (desc->ops->iterate_open(inst, &f, peerstore__now_us(), &cur) != 0)
+      bench_die("in-process iterate refused");
+    while (w.more) {
+      w.done = 0;
+      if (desc->ops->iterate_next(cur, BENCH_ITER_BATCH, walk_rec, walk_done,
+                                  &w) != 0)
+        bench_die("in-process iterate_next refused");
+      while (!w.done)
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    desc->ops->iterate_close(cur);
+    if (w.records != n)
+      bench_die("in-process walk missed records");
+    rate[i] = w.records / (bench_now() - t0);
+  }
+  desc->ops->close(inst);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  bench_percentiles(rate, (size_t)rounds, &p50, &p99);
+  free(rate);
+  return p50;
 }
