@@ -49,12 +49,15 @@ static uint64_t req_hash(uint32_t request) {
 }
 
 static ps_op *op_find(peerstore_client *c, uint32_t request) {
-  uint64_t h = req_hash(request);
-  peerstore__hnode *e = peerstore__hmap_bucket(&c->ops, h);
+  uint64_t h;
+  peerstore__hnode *e;
 
-  for (; e != NULL; e = e->next)
+  if (c->found != NULL && c->found->request == request)
+    return c->found;
+  h = req_hash(request);
+  for (e = peerstore__hmap_bucket(&c->ops, h); e != NULL; e = e->next)
     if (e->hash == h && ((ps_op *)e)->request == request)
-      return (ps_op *)e;
+      return c->found = (ps_op *)e;
   return NULL;
 }
 
@@ -62,6 +65,8 @@ static void op_untable(peerstore_client *c, ps_op *op) {
   peerstore__heap_remove(&c->deadlines, op);
   if (!op->in_table)
     return;
+  if (c->found == op)
+    c->found = NULL;
   peerstore__hmap_remove(&c->ops, &op->h);
   if (op->prev != NULL)
     op->prev->next = op->next;

@@ -218,11 +218,70 @@ int peerstore__wire_watch_ex(const uint8_t *p, size_t n, peerstore__filter *f,
   return rd_end(&r);
 }
 
+static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint32_t be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static uint64_t be64(const uint8_t *p) {
+  return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+/* A string of rd_str's rules at p, whose length n was read and bounded
+ * against what is left: copied out with its NUL. */
+static int take_str(const uint8_t *p, uint16_t n, size_t max, char *out) {
+  if (n == 0 || n > max || memchr(p, 0, n) != NULL)
+    return -1;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  return 0;
+}
+
+/* RECORD's body, and EVENT's after its kind and revision: what every
+ * record an iteration or a watch delivers goes through, so its bounds
+ * are checked a few at a time rather than field by field.  The same
+ * rules as rd_triple, rd_u64, rd_u32 and rd_value in turn. */
 static void rd_record(rd *r, peerstore__wrec *out) {
-  rd_triple(r, out);
-  out->rec.revision = rd_u64(r);
-  out->writer = rd_u32(r);
-  rd_value(r, &out->rec);
+  const size_t tail = 8 + 8 + 4 + 4; /* expiry, revision, writer, size */
+  const uint8_t *p = r->p;
+  size_t left = r->left, n;
+  uint32_t size;
+
+  if (r->bad || left < 2 || left - 2 < (n = be16(p)) + PEERSTORE_PEER_ID_SIZE + 2 ||
+      take_str(p + 2, (uint16_t)n, PEERSTORE_SUBSYSTEM_MAX, out->subsystem) != 0)
+    goto bad;
+  p += 2 + n;
+  left -= 2 + n;
+  memcpy(out->rec.peer.bytes, p, PEERSTORE_PEER_ID_SIZE);
+  p += PEERSTORE_PEER_ID_SIZE;
+  left -= PEERSTORE_PEER_ID_SIZE;
+  n = be16(p);
+  if (left - 2 < n + tail ||
+      take_str(p + 2, (uint16_t)n, PEERSTORE_KEY_MAX, out->key) != 0)
+    goto bad;
+  p += 2 + n;
+  left -= 2 + n + tail;
+  out->rec.subsystem = out->subsystem;
+  out->rec.key = out->key;
+  out->rec.expiry = be64(p);
+  out->rec.revision = be64(p + 8);
+  out->writer = be32(p + 16);
+  size = be32(p + 20);
+  p += tail;
+  if (left < size)
+    goto bad;
+  out->rec.value_size = size;
+  out->rec.value = size > 0 ? (const void *)p : "";
+  out->option = 0;
+  r->p = p + size;
+  r->left = left - size;
+  return;
+bad:
+  memset(&out->rec, 0, sizeof(out->rec));
+  out->subsystem[0] = out->key[0] = '\0';
+  r->bad = 1;
 }
 
 int peerstore__wire_record(const uint8_t *p, size_t n, peerstore__wrec *out) {
@@ -653,18 +712,23 @@ void peerstore__wire_set_watch_from(uint8_t *frame, uint64_t from,
   wr_u64(frame + PEERSTORE__WATCH_ID_AT, history_id);
 }
 
-static size_t record_body(const peerstore_record *rec) {
-  return 2 + strlen(rec->subsystem) + 32 + 2 + strlen(rec->key) + 8 + 8 + 4 +
-         4 + rec->value_size;
+/* A record's string lengths, measured once per frame: an iteration
+ * encodes nothing else, so they are read twice otherwise. */
+typedef struct rec_len {
+  size_t ss, key;
+} rec_len;
+
+static size_t record_body(const peerstore_record *rec, rec_len *l) {
+  l->ss = strlen(rec->subsystem);
+  l->key = strlen(rec->key);
+  return 2 + l->ss + 32 + 2 + l->key + 8 + 8 + 4 + 4 + rec->value_size;
 }
 
 static uint8_t *wr_record(uint8_t *p, const peerstore_record *rec,
-                          uint32_t writer) {
-  size_t ssn = strlen(rec->subsystem), kn = strlen(rec->key);
-
-  p = wr_str(p, rec->subsystem, ssn);
+                          const rec_len *l, uint32_t writer) {
+  p = wr_str(p, rec->subsystem, l->ss);
   p = wr_bytes(p, rec->peer.bytes, PEERSTORE_PEER_ID_SIZE);
-  p = wr_str(p, rec->key, kn);
+  p = wr_str(p, rec->key, l->key);
   p = wr_u64(p, rec->expiry);
   p = wr_u64(p, rec->revision);
   p = wr_u32(p, writer);
@@ -674,23 +738,26 @@ static uint8_t *wr_record(uint8_t *p, const peerstore_record *rec,
 
 int peerstore__put_record(peerstore__buf *b, uint32_t req,
                           const peerstore_record *rec, uint32_t writer) {
-  uint8_t *p = frame_begin(b, PEERSTORE_MSG_RECORD, req, record_body(rec));
+  rec_len l;
+  uint8_t *p = frame_begin(b, PEERSTORE_MSG_RECORD, req, record_body(rec, &l));
 
-  return p == NULL ? PEERSTORE_ENOMEM : frame_end(b, wr_record(p, rec, writer));
+  return p == NULL ? PEERSTORE_ENOMEM
+                   : frame_end(b, wr_record(p, rec, &l, writer));
 }
 
 int peerstore__put_event(peerstore__buf *b, uint32_t req, uint8_t kind,
                          uint64_t revision, const peerstore_record *rec,
                          uint32_t writer) {
+  rec_len l;
   uint8_t *p = frame_begin(b, PEERSTORE_MSG_EVENT, req,
-                           1 + 8 + (rec != NULL ? record_body(rec) : 0));
+                           1 + 8 + (rec != NULL ? record_body(rec, &l) : 0));
 
   if (p == NULL)
     return PEERSTORE_ENOMEM;
   p = wr_u8(p, kind);
   p = wr_u64(p, revision);
   if (rec != NULL)
-    p = wr_record(p, rec, writer);
+    p = wr_record(p, rec, &l, writer);
   return frame_end(b, p);
 }
 

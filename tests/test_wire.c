@@ -222,8 +222,38 @@ static void test_record_roundtrip(void **state) {
   assert_int_equal(w.writer, 1000);
   assert_int_equal(w.rec.expiry, 5);
   assert_memory_equal(w.rec.value, "value", 5);
+  assert_string_equal(w.rec.subsystem, "s");
+  assert_string_equal(w.rec.key, "k");
+  assert_memory_equal(w.rec.peer.bytes, r.peer.bytes, PEERSTORE_PEER_ID_SIZE);
   for (cut = 0; cut < n; cut++)
     assert_int_equal(peerstore__wire_record(body, cut, &w), PEERSTORE_EPROTO);
+  {
+    /* Each string keeps the rules of a store's: no NUL, not empty; and
+     * a body says all of itself, no byte more. */
+    uint8_t copy[128];
+    const size_t key_at = 2 + 1 + PEERSTORE_PEER_ID_SIZE + 2;
+
+    assert_true(n + 1 <= sizeof(copy));
+    memcpy(copy, body, n);
+    copy[n] = 0;
+    assert_int_equal(peerstore__wire_record(copy, n + 1, &w),
+                     PEERSTORE_EPROTO);
+    copy[key_at] = '\0';
+    assert_int_equal(peerstore__wire_record(copy, n, &w), PEERSTORE_EPROTO);
+    memcpy(copy, body, n);
+    copy[2] = '\0';
+    assert_int_equal(peerstore__wire_record(copy, n, &w), PEERSTORE_EPROTO);
+    memcpy(copy, body, n);
+    copy[1] = 0; /* an empty subsystem */
+    assert_int_equal(peerstore__wire_record(copy, n, &w), PEERSTORE_EPROTO);
+  }
+  r.value_size = 0;
+  peerstore__buf_reset(&b);
+  assert_int_equal(peerstore__put_record(&b, 3, &r, 1000), 0);
+  body = body_of(&b, PEERSTORE_MSG_RECORD, 3, &n);
+  assert_int_equal(peerstore__wire_record(body, n, &w), 0);
+  assert_int_equal(w.rec.value_size, 0);
+  assert_non_null(w.rec.value);
   peerstore__buf_free(&b);
 }
 
