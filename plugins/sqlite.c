@@ -35,6 +35,7 @@
 #include "plugin_util.h"
 #include "sqlite_copy.h"
 #include "sqlite_queries.h"
+#include "sqlite_walbuf.h"
 
 #define SCHEMA_VERSION 4
 #define APPLICATION_ID 0x50535452 /* "PSTR" */
@@ -1820,7 +1821,8 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
                        : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
   /* One connection, used by one thread at a time (this one, then the
    * worker), so SQLite's own locking is not needed. */
-  rc = sqlite3_open_v2(s->path, &s->db, flags | SQLITE_OPEN_NOMUTEX, NULL);
+  rc = sqlite3_open_v2(s->path, &s->db, flags | SQLITE_OPEN_NOMUTEX,
+                       s->read_only ? NULL : ps_walbuf_vfs());
   if (rc != SQLITE_OK) {
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite %s: cannot open: %s",
            s->path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
