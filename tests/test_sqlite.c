@@ -33,7 +33,6 @@ typedef struct opts {
   const char *max_page_count;
   const char *synchronous;
   const char *batch_max_changes;
-  const char *checkpoint_pages;
 } opts;
 
 static const char *get_option(void *ctx, const char *name) {
@@ -49,8 +48,6 @@ static const char *get_option(void *ctx, const char *name) {
     return o->synchronous;
   if (strcmp(name, "batch_max_changes") == 0)
     return o->batch_max_changes;
-  if (strcmp(name, "checkpoint_pages") == 0)
-    return o->checkpoint_pages;
   return NULL; /* check_on_open and the rest: defaults */
 }
 
@@ -687,44 +684,6 @@ static void test_synchronous_option(void **state) {
   assert_int_not_equal(inst_open(&in, &bad), 0);
 }
 
-/* Commits no longer checkpoint (a thread does, or the worker past eight
- * times the threshold): the log must still be copied back and reused
- * from its start, whatever the pace of the writes. */
-static void test_the_log_stays_bounded_under_steady_writes(void **state) {
-  inst in;
-  opts o = {NULL, NULL, NULL, NULL, "20"};
-  char wal[600], key[32], value[200];
-  struct stat st;
-  off_t most = 0;
-  int wave, i;
-
-  (void)state;
-  snprintf(wal, sizeof(wal), "%s-wal", db_path);
-  memset(value, 'v', sizeof(value) - 1);
-  value[sizeof(value) - 1] = '\0';
-  assert_int_equal(inst_open(&in, &o), 0);
-  for (wave = 0; wave < 100; wave++) {
-    res r[100];
-
-    memset(r, 0, sizeof(r));
-    for (i = 0; i < 100; i++) {
-      snprintf(key, sizeof(key), "k%d", (wave * 100 + i) % 3000);
-      submit_store(&in, key, value, &r[i]);
-    }
-    for (i = 0; i < 100; i++) {
-      assert_int_equal(harness_run_until(&in.loop, &r[i].done, TIMEOUT), 0);
-      assert_int_equal(r[i].status, 0);
-    }
-    assert_int_equal(stat(wal, &st), 0);
-    if (st.st_size > most)
-      most = st.st_size;
-  }
-  /* Without checkpoints the log takes every frame of 10,000 stores (over
-   * 12 MiB here); with them, 160 pages and what one wave adds. */
-  assert_true(most < 600 * 4120);
-  inst_close(&in);
-}
-
 /* Every filter's query is served by an index, in revision order: no full
  * scan of the table and no sort. */
 static void test_query_plans(void **state) {
@@ -819,8 +778,6 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
-      cmocka_unit_test_setup_teardown(
-          test_the_log_stays_bounded_under_steady_writes, setup, teardown),
   };
 
   if (so == NULL)
