@@ -23,8 +23,11 @@
  *   database file is found through sqlite3_filename_database), so frames
  *   a transaction wrote and then rolled back are on disk before its write
  *   lock is let go and another writer may reuse their place.
- * - A write that does not continue the gathered range writes the range
- *   first, so writes reach the file in the order SQLite made them.
+ * - A write that does not continue the one before it (a log started
+ *   over, a frame rewritten in place, checksums rewritten after a commit
+ *   frame) writes the gathered range and then itself, at once: writes
+ *   reach the file in the order SQLite made them, and each one SQLite
+ *   checks has been made.
  * Every other file, and a log whose database is not found, is the default
  * VFS's own, untouched.
  */
@@ -50,6 +53,7 @@ struct wb_file {
   unsigned char *buf; /* a log's gathered writes: from off, len bytes */
   size_t len, cap;
   sqlite3_int64 off;
+  sqlite3_int64 end; /* where the last write to the log ended */
   int commit_header; /* the last write was the header of a commit frame */
 };
 
@@ -91,13 +95,21 @@ static int wal_write(sqlite3_file *f, const void *data, int amt,
   int ends = !header && w->commit_header;
   int rc;
 
+  int appends = off == w->end;
+
   w->commit_header =
       header && (d[4] != 0 || d[5] != 0 || d[6] != 0 || d[7] != 0);
+  w->end = off + amt;
   if (w->link == NULL)
     return RM(f)->xWrite(REAL(f), data, amt, off);
-  if (w->len > 0 && off != w->off + (sqlite3_int64)w->len &&
-      (rc = wb_flush(w)) != SQLITE_OK)
-    return rc;
+  if (!appends) {
+    /* A log started over (its header at 0), a frame written again in
+     * place, or headers whose checksums are rewritten after the commit
+     * frame: in order, and at once, as SQLite checks each. */
+    if ((rc = wb_flush(w)) != SQLITE_OK)
+      return rc;
+    return RM(f)->xWrite(REAL(f), data, amt, off);
+  }
   if (w->len + (size_t)amt > w->cap) {
     size_t cap = w->cap ? w->cap : 65536;
     unsigned char *b;
@@ -178,7 +190,13 @@ static int db_close(sqlite3_file *f) {
 static int db_shm_lock(sqlite3_file *f, int offset, int n, int flags) {
   int rc = wb_flush(((wb_file *)f)->link);
 
-  return rc != SQLITE_OK ? rc : RM(f)->xShmLock(REAL(f), offset, n, flags);
+  /* SQLite does not look at what an unlock returns: the lock is let go
+   * whatever happened.  What a failed write lost was not committed (a
+   * commit's frames are written with its last page), and wb_flush has
+   * dropped it. */
+  if (rc != SQLITE_OK && (flags & SQLITE_SHM_UNLOCK) == 0)
+    return rc;
+  return RM(f)->xShmLock(REAL(f), offset, n, flags);
 }
 
 static void db_shm_barrier(sqlite3_file *f) {
