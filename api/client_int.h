@@ -11,8 +11,8 @@
 
 /* Records the service may send an iteration before hearing more credit,
  * and how many consumed records trigger a new grant. */
-#define PEERSTORE_CREDIT_WINDOW 4096
-#define PEERSTORE_CREDIT_REGRANT 2048
+#define PEERSTORE_CREDIT_WINDOW 1024
+#define PEERSTORE_CREDIT_REGRANT 512
 
 enum ps_op_kind {
   OP_STORE,
