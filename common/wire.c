@@ -32,6 +32,17 @@ static const uint8_t *rd_take(rd *r, size_t n) {
   return p;
 }
 
+static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+
+static uint32_t be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static uint64_t be64(const uint8_t *p) {
+  return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
 static uint8_t rd_u8(rd *r) {
   const uint8_t *p = rd_take(r, 1);
   return p ? p[0] : 0;
@@ -39,23 +50,30 @@ static uint8_t rd_u8(rd *r) {
 
 static uint16_t rd_u16(rd *r) {
   const uint8_t *p = rd_take(r, 2);
-  return p ? (uint16_t)((p[0] << 8) | p[1]) : 0;
+  return p ? be16(p) : 0;
 }
 
 static uint32_t rd_u32(rd *r) {
   const uint8_t *p = rd_take(r, 4);
-  return p ? ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) |
-                 ((uint32_t)p[2] << 8) | p[3]
-           : 0;
+  return p ? be32(p) : 0;
 }
 
 static uint64_t rd_u64(rd *r) {
-  uint64_t hi = rd_u32(r);
-  return (hi << 32) | rd_u32(r);
+  const uint8_t *p = rd_take(r, 8);
+  return p ? be64(p) : 0;
 }
 
-/* A non-empty string of at most max bytes without NUL, copied out with a
- * terminating NUL into out (max + 1 bytes). */
+/* A string's rules: not empty, at most max bytes, no NUL; copied out with
+ * a terminating NUL into out (max + 1 bytes).  n was read and bounded
+ * against what is left. */
+static int take_str(const uint8_t *p, uint16_t n, size_t max, char *out) {
+  if (n == 0 || n > max || memchr(p, 0, n) != NULL)
+    return -1;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  return 0;
+}
+
 static void rd_str(rd *r, size_t max, char *out) {
   uint16_t n = rd_u16(r);
   const uint8_t *p;
@@ -65,15 +83,8 @@ static void rd_str(rd *r, size_t max, char *out) {
     r->bad = 1;
     return;
   }
-  p = rd_take(r, n);
-  if (p == NULL)
-    return;
-  if (memchr(p, 0, n) != NULL) {
+  if ((p = rd_take(r, n)) != NULL && take_str(p, n, max, out) != 0)
     r->bad = 1;
-    return;
-  }
-  memcpy(out, p, n);
-  out[n] = '\0';
 }
 
 static void rd_peer(rd *r, peerstore_peer_id *peer) {
@@ -218,27 +229,6 @@ int peerstore__wire_watch_ex(const uint8_t *p, size_t n, peerstore__filter *f,
   return rd_end(&r);
 }
 
-static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-
-static uint32_t be32(const uint8_t *p) {
-  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
-         p[3];
-}
-
-static uint64_t be64(const uint8_t *p) {
-  return (uint64_t)be32(p) << 32 | be32(p + 4);
-}
-
-/* A string of rd_str's rules at p, whose length n was read and bounded
- * against what is left: copied out with its NUL. */
-static int take_str(const uint8_t *p, uint16_t n, size_t max, char *out) {
-  if (n == 0 || n > max || memchr(p, 0, n) != NULL)
-    return -1;
-  memcpy(out, p, n);
-  out[n] = '\0';
-  return 0;
-}
-
 /* RECORD's body, and EVENT's after its kind and revision: what every
  * record an iteration or a watch delivers goes through, so its bounds
  * are checked a few at a time rather than field by field.  The same
@@ -249,8 +239,12 @@ static void rd_record(rd *r, peerstore__wrec *out) {
   size_t left = r->left, n;
   uint32_t size;
 
-  if (r->bad || left < 2 || left - 2 < (n = be16(p)) + PEERSTORE_PEER_ID_SIZE + 2 ||
-      take_str(p + 2, (uint16_t)n, PEERSTORE_SUBSYSTEM_MAX, out->subsystem) != 0)
+  out->option = 0;
+  if (r->bad || left < 2)
+    goto bad;
+  n = be16(p);
+  if (left - 2 < n + PEERSTORE_PEER_ID_SIZE + 2 ||
+      take_str(p + 2, (uint16_t)n, PEERSTORE_SUBSYSTEM_MAX, out->subsystem))
     goto bad;
   p += 2 + n;
   left -= 2 + n;
@@ -274,7 +268,6 @@ static void rd_record(rd *r, peerstore__wrec *out) {
     goto bad;
   out->rec.value_size = size;
   out->rec.value = size > 0 ? (const void *)p : "";
-  out->option = 0;
   r->p = p + size;
   r->left = left - size;
   return;

@@ -28,8 +28,8 @@
  *   frame) writes the gathered range and then itself, at once: writes
  *   reach the file in the order SQLite made them, and each one SQLite
  *   checks has been made.
- * Every other file, and a log whose database is not found, is the default
- * VFS's own, untouched.
+ * Every other file is the default VFS's own, untouched; a log whose
+ * database is not found is written through, a write at a time.
  */
 #include "sqlite_walbuf.h"
 
@@ -87,41 +87,39 @@ static int wb_flush(wb_file *w) {
 /* ------------------------------------------------------------------ */
 /* The log                                                             */
 
+/* Writes what is gathered, then this write: in order, and at once. */
+static int wb_write_now(wb_file *w, const void *data, int amt,
+                        sqlite3_int64 off) {
+  int rc = wb_flush(w);
+
+  return rc != SQLITE_OK ? rc
+                          : w->real->pMethods->xWrite(w->real, data, amt, off);
+}
+
 static int wal_write(sqlite3_file *f, const void *data, int amt,
                      sqlite3_int64 off) {
   wb_file *w = (wb_file *)f;
   const unsigned char *d = data;
-  int header = amt == WAL_FRAME_HEADER;
+  int header = amt == WAL_FRAME_HEADER, appends = off == w->end;
   int ends = !header && w->commit_header;
-  int rc;
-
-  int appends = off == w->end;
 
   w->commit_header =
       header && (d[4] != 0 || d[5] != 0 || d[6] != 0 || d[7] != 0);
   w->end = off + amt;
-  if (w->link == NULL)
-    return RM(f)->xWrite(REAL(f), data, amt, off);
-  if (!appends) {
-    /* A log started over (its header at 0), a frame written again in
-     * place, or headers whose checksums are rewritten after the commit
-     * frame: in order, and at once, as SQLite checks each. */
-    if ((rc = wb_flush(w)) != SQLITE_OK)
-      return rc;
-    return RM(f)->xWrite(REAL(f), data, amt, off);
-  }
+  /* A log started over (its header at 0), a frame written again in
+   * place, or headers whose checksums are rewritten after the commit
+   * frame: SQLite checks each of these writes. */
+  if (w->link == NULL || !appends)
+    return wb_write_now(w, data, amt, off);
   if (w->len + (size_t)amt > w->cap) {
     size_t cap = w->cap ? w->cap : 65536;
     unsigned char *b;
 
     while (cap < w->len + (size_t)amt && cap < WALBUF_CAP)
       cap *= 2;
-    if (w->len + (size_t)amt > cap || (b = realloc(w->buf, cap)) == NULL) {
-      /* Too much at once, or no memory: in order, without gathering. */
-      if ((rc = wb_flush(w)) != SQLITE_OK)
-        return rc;
-      return RM(f)->xWrite(REAL(f), data, amt, off);
-    }
+    /* Too much at once, or no memory: without gathering. */
+    if (w->len + (size_t)amt > cap || (b = realloc(w->buf, cap)) == NULL)
+      return wb_write_now(w, data, amt, off);
     w->buf = b;
     w->cap = cap;
   }
