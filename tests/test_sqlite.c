@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -33,6 +34,7 @@ typedef struct opts {
   const char *max_page_count;
   const char *synchronous;
   const char *batch_max_changes;
+  const char *checkpoint_pages;
 } opts;
 
 static const char *get_option(void *ctx, const char *name) {
@@ -48,14 +50,25 @@ static const char *get_option(void *ctx, const char *name) {
     return o->synchronous;
   if (strcmp(name, "batch_max_changes") == 0)
     return o->batch_max_changes;
+  if (strcmp(name, "checkpoint_pages") == 0)
+    return o->checkpoint_pages;
   return NULL; /* check_on_open and the rest: defaults */
 }
 
-static void quiet_log(void *ctx, enum peerstore_log_level level,
-                      const char *fmt, ...) {
+/* The last INFO line about checkpoints, for the tests that read it. */
+static char ckpt_line[512];
+
+static void ckpt_log(void *ctx, enum peerstore_log_level level,
+                     const char *fmt, ...) {
+  char line[512];
+  va_list ap;
+
   (void)ctx;
-  (void)level;
-  (void)fmt;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  if (level == PEERSTORE_LOG_INFO && strstr(line, "checkpoints") != NULL)
+    snprintf(ckpt_line, sizeof(ckpt_line), "%s", line);
 }
 
 static void remove_db(void) {
@@ -106,7 +119,7 @@ static int inst_open(inst *in, const opts *o) {
   env.database = db_path;
   env.option = get_option;
   env.option_ctx = &in->o;
-  env.log = quiet_log;
+  env.log = ckpt_log;
   env.strerror = peerstore_strerror;
   env.changed = count_change;
   env.changed_ctx = &in->changes;
@@ -425,7 +438,7 @@ static void test_refuse_damaged_old_version_without_migrating(void **state) {
 
 static void test_read_only(void **state) {
   inst in;
-  opts ro = {"yes", NULL, NULL, NULL};
+  opts ro = {"yes", NULL, NULL, NULL, NULL};
   res r;
 
   (void)state;
@@ -466,7 +479,7 @@ static int fill_until_full(inst *in, const char *big) {
 
 static void test_write_failure(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL};
   char big[3000];
   int ok;
   res r;
@@ -506,7 +519,7 @@ static void submit_store(inst *in, const char *key, const char *value,
  * it, which is given a revision the rolled-back stores had held. */
 static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL};
   peerstore_plugin_filter f = {"t", NULL, NULL}; /* what submit_store writes */
   peerstore_plugin_cursor *c1, *c2;
   static char big[3000];
@@ -579,7 +592,7 @@ static void batch_cb(void *arg, int status, uint64_t first, uint64_t last) {
  * store comes - leaves nothing of itself and reports no change. */
 static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL};
   peerstore_plugin_batch_op ops[2];
   static char big[3000];
   batch_res b = {0};
@@ -635,7 +648,7 @@ static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
  * beside it in the same group goes through. */
 static void test_a_batch_changing_too_much_is_refused(void **state) {
   inst in;
-  opts few = {NULL, NULL, NULL, "100"};
+  opts few = {NULL, NULL, NULL, "100", NULL};
   peerstore_plugin_batch_op op;
   batch_res b = {0};
   res after = {0}, r;
@@ -675,13 +688,64 @@ static void test_a_batch_changing_too_much_is_refused(void **state) {
 
 static void test_synchronous_option(void **state) {
   inst in;
-  opts full = {NULL, NULL, "FULL", NULL}, bad = {NULL, NULL, "SOMETIMES", NULL};
+  opts full = {NULL, NULL, "FULL", NULL, NULL};
+  opts bad = {NULL, NULL, "SOMETIMES", NULL, NULL};
 
   (void)state;
   assert_int_equal(inst_open(&in, &full), 0);
   assert_int_equal(put(&in, "k", "v", PEERSTORE_REPLACE, NULL), 0);
   inst_close(&in);
   assert_int_not_equal(inst_open(&in, &bad), 0);
+}
+
+/* Commits only ask for checkpoints; a thread of their own copies the log
+ * back while the worker commits on, and the worker copies what was
+ * committed meanwhile.  The log must still be reused from its start
+ * under steady writes - a checkpoint beside a writer that never pauses
+ * never reaches the log's end by itself - and the copying must be the
+ * thread's. */
+static void test_the_log_stays_bounded_under_steady_writes(void **state) {
+  inst in;
+  opts o = {NULL, NULL, NULL, NULL, "20"};
+  char wal[600], key[32], value[200];
+  unsigned long long copied = 0, waited = 0;
+  struct stat st;
+  off_t most = 0;
+  int wave, i;
+
+  (void)state;
+  snprintf(wal, sizeof(wal), "%s-wal", db_path);
+  memset(value, 'v', sizeof(value) - 1);
+  value[sizeof(value) - 1] = '\0';
+  assert_int_equal(inst_open(&in, &o), 0);
+  for (wave = 0; wave < 100; wave++) {
+    res r[100];
+
+    memset(r, 0, sizeof(r));
+    for (i = 0; i < 100; i++) {
+      snprintf(key, sizeof(key), "k%d", (wave * 100 + i) % 3000);
+      assert_int_equal(
+          start_store(&in, "ss", key, value, PEERSTORE_REPLACE, &r[i]), 0);
+    }
+    for (i = 0; i < 100; i++) {
+      assert_int_equal(harness_run_until(&in.loop, &r[i].done, TIMEOUT), 0);
+      assert_int_equal(r[i].status, 0);
+    }
+    assert_int_equal(stat(wal, &st), 0);
+    if (st.st_size > most)
+      most = st.st_size;
+  }
+  ckpt_line[0] = '\0';
+  inst_close(&in);
+  /* Without checkpoints the log takes every frame of 10,000 stores (over
+   * 12 MiB here); with them, four times 20 pages and what one wave adds
+   * (a wave is a group or a few, about 100 pages). */
+  assert_true(most < 600 * 4120);
+  assert_int_equal(sscanf(ckpt_line, "%*s %*s %llu checkpoints on their own "
+                                     "thread, %llu",
+                          &copied, &waited),
+                   2);
+  assert_true(copied > 0);
 }
 
 /* Every filter's query is served by an index, in revision order: no full
@@ -778,6 +842,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_synchronous_option, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_the_log_stays_bounded_under_steady_writes, setup, teardown),
   };
 
   if (so == NULL)
