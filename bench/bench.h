@@ -55,9 +55,16 @@ void bench_consume(long *count, const peerstore_record *rec);
 double limit_pingpong_blocking(void);   /* round trips/s */
 double limit_pingpong_libuv(void);      /* round trips/s */
 double limit_stream_per_message(void);  /* messages/s */
-/* W2's rows into the plugin's schema, or into a table with one index on
- * (subsystem, peer, key) if one_index; rows/s. */
-double limit_sqlite_inserts(int n, int rows_per_tx, int one_index);
+/* The tables limit_sqlite_inserts fills: the plugin's own schema; one
+ * index on (subsystem, peer, key); the indexes without which some filter
+ * could not be read in revision order from an index (bench/README.md). */
+enum bench_schema { SCHEMA_OWN, SCHEMA_ONE_INDEX, SCHEMA_FILTERS };
+/* W2's rows into schema, rows_per_tx a transaction; rows/s.  With
+ * replace, into a table holding them already, each row replacing the one
+ * with its subsystem, peer and key (an insert and a delete), as the
+ * sequential stores do. */
+double limit_sqlite_inserts(int n, int rows_per_tx, enum bench_schema schema,
+                            int replace);
 double limit_hash_inserts(int n);       /* inserts/s */
 /* n messages relayed to FANOUT sockets; latency of each copy, seconds. */
 void limit_fanout(int n, double *p50, double *p99);

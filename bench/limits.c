@@ -392,6 +392,21 @@ static const char one_index_schema[] =
     "expiry INTEGER NOT NULL, writer INTEGER NOT NULL DEFAULT -1);"
     "CREATE INDEX records_by_triple ON records (subsystem, peer, key);";
 
+/* The one-index table and the two indexes without which a filter on
+ * (subsystem, peer) or (subsystem, key) would sort its matches or scan the
+ * table: SQLite appends the rowid to each index entry, so each yields its
+ * filter's records in revision order.  (subsystem) alone is served by the
+ * table itself when there is one subsystem, as here.  The plugin's schema
+ * adds an index on (subsystem), for many subsystems, and one on expiry for
+ * the purge (it leaves out the records that never expire, as W2's). */
+static const char filters_schema[] =
+    "CREATE TABLE records (revision INTEGER PRIMARY KEY, subsystem BLOB NOT "
+    "NULL, peer BLOB NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL, "
+    "expiry INTEGER NOT NULL, writer INTEGER NOT NULL DEFAULT -1);"
+    "CREATE INDEX records_by_triple ON records (subsystem, peer, key);"
+    "CREATE INDEX records_by_peer ON records (subsystem, peer);"
+    "CREATE INDEX records_by_key ON records (subsystem, key);";
+
 /* A new database at path in the given schema, with extra pragmas. */
 static sqlite3 *schema_db(const char *path, const char *pragmas,
                           const char *schema) {
@@ -409,10 +424,10 @@ static sqlite3 *schema_db(const char *path, const char *pragmas,
  * stores them; stops early once budget seconds have passed (0: never).
  * Returns how many it inserted. */
 static int insert_records(sqlite3 *db, int n, int rows_per_tx,
-                          double budget) {
+                          double budget, int replace) {
   uint8_t value[VALUE_SIZE];
   peerstore_peer_id p;
-  sqlite3_stmt *st;
+  sqlite3_stmt *st, *del = NULL;
   char key[32];
   double t0 = bench_now();
   int i;
@@ -424,6 +439,13 @@ static int insert_records(sqlite3 *db, int n, int rows_per_tx,
                          "VALUES (?, CAST('bench' AS BLOB), ?, ?, ?, ?, 0)",
                          -1, &st, NULL) != SQLITE_OK)
     bench_die("cannot prepare an insert");
+  if (replace &&
+      sqlite3_prepare_v2(db,
+                         "DELETE FROM records WHERE subsystem = "
+                         "CAST('bench' AS BLOB) AND peer = ? AND key = ? "
+                         "AND revision < ?",
+                         -1, &del, NULL) != SQLITE_OK)
+    bench_die("cannot prepare a delete");
   for (i = 0; i < n; i++) {
     if (i % rows_per_tx == 0) {
       if (i > 0 && budget > 0 && bench_now() - t0 > budget)
@@ -431,7 +453,7 @@ static int insert_records(sqlite3 *db, int n, int rows_per_tx,
       sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
     }
     bench_record(i, &p, key, sizeof(key));
-    sqlite3_bind_int64(st, 1, i + 1);
+    sqlite3_bind_int64(st, 1, (replace ? n : 0) + i + 1);
     sqlite3_bind_blob(st, 2, p.bytes, 32, SQLITE_STATIC);
     sqlite3_bind_blob(st, 3, key, (int)strlen(key), SQLITE_STATIC);
     sqlite3_bind_blob(st, 4, value, sizeof(value), SQLITE_STATIC);
@@ -439,12 +461,21 @@ static int insert_records(sqlite3 *db, int n, int rows_per_tx,
     if (sqlite3_step(st) != SQLITE_DONE)
       bench_die("insert failed");
     sqlite3_reset(st);
+    if (del != NULL) {
+      sqlite3_bind_blob(del, 1, p.bytes, 32, SQLITE_STATIC);
+      sqlite3_bind_blob(del, 2, key, (int)strlen(key), SQLITE_STATIC);
+      sqlite3_bind_int64(del, 3, n + i + 1);
+      if (sqlite3_step(del) != SQLITE_DONE || sqlite3_changes(db) != 1)
+        bench_die("replace failed");
+      sqlite3_reset(del);
+    }
     if ((i + 1) % rows_per_tx == 0 || i + 1 == n)
       sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   }
   if (sqlite3_get_autocommit(db) == 0)
     sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
   sqlite3_finalize(st);
+  sqlite3_finalize(del);
   return i;
 }
 
@@ -459,13 +490,14 @@ void bench_make_db(const char *path, int n) {
            "PRAGMA user_version = 3;",
            0x50535452);
   db = schema_db(path, sql, peerstore_sqlite_schema);
-  insert_records(db, n, 10000, 0);
+  insert_records(db, n, 10000, 0, 0);
   snprintf(sql, sizeof(sql), "UPDATE meta SET value = %d", n);
   sqlite3_exec(db, sql, NULL, NULL, NULL);
   sqlite3_close(db);
 }
 
-double limit_sqlite_inserts(int n, int rows_per_tx, int one_index) {
+double limit_sqlite_inserts(int n, int rows_per_tx,
+                            enum bench_schema schema, int replace) {
   char path[300], sql[128];
   sqlite3 *db;
   double t0, t;
@@ -476,9 +508,13 @@ double limit_sqlite_inserts(int n, int rows_per_tx, int one_index) {
            "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s;",
            bench.sync_mode);
   db = schema_db(path, sql,
-                 one_index ? one_index_schema : peerstore_sqlite_schema);
+                 schema == SCHEMA_ONE_INDEX ? one_index_schema
+                 : schema == SCHEMA_FILTERS ? filters_schema
+                                            : peerstore_sqlite_schema);
+  if (replace)
+    insert_records(db, n, 1000, 0, 0);
   t0 = bench_now();
-  done = insert_records(db, n, rows_per_tx, bench.seconds);
+  done = insert_records(db, n, rows_per_tx, bench.seconds, replace);
   t = bench_now() - t0;
   sqlite3_close(db);
   unlink(path);
