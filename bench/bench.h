@@ -59,7 +59,8 @@ double limit_stream_per_message(void);  /* messages/s */
  * index on (subsystem, peer, key); the indexes without which some filter
  * could not be read in revision order from an index (bench/README.md). */
 enum bench_schema { SCHEMA_OWN, SCHEMA_ONE_INDEX, SCHEMA_FILTERS };
-/* W2's rows into schema, rows_per_tx a transaction; rows/s.  With
+/* W2's rows into schema, rows_per_tx a transaction, at the run's
+ * synchronous (SCHEMA_FILTERS: OFF, as a floor); rows/s.  With
  * replace, into a table holding them already, each row replacing the one
  * with its subsystem, peer and key (an insert and a delete), as the
  * sequential stores do. */
