@@ -657,9 +657,11 @@ void workloads_memory(void) {
 /* ------------------------------------------------------------------ */
 /* The sqlite plugin                                                   */
 
-static int start_sqlite(harness_svc *svc, const char *db, const char *conf) {
-  const char *args[8] = {"--plugin", "sqlite", "--database", db, "-c", conf,
-                         NULL};
+/* option: one more "-o NAME=VALUE" for the service, or NULL. */
+static int start_sqlite(harness_svc *svc, const char *db, const char *conf,
+                        const char *option) {
+  const char *args[9] = {"--plugin", "sqlite", "--database", db, "-c", conf,
+                         option != NULL ? "-o" : NULL, option, NULL};
   return harness_start(svc, args);
 }
 
@@ -682,17 +684,13 @@ static double w2_floor(double insert_rate) {
  * it, on a database of their own with no history: what keeping the
  * history costs the durable path. */
 static double sequential_history_off(void) {
-  const char *args[] = {"--plugin", "sqlite", "--database", NULL, "-c",
-                        NULL,       "-o",     "history_events=0", NULL};
   char db[300], conf[300];
   harness_svc svc;
   double r;
 
   snprintf(db, sizeof(db), "%s/nohistory.db", bench.dir);
   snprintf(conf, sizeof(conf), "%s/bench.ini", bench.dir);
-  args[3] = db;
-  args[5] = conf;
-  if (harness_start(&svc, args) != 0)
+  if (start_sqlite(&svc, db, conf, "history_events=0") != 0)
     bench_die("cannot start peerstored with the sqlite plugin");
   pipelined(&svc, bench.records);
   r = sequential(&svc, bench.records);
@@ -729,7 +727,7 @@ void workloads_sqlite(void) {
     bench_die("cannot write config");
   fprintf(f, "[plugin]\nsynchronous = %s\n", bench.sync_mode);
   fclose(f);
-  if (start_sqlite(&svc, db, conf) != 0)
+  if (start_sqlite(&svc, db, conf, NULL) != 0)
     bench_die("cannot start peerstored with the sqlite plugin");
   from = revision_of(&svc);
   w2 = pipelined(&svc, bench.records);
@@ -788,7 +786,7 @@ void workloads_sqlite(void) {
               check ? "yes" : "no");
       fclose(f);
       t0 = bench_now();
-      if (start_sqlite(&svc, db, conf) != 0)
+      if (start_sqlite(&svc, db, conf, NULL) != 0)
         bench_die("cannot start peerstored on the big database");
       bench_fact(check ? "sqlite start-up, 1M records"
                        : "sqlite start-up, 1M, no check",
