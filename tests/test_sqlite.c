@@ -35,6 +35,7 @@ typedef struct opts {
   const char *synchronous;
   const char *batch_max_changes;
   const char *checkpoint_pages;
+  const char *loop_commit_us;
 } opts;
 
 static const char *get_option(void *ctx, const char *name) {
@@ -52,11 +53,15 @@ static const char *get_option(void *ctx, const char *name) {
     return o->batch_max_changes;
   if (strcmp(name, "checkpoint_pages") == 0)
     return o->checkpoint_pages;
+  if (strcmp(name, "loop_commit_us") == 0)
+    return o->loop_commit_us;
   return NULL; /* check_on_open and the rest: defaults */
 }
 
-/* The last INFO line about checkpoints, for the tests that read it. */
+/* The last INFO lines about checkpoints and about commits on the loop
+ * thread, for the tests that read them. */
 static char ckpt_line[512];
+static char loop_line[512];
 
 static void ckpt_log(void *ctx, enum peerstore_log_level level,
                      const char *fmt, ...) {
@@ -69,7 +74,10 @@ static void ckpt_log(void *ctx, enum peerstore_log_level level,
   va_end(ap);
   if (level == PEERSTORE_LOG_INFO && strstr(line, "checkpoints") != NULL)
     snprintf(ckpt_line, sizeof(ckpt_line), "%s", line);
+  if (level == PEERSTORE_LOG_INFO && strstr(line, "loop thread") != NULL)
+    snprintf(loop_line, sizeof(loop_line), "%s", line);
 }
+
 
 static void remove_db(void) {
   char p[600];
@@ -136,6 +144,34 @@ static void inst_close(inst *in) {
   desc->ops->close(in->p);
   assert_int_equal(harness_drain(&in->loop, TIMEOUT), 0);
   assert_int_equal(uv_loop_close(&in->loop), 0);
+}
+
+/* How many checkpoints the thread made, from the line of the last close. */
+static unsigned long long thread_checkpoints(void) {
+  unsigned long long copied = 0, waited = 0;
+
+  assert_int_equal(sscanf(ckpt_line, "%*s %*s %llu checkpoints on their own "
+                                     "thread, %llu",
+                          &copied, &waited),
+                   2);
+  return copied;
+}
+
+/* Closes in, and returns how many stores it committed on the loop thread
+ * (and in *slow how many of those took longer than loop_commit_us). */
+static unsigned long long close_counting_loop_commits(inst *in,
+                                                      unsigned long long *slow) {
+  unsigned long long n = 0, s = 0;
+
+  loop_line[0] = '\0';
+  inst_close(in);
+  assert_int_equal(sscanf(loop_line, "%*s %*s %llu stores committed on the "
+                                     "loop thread, %llu",
+                          &n, &s),
+                   2);
+  if (slow != NULL)
+    *slow = s;
+  return n;
 }
 
 typedef struct res {
@@ -438,7 +474,7 @@ static void test_refuse_damaged_old_version_without_migrating(void **state) {
 
 static void test_read_only(void **state) {
   inst in;
-  opts ro = {"yes", NULL, NULL, NULL, NULL};
+  opts ro = {"yes", NULL, NULL, NULL, NULL, NULL};
   res r;
 
   (void)state;
@@ -479,7 +515,7 @@ static int fill_until_full(inst *in, const char *big) {
 
 static void test_write_failure(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL, NULL};
   char big[3000];
   int ok;
   res r;
@@ -519,7 +555,7 @@ static void submit_store(inst *in, const char *key, const char *value,
  * it, which is given a revision the rolled-back stores had held. */
 static void test_iterations_in_a_failed_group_see_what_stayed(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL, NULL};
   peerstore_plugin_filter f = {"t", NULL, NULL}; /* what submit_store writes */
   peerstore_plugin_cursor *c1, *c2;
   static char big[3000];
@@ -592,7 +628,7 @@ static void batch_cb(void *arg, int status, uint64_t first, uint64_t last) {
  * store comes - leaves nothing of itself and reports no change. */
 static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
   inst in;
-  opts small = {NULL, "40", NULL, NULL, NULL};
+  opts small = {NULL, "40", NULL, NULL, NULL, NULL};
   peerstore_plugin_batch_op ops[2];
   static char big[3000];
   batch_res b = {0};
@@ -648,7 +684,7 @@ static void test_a_batch_failing_half_way_leaves_nothing(void **state) {
  * beside it in the same group goes through. */
 static void test_a_batch_changing_too_much_is_refused(void **state) {
   inst in;
-  opts few = {NULL, NULL, NULL, "100", NULL};
+  opts few = {NULL, NULL, NULL, "100", NULL, NULL};
   peerstore_plugin_batch_op op;
   batch_res b = {0};
   res after = {0}, r;
@@ -688,8 +724,8 @@ static void test_a_batch_changing_too_much_is_refused(void **state) {
 
 static void test_synchronous_option(void **state) {
   inst in;
-  opts full = {NULL, NULL, "FULL", NULL, NULL};
-  opts bad = {NULL, NULL, "SOMETIMES", NULL, NULL};
+  opts full = {NULL, NULL, "FULL", NULL, NULL, NULL};
+  opts bad = {NULL, NULL, "SOMETIMES", NULL, NULL, NULL};
 
   (void)state;
   assert_int_equal(inst_open(&in, &full), 0);
@@ -706,9 +742,8 @@ static void test_synchronous_option(void **state) {
  * thread's. */
 static void test_the_log_stays_bounded_under_steady_writes(void **state) {
   inst in;
-  opts o = {NULL, NULL, NULL, NULL, "20"};
+  opts o = {NULL, NULL, NULL, NULL, "20", NULL};
   char wal[600], key[32], value[200];
-  unsigned long long copied = 0, waited = 0;
   struct stat st;
   off_t most = 0;
   int wave, i;
@@ -741,11 +776,180 @@ static void test_the_log_stays_bounded_under_steady_writes(void **state) {
    * 12 MiB here); with them, four times 20 pages and what one wave adds
    * (a wave is a group or a few, about 100 pages). */
   assert_true(most < 600 * 4120);
-  assert_int_equal(sscanf(ckpt_line, "%*s %*s %llu checkpoints on their own "
-                                     "thread, %llu",
-                          &copied, &waited),
-                   2);
-  assert_true(copied > 0);
+  assert_true(thread_checkpoints() > 0);
+}
+
+/* A store awaited alone is committed by the loop thread itself, with no
+ * hand-off to the worker and back, and is kept exactly as one the worker
+ * commits: each acknowledged with the next revision, reported through
+ * the hook, and all of them there after a reopen. */
+static void test_a_store_awaited_alone_is_committed_on_the_loop(void **state) {
+  inst in;
+  opts o = {0};
+  uint64_t rev, last = 0, records = 0, revision = 0;
+  char key[32];
+  int i;
+
+  (void)state;
+  o.loop_commit_us = "1000000"; /* no commit here is that slow */
+  assert_int_equal(inst_open(&in, &o), 0);
+  for (i = 0; i < 200; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, &rev), 0);
+    assert_true(rev > last);
+    last = rev;
+  }
+  assert_int_equal(in.changes, 200);
+  assert_int_equal(close_counting_loop_commits(&in, NULL), 200);
+  assert_int_equal(inst_open(&in, NULL), 0);
+  desc->ops->counts(in.p, &records, &revision);
+  assert_int_equal(records, 200);
+  assert_int_equal(revision, last);
+  inst_close(&in);
+}
+
+/* Stores that come in the same turn of the loop go to the worker, so a
+ * burst keeps its group commit; and what follows a store in that turn
+ * sees it, as the order of calls says. */
+static void test_stores_that_come_together_go_to_the_worker(void **state) {
+  inst in;
+  opts o = {0};
+  res r[100], all;
+  peerstore_plugin_filter f = {"ss", NULL, NULL};
+  peerstore_plugin_cursor *c;
+  char key[32];
+  int i;
+
+  (void)state;
+  o.loop_commit_us = "1000000";
+  assert_int_equal(inst_open(&in, &o), 0);
+  memset(r, 0, sizeof(r));
+  memset(&all, 0, sizeof(all));
+  for (i = 0; i < 100; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(start_store(&in, "ss", key, "v", PEERSTORE_REPLACE,
+                                 &r[i]), 0);
+  }
+  assert_int_equal(desc->ops->iterate_open(in.p, &f, 0, &c), 0);
+  assert_int_equal(desc->ops->iterate_next(c, 1000, rec_cb, next_cb, &all),
+                   0);
+  assert_int_equal(harness_run_until(&in.loop, &all.done, TIMEOUT), 0);
+  desc->ops->iterate_close(c);
+  assert_int_equal(all.status, 0);
+  assert_int_equal(all.n, 100);
+  for (i = 0; i < 100; i++) {
+    assert_int_equal(r[i].done, 1); /* before the iteration that follows */
+    assert_int_equal(r[i].status, 0);
+    if (i > 0)
+      assert_true(r[i].revision > r[i - 1].revision);
+  }
+  /* One store alone, then: the loop's. */
+  assert_int_equal(put(&in, "alone", "v", PEERSTORE_REPLACE, NULL), 0);
+  assert_int_equal(close_counting_loop_commits(&in, NULL), 1);
+}
+
+/* At synchronous = FULL every commit syncs the log: none may run on the
+ * loop thread. */
+static void test_full_sync_never_commits_on_the_loop(void **state) {
+  inst in;
+  opts o = {0};
+  char key[32];
+  int i;
+
+  (void)state;
+  o.synchronous = "FULL";
+  o.loop_commit_us = "1000000";
+  assert_int_equal(inst_open(&in, &o), 0);
+  for (i = 0; i < 20; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
+  }
+  assert_int_equal(close_counting_loop_commits(&in, NULL), 0);
+}
+
+/* A commit on the loop that takes longer than loop_commit_us sends the
+ * next 100 stores to the worker.  At 1 us every commit is too slow, so
+ * of 150 awaited stores exactly the 1st and the 102nd are the loop's. */
+static void test_a_slow_loop_commit_sends_the_next_stores_to_the_worker(
+    void **state) {
+  inst in;
+  opts o = {0};
+  unsigned long long slow = 0;
+  char key[32];
+  int i;
+
+  (void)state;
+  o.loop_commit_us = "1";
+  assert_int_equal(inst_open(&in, &o), 0);
+  for (i = 0; i < 150; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
+  }
+  assert_int_equal(close_counting_loop_commits(&in, &slow), 2);
+  assert_int_equal(slow, 2);
+  /* 0 turns them off. */
+  o.loop_commit_us = "0";
+  assert_int_equal(inst_open(&in, &o), 0);
+  assert_int_equal(put(&in, "k", "v", PEERSTORE_REPLACE, NULL), 0);
+  assert_int_equal(close_counting_loop_commits(&in, NULL), 0);
+}
+
+/* A store held for the loop's idle phase is not lost when the plugin is
+ * closed before that phase comes: close completes it. */
+static void test_a_held_store_completes_at_close(void **state) {
+  inst in;
+  res r = {0};
+
+  (void)state;
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(start_store(&in, "ss", "k", "v", PEERSTORE_REPLACE, &r),
+                   0);
+  inst_close(&in);
+  assert_int_equal(r.done, 1);
+  assert_int_equal(r.status, 0);
+  assert_int_equal(inst_open(&in, NULL), 0);
+  assert_int_equal(list(&in, "ss", &r), 0);
+  assert_int_equal(r.n, 1);
+  inst_close(&in);
+}
+
+/* Commits on the loop never wait for a checkpoint nor copy the log
+ * themselves: they leave both to the worker's next commit.  Awaited one
+ * at a time, where nearly every store is the loop's, the log must still
+ * be reused from its start and stay bounded. */
+static void test_the_log_stays_bounded_under_awaited_stores(void **state) {
+  inst in;
+  opts o = {0};
+  char wal[600], key[32], value[200];
+  unsigned long long on_loop;
+  struct stat st;
+  off_t most = 0;
+  int i;
+
+  (void)state;
+  o.checkpoint_pages = "20";
+  o.loop_commit_us = "1000000";
+  snprintf(wal, sizeof(wal), "%s-wal", db_path);
+  memset(value, 'v', sizeof(value) - 1);
+  value[sizeof(value) - 1] = '\0';
+  assert_int_equal(inst_open(&in, &o), 0);
+  for (i = 0; i < 3000; i++) {
+    snprintf(key, sizeof(key), "k%d", i % 300);
+    assert_int_equal(put(&in, key, value, PEERSTORE_REPLACE, NULL), 0);
+    if (i % 10 == 0) {
+      assert_int_equal(stat(wal, &st), 0);
+      if (st.st_size > most)
+        most = st.st_size;
+    }
+  }
+  ckpt_line[0] = '\0';
+  on_loop = close_counting_loop_commits(&in, NULL);
+  /* Most stores were the loop's; the rest went to the worker because a
+   * catch-up was owed. */
+  assert_true(on_loop > 1500);
+  /* 3,000 stores of about ten pages each would take over 100 MiB. */
+  assert_true(most < 600 * 4120);
+  assert_true(thread_checkpoints() > 0);
 }
 
 /* Every filter's query is served by an index, in revision order: no full
@@ -844,6 +1048,20 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_query_plans, setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_the_log_stays_bounded_under_steady_writes, setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_store_awaited_alone_is_committed_on_the_loop, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(
+          test_stores_that_come_together_go_to_the_worker, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_full_sync_never_commits_on_the_loop,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_a_slow_loop_commit_sends_the_next_stores_to_the_worker, setup,
+          teardown),
+      cmocka_unit_test_setup_teardown(test_a_held_store_completes_at_close,
+                                      setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_the_log_stays_bounded_under_awaited_stores, setup, teardown),
   };
 
   if (so == NULL)
