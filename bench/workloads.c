@@ -162,6 +162,7 @@ static void batch_vs_pipelined(harness_svc *svc, int rounds, double *batched,
     }
     wait_for(&x, &x.acks, (r + 1) * 1000);
   }
+  bench_mark("rounds", t0);
   *piped = rounds * 1000.0 / (bench_now() - t0);
   if (x.failed)
     bench_die("pipelined stores failed");

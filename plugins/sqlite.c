@@ -40,7 +40,7 @@
 #include "sqlite_queries.h"
 #include "sqlite_walbuf.h"
 
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 #define APPLICATION_ID 0x50535452 /* "PSTR" */
 #define EXPIRY_NEVER_SQL INT64_MAX
 /* Bytes of records one batch copies out for the loop, past which it stops
@@ -75,6 +75,7 @@ extern const char peerstore_sqlite_schema[];
 extern const char peerstore_sqlite_migrate_1_2[];
 extern const char peerstore_sqlite_migrate_2_3[];
 extern const char peerstore_sqlite_migrate_3_4[];
+extern const char peerstore_sqlite_migrate_4_5[];
 
 
 typedef struct sq sq;
@@ -121,6 +122,7 @@ struct sq {
   uint64_t revision;
   uint64_t records;
   uint64_t hist_first; /* every change after it is in the history */
+  uint64_t row_max;    /* the last revision a row of this group carries */
   uint64_t hist_rows;  /* rows of the history table, and their bytes */
   uint64_t hist_bytes;
   /* Their values after the last group, for counts() and history_info(),
@@ -356,6 +358,8 @@ static int keep(sq *s, uint64_t rev, int kind, uint64_t stored, size_t size) {
   sqlite3_bind_int64(s->st_keep, 3, (int64_t)stored);
   if ((rc = step_done(s->st_keep)) != 0)
     return rc;
+  if (rev > s->row_max)
+    s->row_max = rev;
   s->hist_rows++;
   s->hist_bytes += HISTORY_ROW_BYTES + size;
   return 0;
@@ -679,6 +683,7 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
     sqlite3_bind_int64(s->st_refresh, 4, writer_to_sql(writer));
     if ((rc = step_done(s->st_refresh)) != 0)
       return rc;
+    s->row_max = r->revision;
     /* The row passes to its new writer. */
     quota_note(s, r->subsystem, found_writer, r->value_size, -1);
     quota_note(s, r->subsystem, writer, r->value_size, 1);
@@ -697,6 +702,7 @@ static int store_one(sq *s, peerstore_record *r, uint32_t writer,
   sqlite3_bind_int64(s->st_insert, 7, writer_to_sql(writer));
   if ((rc = step_done(s->st_insert)) != 0)
     return rc;
+  s->row_max = r->revision;
   s->records++;
   quota_note(s, r->subsystem, writer, r->value_size, 1);
   if (option != PEERSTORE_REPLACE)
@@ -1064,6 +1070,7 @@ static job *run_group(sq *s, job *head, job *end) {
 
   for (j = head; j != end; j = j->next)
     writes |= is_write(j);
+  s->row_max = 0;
   /* (A commit on the loop has begun its transaction already.) */
   if (writes && sqlite3_get_autocommit(s->db) &&
       (rc = exec(s, "BEGIN IMMEDIATE")) != 0) {
@@ -1110,10 +1117,17 @@ static job *run_group(sq *s, job *head, job *end) {
     /* Without a history, every change is past it at once. */
     if (!history_on(s))
       s->hist_first = s->revision;
-    sqlite3_bind_int64(s->st_set_revision, 1, (int64_t)s->revision);
-    sqlite3_bind_int64(s->st_set_revision, 2, (int64_t)s->hist_first);
-    if ((rc = step_done(s->st_set_revision)) != 0 ||
-        (rc = exec(s, "COMMIT")) != 0)
+    /* meta's page only when a row does not say the last revision (its
+     * store, or the history row of what it removed) or the history's
+     * start moved: a page of log less for most commits. */
+    rc = 0;
+    if ((s->revision != rev0 && s->row_max != s->revision) ||
+        s->hist_first != first0) {
+      sqlite3_bind_int64(s->st_set_revision, 1, (int64_t)s->revision);
+      sqlite3_bind_int64(s->st_set_revision, 2, (int64_t)s->hist_first);
+      rc = step_done(s->st_set_revision);
+    }
+    if (rc != 0 || (rc = exec(s, "COMMIT")) != 0)
       failed = rc;
   }
   if (!failed) {
@@ -1836,6 +1850,7 @@ static int check_schema(sq *s) {
   if ((version < 2 && (rc = exec(s, peerstore_sqlite_migrate_1_2)) != 0) ||
       (version < 3 && (rc = exec(s, peerstore_sqlite_migrate_2_3)) != 0) ||
       (version < 4 && (rc = exec(s, peerstore_sqlite_migrate_3_4)) != 0) ||
+      (version < 5 && (rc = exec(s, peerstore_sqlite_migrate_4_5)) != 0) ||
       (rc = exec(s, sql)) != 0 || (rc = exec(s, "COMMIT")) != 0) {
     exec(s, "ROLLBACK");
     return rc;
@@ -1965,8 +1980,7 @@ static int configure_db(sq *s, const peerstore_plugin_env *env) {
     if ((rc = exec(s, sql)) != 0)
       return rc;
   }
-  if ((rc = pragma_int(s, "SELECT value FROM meta WHERE name = 'revision'",
-                       &revision)) != 0 ||
+  if ((rc = pragma_int(s, SQLITE_REVISION_SQL, &revision)) != 0 ||
       (rc = pragma_int(s, "SELECT count(*) FROM records", &records)) != 0 ||
       (rc = pragma_int(s, "SELECT value FROM meta WHERE name = "
                           "'history_first'", &first)) != 0 ||

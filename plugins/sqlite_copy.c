@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "sqlite_copy.h"
+#include "sqlite_queries.h"
 
 #define VFS_NAME "peerstore-fd"
 /* Pages copied between looks at the stop flag: about 1 MiB at the
@@ -310,10 +311,8 @@ int sq_copy(const char *path, int fd, const int *stop, const int *closing,
   /* One read transaction from the revision to the last page: the copy
    * holds exactly the changes up to that revision. */
   if ((rc = sqlite3_exec(src, "BEGIN", NULL, NULL, NULL)) != SQLITE_OK ||
-      (rc = sqlite3_prepare_v2(src,
-                               "SELECT value FROM meta WHERE name = "
-                               "'revision'",
-                               -1, &st, NULL)) != SQLITE_OK) {
+      (rc = sqlite3_prepare_v2(src, SQLITE_REVISION_SQL, -1, &st,
+                               NULL)) != SQLITE_OK) {
     rc = fail(rc, src, "cannot read the database", msg, msg_size);
     goto out;
   }

@@ -27,6 +27,14 @@ static const char *const sqlite_filter_where[F_COUNT] = {
   "FROM records WHERE expiry <= ?1 AND expiry < 9223372036854775807 "         \
   "ORDER BY expiry LIMIT ?2"
 
+/* The last revision given out (schema version 5): the largest of the
+ * ones rows carry and meta's, which a commit writes only when no row it
+ * wrote carries its last revision (see run_group). */
+#define SQLITE_REVISION_SQL                                                    \
+  "SELECT max((SELECT value FROM meta WHERE name = 'revision'), "             \
+  "(SELECT ifnull(max(revision), 0) FROM records), "                          \
+  "(SELECT ifnull(max(revision), 0) FROM history))"
+
 /* A history read's filter, with numbered parameters: ?1 subsystem, ?2
  * peer, ?3 key (each arm of the query below repeats it). */
 static const char *const sqlite_history_where[F_COUNT] = {

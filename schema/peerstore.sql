@@ -1,9 +1,12 @@
--- peerstore.sql - the SQLite plugin's schema, version 4 (the current one).
+-- peerstore.sql - the SQLite plugin's schema, version 5 (the current one).
 -- Compiled into the plugin at build time; run once on an empty database.
 -- The plugin sets PRAGMA user_version and application_id itself.
 
--- The last revision given out.  Revisions are never reused, even after the
--- records that carried them are gone, so the counter lives apart from them.
+-- The last revision given out is the largest of 'revision' here and the
+-- revisions the records and history rows carry.  Revisions are never
+-- reused, even after the rows that carried them are gone, so a commit
+-- whose last revision no row it wrote carries (a remove without a
+-- history, a trim of the history) writes it here.
 CREATE TABLE meta (
   name TEXT PRIMARY KEY,
   value INTEGER NOT NULL

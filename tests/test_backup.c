@@ -22,6 +22,7 @@
 
 #include "harness.h"
 #include "peerstore.h"
+#include "sqlite_queries.h"
 #include "wire.h"
 
 #define TIMEOUT 60000
@@ -269,9 +270,7 @@ static void test_a_backup_is_one_revision_while_writers_go_on(void **state) {
   /* The copy: a sound database, at the revision reported, holding
    * exactly the records up to it. */
   db = open_ro(copy);
-  assert_int_equal(sql_int(db, "SELECT value FROM meta WHERE name = "
-                               "'revision'"),
-                   (int64_t)b.revision);
+  assert_int_equal(sql_int(db, SQLITE_REVISION_SQL), (int64_t)b.revision);
   assert_true(sql_int(db, "SELECT max(revision) FROM records") <=
               (int64_t)b.revision);
   {

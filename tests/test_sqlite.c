@@ -101,6 +101,10 @@ static void conf_cleanup(void *ctx) {
   remove_db();
 }
 
+/* Whether inst_open keeps a history (the tests run without one unless
+ * they say; setup clears it). */
+static int open_with_history;
+
 typedef struct inst {
   uv_loop_t loop;
   void *p;
@@ -131,6 +135,10 @@ static int inst_open(inst *in, const opts *o) {
   env.strerror = peerstore_strerror;
   env.changed = count_change;
   env.changed_ctx = &in->changes;
+  if (open_with_history) {
+    env.history_events = 1000000;
+    env.history_bytes = 1u << 30;
+  }
   r = desc->ops->open(&env, &in->p);
   if (r != 0) {
     /* A refused open leaves nothing behind on the loop. */
@@ -299,6 +307,7 @@ static char *slurp(const char *path, size_t *n) {
 
 static int setup(void **state) {
   (void)state;
+  open_with_history = 0;
   remove_db();
   return 0;
 }
@@ -322,7 +331,7 @@ static void test_reopen_keeps_records_and_revisions(void **state) {
   assert_int_equal(put(&in, "k", "a", PEERSTORE_MULTIPLE, &r1), 0);
   assert_int_equal(put(&in, "k", "b", PEERSTORE_MULTIPLE, &r2), 0);
   inst_close(&in);
-  assert_int_equal(sql_int("PRAGMA user_version"), 4);
+  assert_int_equal(sql_int("PRAGMA user_version"), 5);
   assert_int_equal(sql_int("PRAGMA application_id"), 0x50535452);
   assert_int_equal(
       sql_int("SELECT journal_mode = 'wal' FROM pragma_journal_mode"), 1);
@@ -337,6 +346,69 @@ static void test_reopen_keeps_records_and_revisions(void **state) {
   assert_int_equal(put(&in, "k", "c", PEERSTORE_REPLACE, &r3), 0);
   assert_true(r3 > r2 && r2 > r1);
   inst_close(&in);
+}
+
+static void count_cb(void *arg, int status, uint64_t n) {
+  res *r = arg;
+  r->done = 1;
+  r->status = status;
+  r->n = (int)n;
+}
+
+/* Removes key k of "ss"; returns how many records went. */
+static int remove_key(inst *in, const char *k) {
+  peerstore_plugin_filter f = {"ss", NULL, k};
+  peerstore_peer_id peer;
+  res r = {0};
+
+  memset(peer.bytes, 1, sizeof(peer.bytes));
+  f.peer = &peer;
+  assert_int_equal(desc->ops->remove(in->p, &f, count_cb, &r), 0);
+  assert_int_equal(harness_run_until(&in->loop, &r.done, TIMEOUT), 0);
+  assert_int_equal(r.status, 0);
+  return r.n;
+}
+
+/* Schema version 5: a commit writes the revision counter only when no
+ * row it wrote carries its last revision, and at open the last revision
+ * is the largest of the counter's and the rows'.  Whatever the last
+ * change was - a store, a REPLACE's drop or a remove kept in the
+ * history, or a remove with no history to keep it - a reopened database
+ * goes on after it and never gives a revision out twice. */
+static void test_the_last_revision_survives_reopen_whatever_carries_it(
+    void **state) {
+  inst in;
+  uint64_t r1, r2, records = 0, revision = 0, next;
+  int history;
+
+  (void)state;
+  for (history = 1; history >= 0; history--) {
+    remove_db();
+    open_with_history = history;
+    assert_int_equal(inst_open(&in, NULL), 0);
+    assert_int_equal(put(&in, "k", "a", PEERSTORE_REPLACE, &r1), 0);
+    /* The REPLACE drops "a" at r2 + 1: a history row, or nothing. */
+    assert_int_equal(put(&in, "k", "b", PEERSTORE_REPLACE, &r2), 0);
+    assert_int_equal(in.changes, 3);
+    inst_close(&in);
+    assert_int_equal(inst_open(&in, NULL), 0);
+    desc->ops->counts(in.p, &records, &revision);
+    assert_int_equal(revision, r2 + 1);
+    if (history)
+      /* The counter lags: the rows said it. */
+      assert_true(sql_int("SELECT value FROM meta WHERE name = "
+                          "'revision'") < (int64_t)revision);
+    /* A remove: its revision is r2 + 2. */
+    assert_int_equal(remove_key(&in, "k"), 1);
+    inst_close(&in);
+    assert_int_equal(inst_open(&in, NULL), 0);
+    desc->ops->counts(in.p, &records, &revision);
+    assert_int_equal(records, 0);
+    assert_int_equal(revision, r2 + 2);
+    assert_int_equal(put(&in, "k", "c", PEERSTORE_REPLACE, &next), 0);
+    assert_int_equal(next, r2 + 3);
+    inst_close(&in);
+  }
 }
 
 static void test_migrate_v1(void **state) {
@@ -366,7 +438,7 @@ static void test_migrate_v1(void **state) {
   assert_int_equal(put(&in, "k", "new", PEERSTORE_REPLACE, &rev), 0);
   assert_int_equal(rev, 5);
   inst_close(&in);
-  assert_int_equal(sql_int("PRAGMA user_version"), 4);
+  assert_int_equal(sql_int("PRAGMA user_version"), 5);
   assert_int_equal(
       sql_int("SELECT count(*) FROM sqlite_master WHERE name = 'peerstoredata'"),
       0);
@@ -1023,6 +1095,9 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_reopen_keeps_records_and_revisions,
                                       setup, teardown),
+      cmocka_unit_test_setup_teardown(
+          test_the_last_revision_survives_reopen_whatever_carries_it, setup,
+          teardown),
       cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refuse_newer_version, setup,
                                       teardown),

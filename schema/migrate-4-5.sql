@@ -1,0 +1,12 @@
+-- migrate-4-5.sql - from schema version 4 to 5, run in one transaction.
+--
+-- Version 5 changes what meta's 'revision' means, not the tables.  In
+-- version 4 every commit wrote the last revision there: a page of log
+-- per commit, about a tenth of what an awaited store writes.  In
+-- version 5 the last revision is the largest of meta's and those the
+-- records and history rows carry (SQLITE_REVISION_SQL), and a commit
+-- writes meta only when no row it wrote carries its last revision.  A
+-- version 4 database reads the same either way, so nothing is rewritten;
+-- the version number is what keeps an older plugin, which would trust
+-- meta alone and give out revisions again, from opening a newer file.
+SELECT 1;
