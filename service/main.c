@@ -1,5 +1,8 @@
 /* main.c - peerstored: options, the loop, and exit status. */
 #include <getopt.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -61,6 +64,27 @@ static void raise_fd_limit(uint32_t max_clients) {
   if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
     LOG_WARN("cannot raise the open file limit to %llu",
              (unsigned long long)want);
+}
+
+/* glibc hands freed memory back to the system once 128 KiB lies free at
+ * the top of a heap.  A plugin's worker allocates, in its thread's own
+ * heap, what a group of jobs carries back to the loop (the records a
+ * REPLACE dropped, the pages of an iteration), and the loop frees it:
+ * each group shrank the worker's heap and the next faulted it back in a
+ * page at a time.  Bursts of 1,000 stores ran at half their speed
+ * (bench/README.md, issue 15).  So up to 8 MiB may stay free per heap.
+ * Setting a threshold stops glibc from adjusting either of them, so the
+ * mmap threshold is set too, above the plugins' 1 MiB batches.  An
+ * administrator's own GLIBC_TUNABLES (or MALLOC_*_) wins. */
+static void tune_malloc(void) {
+#if defined(__GLIBC__) && defined(M_TRIM_THRESHOLD) && defined(M_MMAP_THRESHOLD)
+  if (getenv("GLIBC_TUNABLES") != NULL ||
+      getenv("MALLOC_TRIM_THRESHOLD_") != NULL ||
+      getenv("MALLOC_MMAP_THRESHOLD_") != NULL)
+    return;
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 8 << 20);
+#endif
 }
 
 int main(int argc, char **argv) {
@@ -173,6 +197,7 @@ int main(int argc, char **argv) {
   /* A client that vanishes mid-write must not kill the service. */
   signal(SIGPIPE, SIG_IGN);
   raise_fd_limit(cfg.max_clients);
+  tune_malloc();
 
   uv_loop_init(&loop);
   r = server_start(&srv, &loop, &cfg);
