@@ -248,13 +248,15 @@ static void start_on(harness_svc *svc, const char *conninfo) {
 typedef struct two {
   uv_loop_t loop;
   int acks, failed;
+  int first_error; /* the first failure's status, for the message */
 } two;
 
 static void two_cb(void *arg, int status) {
   two *t = arg;
 
   t->acks++;
-  t->failed += status != 0;
+  if (status != 0 && t->failed++ == 0)
+    t->first_error = status;
 }
 
 /* W2 through two services at once, half the stores each (records of
@@ -282,8 +284,12 @@ static double pipelined_two(harness_svc *a, harness_svc *b, int n) {
                         &t) == NULL)
       bench_die("store refused");
   }
-  if (harness_run_until_ge(&t.loop, &t.acks, n, 600000) != 0 || t.failed)
+  if (harness_run_until_ge(&t.loop, &t.acks, n, 600000) != 0 || t.failed) {
+    fprintf(stderr, "bench: %d of %d stores through two services failed, "
+                    "the first with %s\n",
+            t.failed, n, peerstore_strerror(t.first_error));
     bench_die("stores through two services failed");
+  }
   t0 = n / (bench_now() - t0);
   peerstore_disconnect(c[0], 0);
   peerstore_disconnect(c[1], 0);
