@@ -864,6 +864,9 @@ static void test_a_store_awaited_alone_is_committed_on_the_loop(void **state) {
 
   (void)state;
   o.loop_commit_us = "1000000"; /* no commit here is that slow */
+  /* Nor is a checkpoint asked for: once the thread's is done, the next
+   * store goes to the worker, to copy the rest (on its own time). */
+  o.checkpoint_pages = "1000000";
   assert_int_equal(inst_open(&in, &o), 0);
   for (i = 0; i < 200; i++) {
     snprintf(key, sizeof(key), "k%d", i);
@@ -894,6 +897,7 @@ static void test_stores_that_come_together_go_to_the_worker(void **state) {
 
   (void)state;
   o.loop_commit_us = "1000000";
+  o.checkpoint_pages = "1000000"; /* as above */
   assert_int_equal(inst_open(&in, &o), 0);
   memset(r, 0, sizeof(r));
   memset(&all, 0, sizeof(all));
@@ -952,6 +956,7 @@ static void test_a_slow_loop_commit_sends_the_next_stores_to_the_worker(
 
   (void)state;
   o.loop_commit_us = "1";
+  o.checkpoint_pages = "1000000"; /* as above */
   assert_int_equal(inst_open(&in, &o), 0);
   for (i = 0; i < 150; i++) {
     snprintf(key, sizeof(key), "k%d", i);
