@@ -169,6 +169,7 @@ struct sq {
   uint64_t loop_slow;
   int worker_busy; /* under lock: the worker has a group */
   int on_loop;     /* under lock: the loop thread holds the connection */
+  int restart_owed; /* under lock: the next commit starts the log over */
   int open_handles;
 };
 
@@ -1058,11 +1059,12 @@ static job *split_remove(job *j, job *k) {
   return k;
 }
 
-/* Applies the jobs from head up to end in one transaction.  A remove
+/* Applies the jobs from head up to end in one transaction (begun
+ * already if begun, by a commit on the loop).  A remove
  * with more to do than a step ends the group: the jobs after it are
  * returned, after its rest, to go to the head of the queue in that
  * order. */
-static job *run_group(sq *s, job *head, job *end) {
+static job *run_group(sq *s, job *head, job *end, int begun) {
   uint64_t rev0 = s->revision, rec0 = s->records, first0 = s->hist_first,
            rows0 = s->hist_rows, bytes0 = s->hist_bytes;
   int writes = 0, rc = 0, failed = 0;
@@ -1071,9 +1073,7 @@ static job *run_group(sq *s, job *head, job *end) {
   for (j = head; j != end; j = j->next)
     writes |= is_write(j);
   s->row_max = 0;
-  /* (A commit on the loop has begun its transaction already.) */
-  if (writes && sqlite3_get_autocommit(s->db) &&
-      (rc = exec(s, "BEGIN IMMEDIATE")) != 0) {
+  if (writes && !begun && (rc = exec(s, "BEGIN IMMEDIATE")) != 0) {
     for (j = head; j != end; j = j->next)
       j->status = is_write(j) ? rc : 0;
     for (j = head; j != end; j = j->next)
@@ -1216,7 +1216,7 @@ static void worker_main(void *arg) {
     uv_mutex_unlock(&s->lock);
     if (group == NULL)
       return; /* stopping, and nothing left to do */
-    back = run_group(s, group, reads);
+    back = run_group(s, group, reads, 0);
     for (j = reads; j != NULL; j = j->next)
       j->status = do_hist(s, j);
     uv_mutex_lock(&s->lock);
@@ -1283,6 +1283,8 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
   (void)name;
   uv_mutex_lock(&s->lock);
   s->wal_pages = pages;
+  if (!s->on_loop)
+    s->restart_owed = 0; /* this commit started the log over, if owed */
   if (!s->on_loop && s->ckpt_state == CKPT_ASKED &&
       pages >= s->ckpt_pages * CKPT_HARD) {
     s->ckpt_waits++;
@@ -1297,11 +1299,18 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     uv_cond_broadcast(&s->ckpt_cond);
   }
   uv_mutex_unlock(&s->lock);
-  if (catch_up)
-    ckpt_note(s,
-              sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE,
-                                        NULL, NULL),
-              "worker's");
+  if (catch_up) {
+    int log = -1, done = -2, rc;
+
+    rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
+                                   &done);
+    ckpt_note(s, rc, "worker's");
+    /* All of it copied: the next transaction starts the log over, and a
+     * new log's header is synced even at NORMAL - the worker's to do. */
+    uv_mutex_lock(&s->lock);
+    s->restart_owed = rc == SQLITE_OK && log == done;
+    uv_mutex_unlock(&s->lock);
+  }
   return SQLITE_OK;
 }
 
@@ -1325,6 +1334,11 @@ static void ckpt_main(void *arg) {
       ckpt_note(s, rc, "background");
       if (rc != SQLITE_OK)
         break;
+      if (log == done) {
+        uv_mutex_lock(&s->lock);
+        s->restart_owed = 1; /* as after the worker's catch-up */
+        uv_mutex_unlock(&s->lock);
+      }
       /* done is what the log holds copied, not what this call copied. */
       if (done > 0 && (done > last_done || log < last_log))
         copied++;
@@ -1458,7 +1472,9 @@ static void on_async(uv_async_t *a) {
  * The loop does not wait for the disk where it can tell: it commits only
  * at synchronous = NORMAL, which writes the log without syncing it; only
  * while no checkpoint sync is owed (the worker's catch-up, or the wait
- * past the hard limit: the hook leaves both to the worker's next commit);
+ * past the hard limit: the hook leaves both to the worker's next commit),
+ * nor the sync of a new log's header (the first commit after open, and
+ * the first after a catch-up that copied the whole log);
  * and only if it gets the write lock at once.  A page read from a cold
  * disk, or a kernel throttling writes, can still make such a commit
  * slow, so one that takes longer than loop_commit_us sends the next
@@ -1467,7 +1483,7 @@ static void on_async(uv_async_t *a) {
 /* Under lock. */
 static int loop_may_commit(const sq *s) {
   return !s->worker_busy && s->todo.head == NULL &&
-         s->hist_todo.head == NULL && !s->stopping &&
+         s->hist_todo.head == NULL && !s->stopping && !s->restart_owed &&
          (s->ckpt_state == CKPT_IDLE ||
           (s->ckpt_state == CKPT_ASKED &&
            s->wal_pages < s->ckpt_pages * CKPT_HARD));
@@ -1498,6 +1514,14 @@ static void on_idle(uv_idle_t *h) {
     sqlite3_busy_timeout(s->db, 0);
     rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     sqlite3_busy_timeout(s->db, BUSY_MS);
+    /* A checkpoint that copied the whole log just before this BEGIN
+     * makes this transaction the one that starts the log over. */
+    uv_mutex_lock(&s->lock);
+    if (rc == SQLITE_OK && s->restart_owed) {
+      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+      rc = SQLITE_BUSY;
+    }
+    uv_mutex_unlock(&s->lock);
   }
   if (rc != SQLITE_OK) {
     uv_mutex_lock(&s->lock);
@@ -1506,7 +1530,7 @@ static void on_idle(uv_idle_t *h) {
     uv_mutex_unlock(&s->lock);
     return;
   }
-  run_group(s, j, NULL);
+  run_group(s, j, NULL, 1); /* its BEGIN is the loop's, above */
   t = (uv_hrtime() - t) / 1000;
   s->loop_commits++;
   if (t > s->loop_us) {
@@ -1836,6 +1860,9 @@ static int check_schema(sq *s) {
   }
   if (version == SCHEMA_VERSION)
     return 0;
+  /* Version 5 reads a version 4 file as it is (migrate-4-5.sql). */
+  if (s->read_only && version == 4)
+    return 0;
   if (s->read_only) {
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
            "sqlite %s: schema version %" PRId64 " needs migrating, but "
@@ -2072,6 +2099,9 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
     ckpt_start(s);
   if (!s->ckpt_started)
     s->loop_us = 0; /* SQLite's own checkpoints sync inside commits */
+  /* The first commit writes the log's header and syncs it (and, for a
+   * new log, its directory). */
+  s->restart_owed = 1;
   if (uv_thread_create(&s->worker, worker_main, s) != 0) {
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite: cannot start a thread");
     ckpt_stop(s);
