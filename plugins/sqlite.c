@@ -169,7 +169,6 @@ struct sq {
   uint64_t loop_slow;
   int worker_busy; /* under lock: the worker has a group */
   int on_loop;     /* under lock: the loop thread holds the connection */
-  int restart_owed; /* under lock: the next commit starts the log over */
   int open_handles;
 };
 
@@ -1283,8 +1282,6 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
   (void)name;
   uv_mutex_lock(&s->lock);
   s->wal_pages = pages;
-  if (!s->on_loop)
-    s->restart_owed = 0; /* this commit started the log over, if owed */
   if (!s->on_loop && s->ckpt_state == CKPT_ASKED &&
       pages >= s->ckpt_pages * CKPT_HARD) {
     s->ckpt_waits++;
@@ -1299,18 +1296,11 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     uv_cond_broadcast(&s->ckpt_cond);
   }
   uv_mutex_unlock(&s->lock);
-  if (catch_up) {
-    int log = -1, done = -2, rc;
-
-    rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
-                                   &done);
-    ckpt_note(s, rc, "worker's");
-    /* All of it copied: the next transaction starts the log over, and a
-     * new log's header is synced even at NORMAL - the worker's to do. */
-    uv_mutex_lock(&s->lock);
-    s->restart_owed = rc == SQLITE_OK && log == done;
-    uv_mutex_unlock(&s->lock);
-  }
+  if (catch_up)
+    ckpt_note(s,
+              sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE,
+                                        NULL, NULL),
+              "worker's");
   return SQLITE_OK;
 }
 
@@ -1334,11 +1324,6 @@ static void ckpt_main(void *arg) {
       ckpt_note(s, rc, "background");
       if (rc != SQLITE_OK)
         break;
-      if (log == done) {
-        uv_mutex_lock(&s->lock);
-        s->restart_owed = 1; /* as after the worker's catch-up */
-        uv_mutex_unlock(&s->lock);
-      }
       /* done is what the log holds copied, not what this call copied. */
       if (done > 0 && (done > last_done || log < last_log))
         copied++;
@@ -1473,8 +1458,8 @@ static void on_async(uv_async_t *a) {
  * at synchronous = NORMAL, which writes the log without syncing it; only
  * while no checkpoint sync is owed (the worker's catch-up, or the wait
  * past the hard limit: the hook leaves both to the worker's next commit),
- * nor the sync of a new log's header (the first commit after open, and
- * the first after a catch-up that copied the whole log);
+ * never for the commit that writes a new log's header and syncs it
+ * (starts_a_new_log);
  * and only if it gets the write lock at once.  A page read from a cold
  * disk, or a kernel throttling writes, can still make such a commit
  * slow, so one that takes longer than loop_commit_us sends the next
@@ -1483,7 +1468,7 @@ static void on_async(uv_async_t *a) {
 /* Under lock. */
 static int loop_may_commit(const sq *s) {
   return !s->worker_busy && s->todo.head == NULL &&
-         s->hist_todo.head == NULL && !s->stopping && !s->restart_owed &&
+         s->hist_todo.head == NULL && !s->stopping &&
          (s->ckpt_state == CKPT_IDLE ||
           (s->ckpt_state == CKPT_ASKED &&
            s->wal_pages < s->ckpt_pages * CKPT_HARD));
@@ -1493,6 +1478,30 @@ static int loop_may_commit(const sq *s) {
 static void to_worker(sq *s, job *j) {
   ps_jobq_push(j->kind == J_HIST ? &s->hist_todo : &s->todo, j);
   uv_cond_signal(&s->cond);
+}
+
+/* Whether the transaction just begun on the loop will write a new log's
+ * header, which SQLite syncs even at NORMAL: it does when the log was
+ * empty, or copied to its end, as the transaction began (the first
+ * commit after open; the first after a checkpoint - the worker's or the
+ * thread's - caught up with the writer).  Read from the wal-index, whose
+ * layout is part of SQLite's file format (walformat.html): mxFrame at
+ * byte 16 of its header, nBackfill at byte 96.  The write lock holds
+ * mxFrame still and nBackfill only grows, so "equal" may only mean that
+ * a checkpoint caught up since: a store sent to the worker for nothing,
+ * never a sync on the loop.  What cannot be read counts as a new log. */
+static int starts_a_new_log(sq *s) {
+  sqlite3_file *f = NULL;
+  volatile void *p = NULL;
+  const volatile uint32_t *w;
+
+  if (sqlite3_file_control(s->db, "main", SQLITE_FCNTL_FILE_POINTER, &f) !=
+          SQLITE_OK ||
+      f == NULL || f->pMethods == NULL || f->pMethods->iVersion < 2 ||
+      f->pMethods->xShmMap(f, 0, 32768, 0, &p) != SQLITE_OK || p == NULL)
+    return 1;
+  w = p;
+  return w[16 / 4] == w[96 / 4];
 }
 
 static void on_idle(uv_idle_t *h) {
@@ -1514,14 +1523,10 @@ static void on_idle(uv_idle_t *h) {
     sqlite3_busy_timeout(s->db, 0);
     rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     sqlite3_busy_timeout(s->db, BUSY_MS);
-    /* A checkpoint that copied the whole log just before this BEGIN
-     * makes this transaction the one that starts the log over. */
-    uv_mutex_lock(&s->lock);
-    if (rc == SQLITE_OK && s->restart_owed) {
-      sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc == SQLITE_OK && starts_a_new_log(s)) {
+      exec(s, "ROLLBACK");
       rc = SQLITE_BUSY;
     }
-    uv_mutex_unlock(&s->lock);
   }
   if (rc != SQLITE_OK) {
     uv_mutex_lock(&s->lock);
@@ -2099,9 +2104,6 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
     ckpt_start(s);
   if (!s->ckpt_started)
     s->loop_us = 0; /* SQLite's own checkpoints sync inside commits */
-  /* The first commit writes the log's header and syncs it (and, for a
-   * new log, its directory). */
-  s->restart_owed = 1;
   if (uv_thread_create(&s->worker, worker_main, s) != 0) {
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR, "sqlite: cannot start a thread");
     ckpt_stop(s);
