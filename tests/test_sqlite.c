@@ -2,6 +2,8 @@
  * what only a persistent plugin has to get right (reopening, migration,
  * refusing files, read-only mode, write failures, index use).  The plugin
  * is the built .so, loaded as the service loads it. */
+#include <dlfcn.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -100,6 +102,27 @@ static void conf_cleanup(void *ctx) {
   (void)ctx;
   remove_db();
 }
+
+/* Syncs made on the test's own thread - the loop's - while counting:
+ * fdatasync and fsync are interposed here, in front of the C library's,
+ * for SQLite's calls to land in. */
+static int counting_syncs;
+static pthread_t loop_thread;
+static unsigned loop_syncs;
+
+static int sync_through(const char *name, int fd) {
+  int (*real)(int);
+
+  if (counting_syncs && pthread_equal(pthread_self(), loop_thread))
+    loop_syncs++;
+  *(void **)&real = dlsym(RTLD_NEXT, name);
+  return real(fd);
+}
+
+int fdatasync(int fd);
+int fdatasync(int fd) { return sync_through("fdatasync", fd); }
+int fsync(int fd);
+int fsync(int fd) { return sync_through("fsync", fd); }
 
 /* Whether inst_open keeps a history (the tests run without one unless
  * they say; setup clears it). */
@@ -1060,6 +1083,39 @@ static void test_the_log_stays_bounded_under_awaited_stores(void **state) {
   assert_true(thread_checkpoints() > 0);
 }
 
+/* The loop thread never waits for the disk on its own: between open and
+ * close it makes no sync, however many checkpoints run beside it - not
+ * the catch-up, not the wait past the hard limit, and not the sync of a
+ * new log's header that the commit after a checkpoint caught up makes. */
+static void test_commits_on_the_loop_never_sync(void **state) {
+  inst in;
+  opts o = {0};
+  char key[32], value[200];
+  unsigned long long on_loop;
+  int i;
+
+  (void)state;
+  o.checkpoint_pages = "20";
+  o.loop_commit_us = "1000000";
+  open_with_history = 1;
+  memset(value, 'v', sizeof(value) - 1);
+  value[sizeof(value) - 1] = '\0';
+  assert_int_equal(inst_open(&in, &o), 0);
+  loop_thread = pthread_self();
+  loop_syncs = 0;
+  counting_syncs = 1;
+  for (i = 0; i < 3000; i++) {
+    snprintf(key, sizeof(key), "k%d", i % 300);
+    assert_int_equal(put(&in, key, value, PEERSTORE_REPLACE, NULL), 0);
+  }
+  counting_syncs = 0;
+  ckpt_line[0] = '\0';
+  on_loop = close_counting_loop_commits(&in, NULL);
+  assert_true(on_loop > 1500);
+  assert_true(thread_checkpoints() > 10);
+  assert_int_equal(loop_syncs, 0);
+}
+
 /* Every filter's query is served by an index, in revision order: no full
  * scan of the table and no sort. */
 static void test_query_plans(void **state) {
@@ -1175,6 +1231,8 @@ int main(void) {
                                       setup, teardown),
       cmocka_unit_test_setup_teardown(
           test_the_log_stays_bounded_under_awaited_stores, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_commits_on_the_loop_never_sync,
+                                      setup, teardown),
   };
 
   if (so == NULL)
