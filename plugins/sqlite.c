@@ -1457,13 +1457,14 @@ static void on_async(uv_async_t *a) {
  * The loop does not wait for the disk where it can tell: it commits only
  * at synchronous = NORMAL, which writes the log without syncing it; only
  * while no checkpoint sync is owed (the worker's catch-up, or the wait
- * past the hard limit: the hook leaves both to the worker's next commit),
+ * past the hard limit: the hook leaves both to the worker's next commit);
  * never for the commit that writes a new log's header and syncs it
- * (starts_a_new_log);
- * and only if it gets the write lock at once.  A page read from a cold
- * disk, or a kernel throttling writes, can still make such a commit
- * slow, so one that takes longer than loop_commit_us sends the next
- * LOOP_COMMIT_REST stores to the worker. */
+ * (starts_a_new_log); and only if it gets the write lock at once.  A
+ * page read from a cold disk, or a kernel throttling writes, can still
+ * make such a commit slow, so one that takes longer than loop_commit_us
+ * sends the next LOOP_COMMIT_REST stores to the worker.  So can a
+ * REPLACE over a key with many values, all of which it takes out: a
+ * store is held by its kind, not by what it will find (docs/sqlite.md). */
 
 /* Under lock. */
 static int loop_may_commit(const sq *s) {
