@@ -2060,14 +2060,9 @@ static int sq_open(const peerstore_plugin_env *env, void **instance) {
   s->changed = env->changed;
   s->changed_ctx = env->changed_ctx;
   s->read_only = option_yes(env, "read_only");
-  s->batch_max_changes = BATCH_CHANGES_MAX;
-  s->ckpt_pages = CKPT_PAGES;
-  if (env->option != NULL) {
-    const char *v = env->option(env->option_ctx, "batch_max_changes");
-    long n = v != NULL ? strtol(v, NULL, 10) : 0;
-    if (n > 0 && n < BATCH_CHANGES_MAX)
-      s->batch_max_changes = (size_t)n;
-  }
+  s->batch_max_changes = (size_t)option_range(
+      s, env, "batch_max_changes", 1, BATCH_CHANGES_MAX, BATCH_CHANGES_MAX,
+      "records");
   s->ckpt_pages = (int)option_range(s, env, "checkpoint_pages", 1,
                                     CKPT_PAGES_MAX, CKPT_PAGES, "pages");
   s->loop_us = (uint64_t)option_range(s, env, "loop_commit_us", 0,

@@ -252,6 +252,18 @@ static int put(inst *in, const char *key, const char *value,
   return r.status;
 }
 
+/* Stores value under keys k0 .. k(n-1) of "ss", one at a time, each
+ * awaited. */
+static void put_keys(inst *in, int n, const char *value) {
+  char key[32];
+  int i;
+
+  for (i = 0; i < n; i++) {
+    snprintf(key, sizeof(key), "k%d", i);
+    assert_int_equal(put(in, key, value, PEERSTORE_REPLACE, NULL), 0);
+  }
+}
+
 static int rec_cb(void *arg, const peerstore_record *rec, uint32_t writer) {
   res *r = arg;
 
@@ -558,17 +570,13 @@ static void test_refuse_garbage_file(void **state) {
 /* A sound header over damaged pages: refused at open, not later. */
 static void test_refuse_damaged_pages(void **state) {
   inst in;
-  char key[16], big[2000];
-  int i;
+  char big[2000];
 
   (void)state;
   memset(big, 'y', sizeof(big) - 1);
   big[sizeof(big) - 1] = '\0';
   assert_int_equal(inst_open(&in, NULL), 0);
-  for (i = 0; i < 100; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    assert_int_equal(put(&in, key, big, PEERSTORE_REPLACE, NULL), 0);
-  }
+  put_keys(&in, 100, big);
   inst_close(&in);
   /* Overwrite a few pages in the middle of the file. */
   assert_true(file_size() > 64 * 1024);
@@ -811,15 +819,10 @@ static void test_a_batch_changing_too_much_is_refused(void **state) {
   batch_res b = {0};
   res after = {0}, r;
   uint64_t changes;
-  char key[16];
-  int i;
 
   (void)state;
   assert_int_equal(inst_open(&in, &few), 0);
-  for (i = 0; i < 150; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
-  }
+  put_keys(&in, 150, "v");
   memset(&op, 0, sizeof(op));
   op.kind = PEERSTORE_PLUGIN_BATCH_REMOVE;
   op.filter.subsystem = "ss";
@@ -982,17 +985,12 @@ static void test_stores_that_come_together_go_to_the_worker(void **state) {
 static void test_full_sync_never_commits_on_the_loop(void **state) {
   inst in;
   opts o = {0};
-  char key[32];
-  int i;
 
   (void)state;
   o.synchronous = "FULL";
   o.loop_commit_us = "1000000";
   assert_int_equal(inst_open(&in, &o), 0);
-  for (i = 0; i < 20; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
-  }
+  put_keys(&in, 20, "v");
   assert_int_equal(close_counting_loop_commits(&in, NULL), 0);
 }
 
@@ -1005,17 +1003,12 @@ static void test_a_slow_loop_commit_sends_the_next_stores_to_the_worker(
   inst in;
   opts o = {0};
   unsigned long long slow = 0;
-  char key[32];
-  int i;
 
   (void)state;
   o.loop_commit_us = "1";
   o.checkpoint_pages = "1000000"; /* as above */
   assert_int_equal(inst_open(&in, &o), 0);
-  for (i = 0; i < 150; i++) {
-    snprintf(key, sizeof(key), "k%d", i);
-    assert_int_equal(put(&in, key, "v", PEERSTORE_REPLACE, NULL), 0);
-  }
+  put_keys(&in, 150, "v");
   assert_int_equal(close_counting_loop_commits(&in, &slow), 2);
   assert_int_equal(slow, 2);
   /* 0 turns them off. */
