@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "sqlite_queries.h" /* SQLITE_SCHEMA_VERSION */
 #include "buf.h"
 #include "hmap.h"
 #include "wire.h"
@@ -487,8 +488,8 @@ void bench_make_db(const char *path, int n) {
 
   snprintf(sql, sizeof(sql),
            "PRAGMA journal_mode = WAL; PRAGMA application_id = %d; "
-           "PRAGMA user_version = 3;",
-           0x50535452);
+           "PRAGMA user_version = %d;",
+           0x50535452, SQLITE_SCHEMA_VERSION);
   db = schema_db(path, sql, peerstore_sqlite_schema);
   insert_records(db, n, 10000, 0, 0);
   snprintf(sql, sizeof(sql), "UPDATE meta SET value = %d", n);

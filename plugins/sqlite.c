@@ -40,7 +40,6 @@
 #include "sqlite_queries.h"
 #include "sqlite_walbuf.h"
 
-#define SCHEMA_VERSION 5
 #define APPLICATION_ID 0x50535452 /* "PSTR" */
 #define EXPIRY_NEVER_SQL INT64_MAX
 /* Bytes of records one batch copies out for the loop, past which it stops
@@ -1740,8 +1739,9 @@ static int prepare_all(sq *s) {
   int i, rc = 0;
 
   rc |= prepare(s, &s->st_find,
-                "SELECT revision, writer FROM records WHERE subsystem = ?1 "
-                "AND peer = ?2 AND key = ?3 AND value = ?4 LIMIT 1");
+                "SELECT revision, writer FROM records INDEXED BY "
+                "records_by_triple WHERE subsystem = ?1 AND peer = ?2 AND "
+                "key = ?3 AND value = ?4 LIMIT 1");
   rc |= prepare(s, &s->st_refresh,
                 "UPDATE records SET revision = ?1, expiry = ?2, writer = ?4 "
                 "WHERE revision = ?3");
@@ -1759,8 +1759,9 @@ static int prepare_all(sq *s) {
   rc |= prepare(s, &s->st_delete, "DELETE FROM records WHERE revision = ?1");
   rc |= prepare(s, &s->st_replaced,
                 "SELECT revision, subsystem, peer, key, value, expiry, "
-                "writer FROM records WHERE subsystem = ?1 AND peer = ?2 AND "
-                "key = ?3 AND revision < ?4 ORDER BY revision");
+                "writer FROM records INDEXED BY records_by_triple WHERE "
+                "subsystem = ?1 AND peer = ?2 AND key = ?3 AND revision < ?4 "
+                "ORDER BY revision");
   rc |= prepare(s, &s->st_expired, SQLITE_PURGE_SQL);
   rc |= prepare(s, &s->st_trim_bytes,
                 "SELECT revision, length(subsystem) + length(key) + "
@@ -1768,19 +1769,21 @@ static int prepare_all(sq *s) {
                 "ORDER BY revision");
   rc |= prepare(s, &s->st_trim, "DELETE FROM history WHERE revision <= ?1");
   rc |= prepare(s, &s->st_newest,
-                "SELECT max(revision) FROM records WHERE subsystem = ?1 AND "
-                "peer = ?2 AND key = ?3 AND expiry > ?4");
+                "SELECT max(revision) FROM records INDEXED BY "
+                "records_by_triple WHERE subsystem = ?1 AND peer = ?2 AND "
+                "key = ?3 AND expiry > ?4");
   for (i = 0; i < F_COUNT; i++) {
-    snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_where[i]);
+    snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_from[i],
+             sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_iter[i], sql);
     snprintf(sql, sizeof(sql),
              "SELECT revision, subsystem, peer, key, value, expiry, writer "
-             "FROM records WHERE %s AND revision <= ? ORDER BY revision "
-             "LIMIT ?",
-             sqlite_filter_where[i]);
+             "FROM %s WHERE %s AND revision <= ? ORDER BY revision LIMIT ?",
+             sqlite_filter_from[i], sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_remove[i], sql);
-    snprintf(sql, sizeof(sql), SQLITE_HISTORY_SQL, sqlite_history_where[i],
-             sqlite_history_where[i], sqlite_history_where[i]);
+    snprintf(sql, sizeof(sql), SQLITE_HISTORY_SQL, sqlite_filter_from[i],
+             sqlite_history_where[i], sqlite_history_where[i],
+             sqlite_history_where[i]);
     rc |= prepare(s, &s->st_hist[i], sql);
   }
   return rc ? PEERSTORE_EPLUGIN : 0;
@@ -1838,7 +1841,7 @@ static int check_schema(sq *s) {
              "PRAGMA application_id = %d; PRAGMA user_version = %d; "
              "UPDATE meta SET value = %" PRIu64 " WHERE name IN "
              "('revision', 'history_first');",
-             APPLICATION_ID, SCHEMA_VERSION, wall_clock_us());
+             APPLICATION_ID, SQLITE_SCHEMA_VERSION, wall_clock_us());
     if ((rc = exec(s, "BEGIN IMMEDIATE")) != 0)
       return rc;
     if ((rc = exec(s, peerstore_sqlite_schema)) != 0 ||
@@ -1847,7 +1850,8 @@ static int check_schema(sq *s) {
       return rc;
     }
     s->log(s->log_ctx, PEERSTORE_LOG_INFO,
-           "sqlite %s: created schema version %d", s->path, SCHEMA_VERSION);
+           "sqlite %s: created schema version %d", s->path,
+           SQLITE_SCHEMA_VERSION);
     return 0;
   }
   if (app != APPLICATION_ID) {
@@ -1857,14 +1861,14 @@ static int check_schema(sq *s) {
            s->path, app);
     return PEERSTORE_EPLUGIN;
   }
-  if (version > SCHEMA_VERSION || version < 1) {
+  if (version > SQLITE_SCHEMA_VERSION || version < 1) {
     s->log(s->log_ctx, PEERSTORE_LOG_ERROR,
            "sqlite %s: schema version %" PRId64 " is not one this plugin "
            "knows (it knows 1 to %d); leaving it untouched",
-           s->path, version, SCHEMA_VERSION);
+           s->path, version, SQLITE_SCHEMA_VERSION);
     return PEERSTORE_EPLUGIN;
   }
-  if (version == SCHEMA_VERSION)
+  if (version == SQLITE_SCHEMA_VERSION)
     return 0;
   /* Version 5 reads a version 4 file as it is (migrate-4-5.sql). */
   if (s->read_only && version == 4)
@@ -1877,7 +1881,8 @@ static int check_schema(sq *s) {
   }
   /* Forward migrations, all in one transaction: either the file is
    * fully migrated or it is as it was. */
-  snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", SCHEMA_VERSION);
+  snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;",
+           SQLITE_SCHEMA_VERSION);
   if ((rc = exec(s, "BEGIN IMMEDIATE")) != 0)
     return rc;
   if ((version < 2 && (rc = exec(s, peerstore_sqlite_migrate_1_2)) != 0) ||
@@ -1890,7 +1895,7 @@ static int check_schema(sq *s) {
   }
   s->log(s->log_ctx, PEERSTORE_LOG_INFO,
          "sqlite %s: migrated schema from version %" PRId64 " to %d", s->path,
-         version, SCHEMA_VERSION);
+         version, SQLITE_SCHEMA_VERSION);
   return 0;
 }
 

@@ -6,16 +6,32 @@
 
 #include "plugin_util.h" /* F_SS .. F_COUNT */
 
+/* The schema these queries are written for (schema/peerstore.sql), kept
+ * in PRAGMA user_version. */
+#define SQLITE_SCHEMA_VERSION 5
+
 static const char *const sqlite_filter_where[F_COUNT] = {
     "subsystem = ?", "subsystem = ? AND peer = ?", "subsystem = ? AND key = ?",
     "subsystem = ? AND peer = ? AND key = ?"};
 
-/* printf format: the WHERE clause above.  Binds the filter, then the
- * revision to continue after, the snapshot's last revision, now, and a
- * row limit. */
+/* Where each filter's records come from: its own index, named.  Each
+ * index ends in the rowid, which is the revision, so it yields the
+ * filter's records in stored order and a page of a long iteration seeks
+ * to where the last one stopped.  Left to itself, SQLite picks by
+ * statistics, once there are any (an administrator's ANALYZE, say), and
+ * may then answer a (subsystem, peer, key) filter from the key index,
+ * reading that key's record of every peer to find one peer's. */
+static const char *const sqlite_filter_from[F_COUNT] = {
+    "records INDEXED BY records_by_subsystem",
+    "records INDEXED BY records_by_peer", "records INDEXED BY records_by_key",
+    "records INDEXED BY records_by_triple"};
+
+/* printf format: the FROM and WHERE clauses above.  Binds the filter,
+ * then the revision to continue after, the snapshot's last revision,
+ * now, and a row limit. */
 #define SQLITE_ITERATE_SQL                                                     \
   "SELECT revision, subsystem, peer, key, value, expiry, writer "           \
-  "FROM records "                                                             \
+  "FROM %s "                                                                  \
   "WHERE %s AND revision > ? AND revision <= ? AND expiry > ? "               \
   "ORDER BY revision LIMIT ?"
 
@@ -41,10 +57,10 @@ static const char *const sqlite_history_where[F_COUNT] = {
     "subsystem = ?1", "subsystem = ?1 AND peer = ?2",
     "subsystem = ?1 AND key = ?3", "subsystem = ?1 AND peer = ?2 AND key = ?3"};
 
-/* printf format: the history's where clause above, three times.  The
- * changes after revision ?4 up to ?6, at most ?5 of them, in revision
- * order:
- * change revision, kind, then the record (its store's revision first).
+/* printf format: a FROM clause from sqlite_filter_from, then the
+ * history's where clause above, three times.  The changes after
+ * revision ?4 up to ?6, at most ?5 of them, in revision order: change
+ * revision, kind, then the record (its store's revision first).
  * A live record is its own STORE; the history table holds removals and
  * the stores that refreshes moved on; a removed record's STORE is read
  * from its removal row.  Each arm comes in revision order from the table
@@ -52,7 +68,7 @@ static const char *const sqlite_history_where[F_COUNT] = {
  * bound caps what a narrow filter scans to find nothing. */
 #define SQLITE_HISTORY_SQL                                                     \
   "SELECT revision, 1, revision, subsystem, peer, key, value, expiry, "       \
-  "writer FROM records WHERE %s AND revision > ?4 AND revision <= ?6 "       \
+  "writer FROM %s WHERE %s AND revision > ?4 AND revision <= ?6 "            \
   "UNION ALL "                                                                \
   "SELECT revision, kind, stored, subsystem, peer, key, value, expiry, "      \
   "writer FROM history WHERE %s AND revision > ?4 AND revision <= ?6 "        \
