@@ -719,6 +719,7 @@ void workloads_sqlite(void) {
   harness_svc svc;
   struct stat st;
   uint64_t from;
+  const char *extra;
   double w2;
   FILE *f;
 
@@ -726,7 +727,11 @@ void workloads_sqlite(void) {
   snprintf(conf, sizeof(conf), "%s/bench.ini", bench.dir);
   if ((f = fopen(conf, "w")) == NULL)
     bench_die("cannot write config");
-  fprintf(f, "[plugin]\nsynchronous = %s\n", bench.sync_mode);
+  /* BENCH_SQLITE_OPTIONS: more lines for the section, to measure an
+   * option (bench/README.md). */
+  extra = getenv("BENCH_SQLITE_OPTIONS");
+  fprintf(f, "[plugin]\nsynchronous = %s\n%s\n", bench.sync_mode,
+          extra != NULL ? extra : "");
   fclose(f);
   if (start_sqlite(&svc, db, conf, NULL) != 0)
     bench_die("cannot start peerstored with the sqlite plugin");
