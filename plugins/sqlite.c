@@ -1260,7 +1260,7 @@ static void worker_main(void *arg) {
  * commit copying the rest itself, after which the next transaction
  * reuses the log from its start.  A commit that finds the log past
  * CKPT_HARD times ckpt_pages while the thread is still at it waits for
- * it: the log stays within about that (16 MiB at the default) and one
+ * it: the log stays within about that (126 MiB at the default) and one
  * group's pages, whatever the disk's pace.
  *
  * A reader holding an old snapshot (a backup) keeps any checkpoint from
@@ -1321,7 +1321,8 @@ static void ckpt_main(void *arg) {
       break;
     uv_mutex_unlock(&s->lock);
     /* Again while the writer left more than an eighth of the threshold
-     * behind, so that what the worker copies in its commit stays small. */
+     * behind, so that what the worker copies in its commit is at most
+     * that many frames (fewer pages: the hot ones repeat in them). */
     for (tries = 0; tries < CKPT_TRIES; tries++) {
       rc = sqlite3_wal_checkpoint_v2(s->ckpt_db, NULL,
                                      SQLITE_CHECKPOINT_PASSIVE, &log, &done);
@@ -1743,10 +1744,7 @@ static int prepare_all(sq *s) {
   char sql[1024];
   int i, rc = 0;
 
-  rc |= prepare(s, &s->st_find,
-                "SELECT revision, writer FROM records INDEXED BY "
-                "records_by_triple WHERE subsystem = ?1 AND peer = ?2 AND "
-                "key = ?3 AND value = ?4 LIMIT 1");
+  rc |= prepare(s, &s->st_find, SQLITE_FIND_SQL);
   rc |= prepare(s, &s->st_refresh,
                 "UPDATE records SET revision = ?1, expiry = ?2, writer = ?4 "
                 "WHERE revision = ?3");
@@ -1762,29 +1760,20 @@ static int prepare_all(sq *s) {
                 "subsystem, peer, key, value, expiry, writer FROM records "
                 "WHERE revision = ?3");
   rc |= prepare(s, &s->st_delete, "DELETE FROM records WHERE revision = ?1");
-  rc |= prepare(s, &s->st_replaced,
-                "SELECT revision, subsystem, peer, key, value, expiry, "
-                "writer FROM records INDEXED BY records_by_triple WHERE "
-                "subsystem = ?1 AND peer = ?2 AND key = ?3 AND revision < ?4 "
-                "ORDER BY revision");
+  rc |= prepare(s, &s->st_replaced, SQLITE_REPLACED_SQL);
   rc |= prepare(s, &s->st_expired, SQLITE_PURGE_SQL);
   rc |= prepare(s, &s->st_trim_bytes,
                 "SELECT revision, length(subsystem) + length(key) + "
                 "length(value) + " STR(HISTORY_ROW_BYTES) " FROM history "
                 "ORDER BY revision");
   rc |= prepare(s, &s->st_trim, "DELETE FROM history WHERE revision <= ?1");
-  rc |= prepare(s, &s->st_newest,
-                "SELECT max(revision) FROM records INDEXED BY "
-                "records_by_triple WHERE subsystem = ?1 AND peer = ?2 AND "
-                "key = ?3 AND expiry > ?4");
+  rc |= prepare(s, &s->st_newest, SQLITE_NEWEST_SQL);
   for (i = 0; i < F_COUNT; i++) {
     snprintf(sql, sizeof(sql), SQLITE_ITERATE_SQL, sqlite_filter_from[i],
              sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_iter[i], sql);
-    snprintf(sql, sizeof(sql),
-             "SELECT revision, subsystem, peer, key, value, expiry, writer "
-             "FROM %s WHERE %s AND revision <= ? ORDER BY revision LIMIT ?",
-             sqlite_filter_from[i], sqlite_filter_where[i]);
+    snprintf(sql, sizeof(sql), SQLITE_REMOVE_SQL, sqlite_filter_from[i],
+             sqlite_filter_where[i]);
     rc |= prepare(s, &s->st_remove[i], sql);
     snprintf(sql, sizeof(sql), SQLITE_HISTORY_SQL, sqlite_filter_from[i],
              sqlite_history_where[i], sqlite_history_where[i],

@@ -35,6 +35,32 @@ static const char *const sqlite_filter_from[F_COUNT] = {
   "WHERE %s AND revision > ? AND revision <= ? AND expiry > ? "               \
   "ORDER BY revision LIMIT ?"
 
+/* printf format: the FROM and WHERE clauses above.  The records a
+ * remove takes, oldest first: binds the filter, the last revision it
+ * removes (its snapshot), and a row limit. */
+#define SQLITE_REMOVE_SQL                                                      \
+  "SELECT revision, subsystem, peer, key, value, expiry, writer "           \
+  "FROM %s WHERE %s AND revision <= ? ORDER BY revision LIMIT ?"
+
+/* A MULTIPLE store's twin: a record of the triple ?1-?3 holding value ?4
+ * already (its revision and writer). */
+#define SQLITE_FIND_SQL                                                        \
+  "SELECT revision, writer FROM records INDEXED BY records_by_triple "      \
+  "WHERE subsystem = ?1 AND peer = ?2 AND key = ?3 AND value = ?4 LIMIT 1"
+
+/* What a REPLACE at revision ?4 drops: the triple's earlier records,
+ * oldest first. */
+#define SQLITE_REPLACED_SQL                                                    \
+  "SELECT revision, subsystem, peer, key, value, expiry, writer "           \
+  "FROM records INDEXED BY records_by_triple WHERE subsystem = ?1 AND "     \
+  "peer = ?2 AND key = ?3 AND revision < ?4 ORDER BY revision"
+
+/* The revision of the triple's newest record unexpired at ?4 (NULL:
+ * none), for a batch's condition. */
+#define SQLITE_NEWEST_SQL                                                      \
+  "SELECT max(revision) FROM records INDEXED BY records_by_triple "         \
+  "WHERE subsystem = ?1 AND peer = ?2 AND key = ?3 AND expiry > ?4"
+
 /* The records the purge expires, soonest first.  The second expiry term
  * repeats the partial index's condition, which is what lets SQLite use
  * that index. */
